@@ -1,0 +1,12 @@
+"""attnseq: sequence-to-sequence with attention on numpy and cupy, no autograd."""
+from .attention import Attention, AttentionWeights, WeightedSum
+from .backend import get_array_module, gpu_available, to_device, to_numpy
+from .decoders import AttentionDecoder
+from .encoders import Encoder
+from .errors import AttnseqError, CheckpointError, ConfigError, DataError, DeviceError, NonFiniteError
+from .layers import LSTM, Dropout, Embedding, Linear, SoftmaxCrossEntropy
+from .model import AttentionSeq2seq
+from .module import Module
+from .optim import SGD, AdaGrad, Adam, ClipGradNorm, Momentum, Nesterov, Optimizer, RMSProp, WeightDecay
+
+__version__ = "0.1.0"

@@ -1,0 +1,98 @@
+"""Dot-product attention in two small pieces, as the book teaches.
+
+``AttentionWeights``: scores of each decoder state against every encoder state,
+then a softmax over source positions with padding masked out (weight exactly 0).
+``WeightedSum``: the context vector, the weighted sum of the encoder states.
+Both run over all decoder steps at once with batched matmul.
+
+Shapes: hs (N, Ts, H) encoder states, hd (N, To, H) decoder states,
+a (N, To, Ts) weights, mask (N, Ts) True at real source tokens.
+"""
+from __future__ import annotations
+
+from .backend import get_array_module
+from .module import Module
+
+
+def mask_bias(mask, dtype):
+    """(N, Ts) bool -> (N, 1, Ts) additive bias: 0 at real tokens, -inf at padding."""
+    xp = get_array_module(mask)
+    bias = xp.zeros(mask.shape, dtype=dtype)
+    bias[~mask] = -xp.inf
+    return bias[:, None, :]
+
+
+def masked_softmax(scores, bias):
+    """Softmax over the last axis of scores (N, To, Ts) after adding bias (N, 1, Ts); in place."""
+    xp = get_array_module(scores)
+    if bias is not None:
+        scores += bias
+    scores -= scores.max(axis=-1, keepdims=True)
+    xp.exp(scores, out=scores)                                      # exp(-inf) = 0 exactly
+    scores /= scores.sum(axis=-1, keepdims=True)
+    return scores
+
+
+class AttentionWeights(Module):
+    """hd (N, To, H), hs (N, Ts, H), mask (N, Ts) -> a (N, To, Ts), rows summing to 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.cache = None
+
+    def forward(self, hd, hs, mask=None):
+        xp = get_array_module(hd)
+        scores = xp.matmul(hd, hs.transpose(0, 2, 1))               # (N, To, Ts)
+        a = masked_softmax(scores, None if mask is None else mask_bias(mask, hd.dtype))
+        self.cache = (hd, hs, a)
+        return a
+
+    def backward(self, da):
+        """da (N, To, Ts) -> dhd (N, To, H), dhs (N, Ts, H). Masked positions get zero gradient."""
+        xp = get_array_module(da)
+        hd, hs, a = self.cache
+        ds = a * da
+        ds -= a * ds.sum(axis=-1, keepdims=True)                    # softmax backward
+        dhd = xp.matmul(ds, hs)                                     # (N, To, H)
+        dhs = xp.matmul(ds.transpose(0, 2, 1), hd)                  # (N, Ts, H)
+        return dhd, dhs
+
+
+class WeightedSum(Module):
+    """hs (N, Ts, H), a (N, To, Ts) -> context (N, To, H)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cache = None
+
+    def forward(self, hs, a):
+        self.cache = (hs, a)
+        return get_array_module(hs).matmul(a, hs)
+
+    def backward(self, dc):
+        """dc (N, To, H) -> dhs (N, Ts, H), da (N, To, Ts)."""
+        xp = get_array_module(dc)
+        hs, a = self.cache
+        return xp.matmul(a.transpose(0, 2, 1), dc), xp.matmul(dc, hs.transpose(0, 2, 1))
+
+
+class Attention(Module):
+    """Weights then weighted sum. ``self.weights`` keeps the last (N, To, Ts) for plotting."""
+
+    def __init__(self):
+        super().__init__()
+        self.add_module("weight", AttentionWeights())
+        self.add_module("wsum", WeightedSum())
+        self.weights = None
+
+    def forward(self, hd, hs, mask=None):
+        """-> context (N, To, H)."""
+        self.weights = self.weight.forward(hd, hs, mask)
+        return self.wsum.forward(hs, self.weights)
+
+    def backward(self, dcontext):
+        """-> dhd (N, To, H), dhs (N, Ts, H)."""
+        dhs1, da = self.wsum.backward(dcontext)
+        dhd, dhs2 = self.weight.backward(da)
+        dhs1 += dhs2
+        return dhd, dhs1

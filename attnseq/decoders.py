@@ -1,0 +1,96 @@
+"""The attention decoder.
+
+An LSTM started from the encoder's final state; for every decoder state h_t,
+dot-product attention over the encoder states ``hs`` (padding masked) gives a
+context c_t; [c_t, h_t] goes through a linear layer to vocabulary logits.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .attention import Attention, mask_bias, masked_softmax
+from .backend import get_array_module
+from .layers import LSTM, Dropout, Embedding, Linear
+from .module import Module
+
+
+class AttentionDecoder(Module):
+    """forward(tgt_in (N, To), hs (N, Ts, H), state (h, c), src_mask (N, Ts)) -> logits (N, To, V)."""
+
+    def __init__(self, vocab_size: int, wordvec_size: int, hidden_size: int, *,
+                 rng: np.random.Generator, init: str = "xavier", dtype=np.float32, dropout: float = 0.0):
+        super().__init__()
+        self.add_module("embed", Embedding(vocab_size, wordvec_size, rng, dtype))
+        self.add_module("drop_in", Dropout(dropout, rng))
+        self.add_module("lstm", LSTM(wordvec_size, hidden_size, rng, init, dtype))
+        self.add_module("attention", Attention())
+        self.add_module("drop_out", Dropout(dropout, rng))
+        self.add_module("out", Linear(2 * hidden_size, vocab_size, rng, init, dtype))
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+
+    # -- teacher forcing ---------------------------------------------------
+    def forward(self, tgt_in, hs, state, src_mask=None):
+        xp = get_array_module(hs)
+        h0, c0 = state
+        x = self.drop_in.forward(self.embed.forward(tgt_in))        # (N, To, D)
+        hd = self.lstm.forward(x, h0, c0)                           # (N, To, H)
+        context = self.attention.forward(hd, hs, src_mask)          # (N, To, H)
+        cat = xp.concatenate([context, hd], axis=-1)                # (N, To, 2H)
+        return self.out.forward(self.drop_out.forward(cat))         # (N, To, V)
+
+    @property
+    def attention_weights(self):
+        """The (N, To, Ts) weights of the last forward pass."""
+        return self.attention.weights
+
+    def backward(self, dlogits):
+        """dlogits (N, To, V) -> dhs (N, Ts, H), dh0, dc0 (N, H)."""
+        H = self.hidden_size
+        dcat = self.drop_out.backward(self.out.backward(dlogits))   # (N, To, 2H)
+        dhd, dhs = self.attention.backward(dcat[..., :H])
+        dhd += dcat[..., H:]
+        dx, dh0, dc0 = self.lstm.backward(dhd)
+        self.embed.backward(self.drop_in.backward(dx))
+        return dhs, dh0, dc0
+
+    # -- decoding ------------------------------------------------------------
+    def step(self, tokens, state, hs, bias):
+        """One decoding step, no cache.
+
+        tokens (N,), state (h, c) each (N, H), hs (N, Ts, H), bias (N, 1, Ts) from
+        ``mask_bias`` -> logits (N, V), new state, attention weights (N, Ts).
+        """
+        xp = get_array_module(hs)
+        W, = self.embed.params
+        h, c = self.lstm.step(W[tokens], *state)                    # (N, H)
+        scores = xp.matmul(hs, h[:, :, None]).transpose(0, 2, 1)    # (N, 1, Ts)
+        a = masked_softmax(scores, bias)
+        context = xp.matmul(a, hs)[:, 0]                            # (N, H)
+        Wo, bo = self.out.params
+        logits = xp.concatenate([context, h], axis=1) @ Wo + bo     # (N, V)
+        return logits, (h, c), a[:, 0]
+
+    def generate(self, hs, state, src_mask, bos_id: int, eos_id: int, max_len: int, pad_id: int = 0):
+        """Batched greedy decoding.
+
+        -> ids (N, L) with ``pad_id`` after each row's end-of-sequence token, and
+        the attention weights (N, L, Ts) of each emitted token (zeros after eos).
+        Stops when every row has emitted eos, or after ``max_len`` tokens.
+        """
+        xp = get_array_module(hs)
+        N, Ts, _ = hs.shape
+        bias = mask_bias(src_mask, hs.dtype)
+        ids = xp.full((N, max_len), pad_id, dtype=np.int64)
+        weights = xp.zeros((N, max_len, Ts), dtype=hs.dtype)
+        tokens = xp.full(N, bos_id, dtype=np.int64)
+        done = xp.zeros(N, dtype=bool)
+        for t in range(max_len):
+            logits, state, a = self.step(tokens, state, hs, bias)
+            tokens = logits.argmax(axis=1)
+            ids[:, t] = xp.where(done, pad_id, tokens)
+            weights[:, t] = a * ~done[:, None]
+            done |= tokens == eos_id
+            if t % 4 == 3 and bool(done.all()):                     # sync with a GPU only now and then
+                return ids[:, :t + 1], weights[:, :t + 1]
+        return ids, weights

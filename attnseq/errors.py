@@ -1,0 +1,25 @@
+"""Errors with messages meant for people. The CLI prints them as one line."""
+
+
+class AttnseqError(Exception):
+    """Base class for every error attnseq raises on purpose."""
+
+
+class DataError(AttnseqError, ValueError):
+    """A data file is malformed: the message names the file and line."""
+
+
+class CheckpointError(AttnseqError):
+    """A checkpoint is missing, corrupt, or does not match the model."""
+
+
+class DeviceError(AttnseqError, ValueError):
+    """An unknown device, or a GPU asked for where there is none."""
+
+
+class ConfigError(AttnseqError, ValueError):
+    """A bad option, flag combination or config file."""
+
+
+class NonFiniteError(AttnseqError, FloatingPointError):
+    """A NaN or inf appeared in the loss or the gradients."""

@@ -1,0 +1,294 @@
+"""Layers with explicit ``forward``/``backward``.
+
+Shapes: N batch, T time, D input (embedding) size, H hidden size, V vocabulary.
+Every layer keeps ``params`` and ``grads`` as parallel lists (see ``Module``),
+caches in ``forward`` what ``backward`` needs, and writes gradients in place.
+The array module (numpy or cupy) always comes from the arrays.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import get_array_module, scatter_add
+from .module import Module
+
+INIT_SCHEMES = ("xavier", "he")
+
+
+def init_weight(rng: np.random.Generator, fan_in: int, fan_out: int, scheme: str = "xavier",
+                dtype=np.float32) -> np.ndarray:
+    """A (fan_in, fan_out) weight: Xavier/Glorot normal, std sqrt(2/(in+out)), or He, std sqrt(2/in)."""
+    if scheme == "xavier":
+        std = np.sqrt(2.0 / (fan_in + fan_out))
+    elif scheme == "he":
+        std = np.sqrt(2.0 / fan_in)
+    else:
+        raise ValueError(f"init must be one of {INIT_SCHEMES}, got {scheme!r}")
+    return (rng.standard_normal((fan_in, fan_out)) * std).astype(dtype)
+
+
+class Embedding(Module):
+    """Token ids (N, T) -> vectors (N, T, D). Weight W: (V, D)."""
+
+    def __init__(self, vocab_size: int, dim: int, rng: np.random.Generator, dtype=np.float32):
+        super().__init__()
+        self.add_param("W", (rng.standard_normal((vocab_size, dim)) * 0.1).astype(dtype))
+        self.ids = None
+
+    def forward(self, ids):
+        W, = self.params
+        self.ids = ids
+        return W[ids]                                               # (N, T, D)
+
+    def backward(self, dout):
+        """Accumulate dout (N, T, D) into dW with one scatter-add over all positions."""
+        dW, = self.grads
+        dW.fill(0)
+        scatter_add(dW, self.ids.ravel(), dout.reshape(-1, dW.shape[1]))
+
+
+def sigmoid_(x):
+    """In-place logistic sigmoid, written through tanh so it never overflows."""
+    xp = get_array_module(x)
+    x *= 0.5
+    xp.tanh(x, out=x)
+    x *= 0.5
+    x += 0.5
+    return x
+
+
+def lstm_cell_(a, c_prev, c_out, tc_out, h_out, tmp):
+    """One LSTM step on pre-activations ``a`` (N, 4H), gate order [i, f, o, g].
+
+    Activates ``a`` in place (sigmoid on i, f, o; tanh on g) and writes the new
+    cell state, its tanh and the hidden state into the (N, H) outputs.
+    ``tmp`` is an (N, H) scratch buffer. Shared by training and decoding.
+    """
+    xp = get_array_module(a)
+    H = c_prev.shape[1]
+    sigmoid_(a[:, :3 * H])
+    g = a[:, 3 * H:]
+    xp.tanh(g, out=g)
+    xp.multiply(a[:, H:2 * H], c_prev, out=c_out)                   # f * c_prev
+    xp.multiply(a[:, :H], g, out=tmp)                               # i * g
+    c_out += tmp
+    xp.tanh(c_out, out=tc_out)
+    xp.multiply(a[:, 2 * H:3 * H], tc_out, out=h_out)               # o * tanh(c)
+
+
+class LSTM(Module):
+    """LSTM over a whole sequence: xs (N, T, D) -> hs (N, T, H).
+
+    Parameters: Wx (D, 4H), Wh (H, 4H), b (4H); gates ordered [i, f, o, g].
+    The input is projected for all time steps with one matrix product; only
+    ``h @ Wh`` stays in the time loop. Activations live in preallocated
+    time-major buffers, and the weight gradients are one product over all steps.
+
+    ``lengths`` (N,) marks right padding: the final state ``(h_final, c_final)``
+    is each sequence's state at its own last real step, so padded steps cannot
+    change it. Hidden states at padded positions are computed but meaningless;
+    callers mask them (attention does).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, rng: np.random.Generator,
+                 init: str = "xavier", dtype=np.float32, forget_bias: float = 1.0):
+        super().__init__()
+        H = hidden_size
+        self.add_param("Wx", init_weight(rng, input_size, 4 * H, init, dtype))
+        self.add_param("Wh", init_weight(rng, H, 4 * H, init, dtype))
+        b = np.zeros(4 * H, dtype=dtype)
+        b[H:2 * H] = forget_bias
+        self.add_param("b", b)
+        self.hidden_size = H
+        self.cache = None
+        self.h_final = self.c_final = None
+
+    def _zeros_state(self, xp, N, dtype):
+        return xp.zeros((N, self.hidden_size), dtype=dtype)
+
+    def forward(self, xs, h0=None, c0=None, lengths=None):
+        """xs (N, T, D), h0/c0 (N, H) or None -> hs (N, T, H) (a view of time-major storage)."""
+        Wx, Wh, b = self.params
+        xp = get_array_module(xs)
+        N, T, D = xs.shape
+        H = self.hidden_size
+        X = xp.ascontiguousarray(xs.transpose(1, 0, 2)).reshape(T * N, D)
+        A = (X @ Wx).reshape(T, N, 4 * H)                           # (T, N, 4H) all input projections
+        A += b
+        Hs = xp.empty((T + 1, N, H), dtype=xs.dtype)                # Hs[0] = h0, Hs[t+1] = h_t
+        Cs = xp.empty((T + 1, N, H), dtype=xs.dtype)
+        TC = xp.empty((T, N, H), dtype=xs.dtype)                    # tanh(c_t)
+        Hs[0] = 0 if h0 is None else h0
+        Cs[0] = 0 if c0 is None else c0
+        rec = xp.empty((N, 4 * H), dtype=xs.dtype)
+        tmp = xp.empty((N, H), dtype=xs.dtype)
+        for t in range(T):
+            xp.matmul(Hs[t], Wh, out=rec)                           # (N, 4H)
+            A[t] += rec
+            lstm_cell_(A[t], Cs[t], Cs[t + 1], TC[t], Hs[t + 1], tmp)
+        self.cache = (X, A, Hs, Cs, TC, lengths)
+        if lengths is None:
+            self.h_final, self.c_final = Hs[T], Cs[T]
+        else:
+            rows = xp.arange(N)
+            self.h_final, self.c_final = Hs[lengths, rows], Cs[lengths, rows]
+        return Hs[1:].transpose(1, 0, 2)                            # (N, T, H)
+
+    def backward(self, dhs, dh_final=None, dc_final=None):
+        """dhs (N, T, H), gradients of the final state (N, H) -> dxs (N, T, D), dh0, dc0."""
+        Wx, Wh, b = self.params
+        dWx, dWh, db = self.grads
+        X, A, Hs, Cs, TC, lengths = self.cache
+        xp = get_array_module(dhs)
+        T, N, H4 = A.shape
+        H = H4 // 4
+        dH = xp.ascontiguousarray(dhs.transpose(1, 0, 2))          # (T, N, H), a working copy
+        dC_in = None
+        if dh_final is not None or dc_final is not None:
+            if lengths is None:
+                if dh_final is not None:
+                    dH[T - 1] += dh_final
+                dC_in = dc_final
+            else:
+                rows = xp.arange(N)
+                if dh_final is not None:
+                    dH[lengths - 1, rows] += dh_final
+                if dc_final is not None:
+                    dC_in = xp.zeros((T, N, H), dtype=dhs.dtype)
+                    dC_in[lengths - 1, rows] = dc_final
+        dA = xp.empty_like(A)                                       # (T, N, 4H) pre-activation grads
+        dh = xp.zeros((N, H), dtype=dhs.dtype)
+        dc = xp.zeros((N, H), dtype=dhs.dtype)
+        if lengths is None and dC_in is not None:
+            dc += dC_in
+        t1 = xp.empty((N, H), dtype=dhs.dtype)
+        t3 = xp.empty((N, 3 * H), dtype=dhs.dtype)
+        for t in range(T - 1, -1, -1):
+            a, da = A[t], dA[t]
+            i, f, o, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+            dh += dH[t]                                             # (N, H)
+            if lengths is not None and dC_in is not None:
+                dc += dC_in[t]
+            xp.multiply(dh, TC[t], out=da[:, 2 * H:3 * H])          # do
+            xp.multiply(TC[t], TC[t], out=t1)                       # dc += dh * o * (1 - tanh(c)^2)
+            xp.subtract(1, t1, out=t1)
+            t1 *= o
+            t1 *= dh
+            dc += t1
+            xp.multiply(dc, g, out=da[:, :H])                       # di
+            xp.multiply(dc, Cs[t], out=da[:, H:2 * H])              # df
+            xp.multiply(dc, i, out=da[:, 3 * H:])                   # dg
+            xp.multiply(g, g, out=t1)
+            xp.subtract(1, t1, out=t1)
+            da[:, 3 * H:] *= t1                                     # through tanh
+            s = a[:, :3 * H]
+            xp.subtract(1, s, out=t3)
+            t3 *= s
+            da[:, :3 * H] *= t3                                     # through the sigmoids
+            dc *= f                                                 # to c_{t-1}
+            xp.matmul(da, Wh.T, out=dh)                             # to h_{t-1}
+        dA2 = dA.reshape(T * N, H4)
+        xp.matmul(X.T, dA2, out=dWx)
+        xp.matmul(Hs[:-1].reshape(T * N, H).T, dA2, out=dWh)
+        dA2.sum(axis=0, out=db)
+        dxs = (dA2 @ Wx.T).reshape(T, N, -1).transpose(1, 0, 2)    # (N, T, D)
+        return dxs, dh, dc
+
+    def step(self, x, h, c):
+        """One step for decoding, no cache: x (N, D), h, c (N, H) -> new (h, c)."""
+        Wx, Wh, b = self.params
+        xp = get_array_module(x)
+        a = x @ Wx + h @ Wh + b                                     # (N, 4H)
+        h_new, c_new, tc, tmp = (xp.empty_like(h) for _ in range(4))
+        lstm_cell_(a, c, c_new, tc, h_new, tmp)
+        return h_new, c_new
+
+
+class Linear(Module):
+    """Affine map over time: x (N, T, D) -> y (N, T, O). W (D, O), b (O)."""
+
+    def __init__(self, in_size: int, out_size: int, rng: np.random.Generator,
+                 init: str = "xavier", dtype=np.float32):
+        super().__init__()
+        self.add_param("W", init_weight(rng, in_size, out_size, init, dtype))
+        self.add_param("b", np.zeros(out_size, dtype=dtype))
+        self.x2 = None
+
+    def forward(self, x):
+        W, b = self.params
+        self.x2 = x.reshape(-1, x.shape[-1])
+        y = self.x2 @ W
+        y += b
+        return y.reshape(*x.shape[:-1], -1)
+
+    def backward(self, dy):
+        W, b = self.params
+        dW, db = self.grads
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        get_array_module(dy).matmul(self.x2.T, dy2, out=dW)
+        dy2.sum(axis=0, out=db)
+        return (dy2 @ W.T).reshape(*dy.shape[:-1], -1)
+
+
+class SoftmaxCrossEntropy(Module):
+    """Mean cross-entropy over real tokens: logits (N, T, V), targets (N, T) -> scalar.
+
+    Positions whose target equals ``ignore_index`` (padding) count neither in the
+    sum nor in the mean. All arithmetic stays in the logits' dtype.
+    """
+
+    def __init__(self, ignore_index: int = 0):
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.cache = None
+
+    def forward(self, logits, targets):
+        xp = get_array_module(logits)
+        V = logits.shape[-1]
+        z = logits.reshape(-1, V)
+        t = targets.ravel()
+        m = z.max(axis=1, keepdims=True)
+        p = z - m                                                   # (N*T, V)
+        xp.exp(p, out=p)
+        s = p.sum(axis=1, keepdims=True)
+        rows = xp.arange(t.size)
+        nll = xp.log(s[:, 0]) - (z[rows, t] - m[:, 0])              # -log softmax at the target
+        p /= s
+        mask = (t != self.ignore_index).astype(logits.dtype)        # (N*T,)
+        count = xp.maximum(mask.sum(), 1)
+        loss = (nll * mask).sum() / count
+        self.cache = (p, t, mask, count, logits.shape)
+        return loss
+
+    def backward(self, dout=1.0):
+        p, t, mask, count, shape = self.cache
+        xp = get_array_module(p)
+        dz = p                                                      # reuse: softmax is not needed again
+        dz[xp.arange(t.size), t] -= 1
+        dz *= (mask * (dout / count))[:, None]
+        self.cache = None
+        return dz.reshape(shape)
+
+
+class Dropout(Module):
+    """Inverted dropout: scales kept units by 1/(1-p) in training, identity in eval."""
+
+    def __init__(self, p: float, rng: np.random.Generator):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.p = p
+        self.rng = rng
+        self.mask = None
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self.mask = None
+            return x
+        xp = get_array_module(x)
+        keep = self.rng.random(x.shape) >= self.p
+        self.mask = xp.asarray(keep, dtype=x.dtype) / x.dtype.type(1.0 - self.p)
+        return x * self.mask
+
+    def backward(self, dout):
+        return dout if self.mask is None else dout * self.mask

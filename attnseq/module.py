@@ -1,0 +1,94 @@
+"""``Module``: the parameter bookkeeping every layer and model shares.
+
+A module keeps its own parameters in ``params`` and their gradients in
+``grads`` (parallel lists, as in *Deep Learning from Scratch 2*) and names them
+in ``param_names``. Child modules are registered by name, so every parameter has
+a path such as ``decoder.lstm.Wh``: the key used in checkpoint ``.npz`` files.
+``backward`` writes gradients in place (``grads[i][...] = ...``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import check_device, get_array_module, to_device
+
+
+class Module:
+    def __init__(self):
+        self.params: list = []
+        self.grads: list = []
+        self.param_names: list[str] = []
+        self._children: dict[str, Module] = {}
+        self.training = True
+
+    # -- registration ----------------------------------------------------
+    def add_param(self, name: str, value):
+        self.params.append(value)
+        self.grads.append(get_array_module(value).zeros_like(value))
+        self.param_names.append(name)
+
+    def add_module(self, name: str, module: "Module") -> "Module":
+        self._children[name] = module
+        setattr(self, name, module)
+        return module
+
+    # -- traversal ---------------------------------------------------------
+    def named_modules(self, prefix: str = ""):
+        yield prefix, self
+        for name, child in self._children.items():
+            yield from child.named_modules(f"{prefix}{name}.")
+
+    def named_parameters(self):
+        """Yield ``(path, module, index)`` for every parameter, in a fixed order."""
+        for prefix, mod in self.named_modules():
+            for i, name in enumerate(mod.param_names):
+                yield prefix + name, mod, i
+
+    def parameters(self) -> list:
+        return [m.params[i] for _, m, i in self.named_parameters()]
+
+    def gradients(self) -> list:
+        return [m.grads[i] for _, m, i in self.named_parameters()]
+
+    def state_dict(self) -> dict:
+        return {path: m.params[i] for path, m, i in self.named_parameters()}
+
+    def load_state_dict(self, arrays: dict) -> None:
+        """Copy arrays into the parameters in place (shapes and dtypes must match)."""
+        for path, m, i in self.named_parameters():
+            p = m.params[i]
+            p[...] = get_array_module(p).asarray(arrays[path], dtype=p.dtype)
+
+    # -- state -----------------------------------------------------------
+    @property
+    def xp(self):
+        params = self.parameters()
+        return get_array_module(params[0]) if params else np
+
+    @property
+    def dtype(self):
+        params = self.parameters()
+        return params[0].dtype if params else np.dtype(np.float32)
+
+    def to(self, device: str) -> "Module":
+        """Move parameters and gradients to ``"cpu"``, ``"gpu"`` or ``"gpu:N"`` (in place)."""
+        check_device(device)
+        for _, mod in self.named_modules():
+            mod.params[:] = [to_device(p, device) for p in mod.params]
+            mod.grads[:] = [to_device(g, device) for g in mod.grads]
+        return self
+
+    def zero_grad(self) -> None:
+        for g in self.gradients():
+            g.fill(0)
+
+    def train(self, mode: bool = True) -> "Module":
+        for _, mod in self.named_modules():
+            mod.training = mode
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    def num_parameters(self) -> int:
+        return int(sum(p.size for p in self.parameters()))

@@ -1,0 +1,219 @@
+"""Optimizers that update parameters in place, with hooks that run before each update.
+
+An optimizer holds a ``Module``; each ``step()`` reads the parameters and their
+gradients from it, runs the hooks (gradient clipping, weight decay) on the
+gradients, then updates every parameter in place. Per-parameter state (moments,
+velocities) is keyed by the parameter's path, created with the parameter's
+array module, and follows the parameter when the model moves between devices.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .backend import device_of, get_array_module, to_device
+from .module import Module
+
+
+# -- hooks ------------------------------------------------------------------------
+class ClipGradNorm:
+    """Scale all gradients so their global L2 norm is at most ``max_norm``.
+
+    ``last_norm`` keeps the norm before clipping as a 0-d array (no host sync).
+    """
+
+    def __init__(self, max_norm: float):
+        if max_norm <= 0:
+            raise ValueError(f"max_norm must be positive, got {max_norm}")
+        self.max_norm = float(max_norm)
+        self.last_norm = None
+
+    def __call__(self, params, grads):
+        xp = get_array_module(grads[0])
+        total = xp.sqrt(sum(xp.vdot(g.ravel(), g.ravel()) for g in grads))
+        self.last_norm = total
+        scale = xp.minimum(1.0, self.max_norm / (total + 1e-6)).astype(grads[0].dtype)
+        for g in grads:
+            g *= scale
+
+
+class WeightDecay:
+    """Add ``rate * p`` to the gradient of every weight matrix (ndim >= 2; biases are left alone)."""
+
+    def __init__(self, rate: float):
+        if rate < 0:
+            raise ValueError(f"weight decay must be >= 0, got {rate}")
+        self.rate = float(rate)
+
+    def __call__(self, params, grads):
+        for p, g in zip(params, grads):
+            if p.ndim >= 2:
+                g += self.rate * p
+
+
+# -- optimizers -----------------------------------------------------------------
+class Optimizer:
+    """Base class: ``step()`` runs the hooks, then ``update(path, p, g)`` per parameter."""
+
+    slots: tuple[str, ...] = ()
+
+    def __init__(self, model: Module, lr: float, hooks=()):
+        if not isinstance(model, Module):
+            raise TypeError("an optimizer takes the model (a Module) whose parameters it updates")
+        if lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        self.model = model
+        self.lr = float(lr)
+        self.hooks = list(hooks)
+        self.t = 0
+        self.state: dict[str, dict] = {}
+
+    def step(self) -> None:
+        named = list(self.model.named_parameters())
+        params = [m.params[i] for _, m, i in named]
+        grads = [m.grads[i] for _, m, i in named]
+        for hook in self.hooks:
+            hook(params, grads)
+        self.t += 1
+        for (path, _, _), p, g in zip(named, params, grads):
+            self.update(p, g, self._state(path, p))
+
+    def _state(self, path: str, p) -> dict:
+        """The slot arrays of one parameter, created or moved to the parameter's device."""
+        st = self.state.get(path)
+        if st is None:
+            xp = get_array_module(p)
+            st = self.state[path] = {s: xp.zeros_like(p) for s in self.slots}
+        elif self.slots and device_of(st[self.slots[0]]) != device_of(p):
+            dev = device_of(p)
+            for s in self.slots:
+                st[s] = to_device(st[s], dev)
+        return st
+
+    def update(self, p, g, state: dict) -> None:
+        raise NotImplementedError
+
+    # -- checkpoints -------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Flat dict of arrays ``"{path}/{slot}"`` plus ``"t"`` and ``"lr"``, for ``.npz`` files."""
+        out = {f"{path}/{s}": st[s] for path, st in self.state.items() for s in self.slots}
+        out["t"] = np.asarray(self.t, dtype=np.int64)
+        out["lr"] = np.asarray(self.lr, dtype=np.float64)
+        return out
+
+    def load_state_dict(self, arrays: dict) -> None:
+        self.t = int(arrays["t"])
+        self.lr = float(arrays["lr"])
+        self.state = {}
+        for path, m, i in self.model.named_parameters():
+            p = m.params[i]
+            xp = get_array_module(p)
+            if self.slots:
+                self.state[path] = {s: xp.asarray(arrays[f"{path}/{s}"], dtype=p.dtype) for s in self.slots}
+
+    def expected_keys(self) -> list[str]:
+        keys = [f"{path}/{s}" for path, _, _ in self.model.named_parameters() for s in self.slots]
+        return keys + ["t", "lr"]
+
+
+class SGD(Optimizer):
+    """p -= lr * g"""
+
+    def update(self, p, g, state):
+        p -= self.lr * g
+
+
+class Momentum(Optimizer):
+    """v = mu * v - lr * g;  p += v"""
+
+    slots = ("v",)
+
+    def __init__(self, model, lr=0.01, momentum=0.9, hooks=()):
+        super().__init__(model, lr, hooks)
+        self.momentum = momentum
+
+    def update(self, p, g, state):
+        v = state["v"]
+        v *= self.momentum
+        v -= self.lr * g
+        p += v
+
+
+class Nesterov(Momentum):
+    """v = mu * v - lr * g;  p += mu * v - lr * g   (Sutskever's form, as PyTorch's nesterov=True)."""
+
+    def update(self, p, g, state):
+        v = state["v"]
+        v *= self.momentum
+        v -= self.lr * g
+        p += self.momentum * v - self.lr * g
+
+
+class AdaGrad(Optimizer):
+    """h += g^2;  p -= lr * g / (sqrt(h) + eps)"""
+
+    slots = ("h",)
+
+    def __init__(self, model, lr=0.01, eps=1e-7, hooks=()):
+        super().__init__(model, lr, hooks)
+        self.eps = eps
+
+    def update(self, p, g, state):
+        h = state["h"]
+        h += g * g
+        p -= self.lr * g / (get_array_module(h).sqrt(h) + self.eps)
+
+
+class RMSProp(Optimizer):
+    """h = rho * h + (1 - rho) * g^2;  p -= lr * g / (sqrt(h) + eps)"""
+
+    slots = ("h",)
+
+    def __init__(self, model, lr=0.01, rho=0.99, eps=1e-7, hooks=()):
+        super().__init__(model, lr, hooks)
+        self.rho, self.eps = rho, eps
+
+    def update(self, p, g, state):
+        h = state["h"]
+        h *= self.rho
+        h += (1 - self.rho) * g * g
+        p -= self.lr * g / (get_array_module(h).sqrt(h) + self.eps)
+
+
+class Adam(Optimizer):
+    """Adam with bias correction (Kingma & Ba), fused in place.
+
+    m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+    p -= lr * m_hat / (sqrt(v_hat) + eps), computed as
+    p -= lr_t * m / (sqrt(v) + eps * sqrt(1 - b2^t)) with lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t).
+    """
+
+    slots = ("m", "v")
+
+    def __init__(self, model, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, hooks=()):
+        super().__init__(model, lr, hooks)
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+
+    def update(self, p, g, state):
+        xp = get_array_module(p)
+        m, v = state["m"], state["v"]
+        b1, b2 = self.beta1, self.beta2
+        corr2 = math.sqrt(1.0 - b2 ** self.t)
+        lr_t = self.lr * corr2 / (1.0 - b1 ** self.t)
+        tmp = g - m
+        tmp *= 1 - b1
+        m += tmp                                                    # m = b1 m + (1-b1) g
+        xp.multiply(g, g, out=tmp)
+        tmp -= v
+        tmp *= 1 - b2
+        v += tmp                                                    # v = b2 v + (1-b2) g^2
+        xp.sqrt(v, out=tmp)
+        tmp += self.eps * corr2
+        xp.divide(m, tmp, out=tmp)
+        tmp *= lr_t
+        p -= tmp
+
+
+OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "nesterov": Nesterov,
+              "adagrad": AdaGrad, "rmsprop": RMSProp, "adam": Adam}
