@@ -45,7 +45,6 @@ class AttentionSeq2seq(Module):
                            dropout=float(dropout), init=init, dtype=dtype.name, seed=int(seed),
                            pad_id=pad_id, bos_id=bos_id, eos_id=eos_id)
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
-        self._mask = None
 
     @classmethod
     def from_config(cls, config: dict) -> "AttentionSeq2seq":
@@ -70,18 +69,20 @@ class AttentionSeq2seq(Module):
         return hs, state, mask
 
     # -- training ---------------------------------------------------------------
-    def forward(self, src, tgt):
-        """Mean cross-entropy per real target token (a 0-d array on the model's device)."""
+    def logits(self, src, tgt):
+        """Teacher forcing: src (N, Ts), tgt (N, To + 1) -> logits (N, To, V) for tgt[:, 1:]."""
         check_ids("tgt", tgt, self.config["tgt_vocab_size"])
         if tgt.shape[0] != src.shape[0]:
             raise ValueError(f"tgt: batch size {tgt.shape[0]} does not match src's {src.shape[0]}")
         if tgt.shape[1] < 2:
             raise ValueError(f"tgt: needs at least [bos, eos], got length {tgt.shape[1]}")
         hs, state, mask = self.encode(src)
-        self._mask = mask
-        tgt = self.xp.asarray(tgt)
-        logits = self.decoder.forward(tgt[:, :-1], hs, state, mask)  # (N, To, V)
-        return self.loss_layer.forward(logits, tgt[:, 1:])
+        return self.decoder.forward(self.xp.asarray(tgt[:, :-1]), hs, state, mask)
+
+    def forward(self, src, tgt):
+        """Mean cross-entropy per real target token (a 0-d array on the model's device)."""
+        logits = self.logits(src, tgt)                              # (N, To, V)
+        return self.loss_layer.forward(logits, self.xp.asarray(tgt[:, 1:]))
 
     def backward(self, dout: float = 1.0) -> None:
         dlogits = self.loss_layer.backward(dout)

@@ -1,0 +1,365 @@
+"""The training pipeline: data, tokenizers, model, optimizer, epochs, checkpoints, metrics.
+
+``train(config)`` is what ``attnseq train`` and ``scripts/train.py`` call. The
+config is a plain dict whose keys are the CLI flags with underscores
+(``batch_size`` for ``--batch-size``); ``resolve_config`` fills in defaults.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .backend import check_device
+from .batching import Encoded, batch_order, encode_pairs, padding_fraction, take
+from .checkpoint import load_checkpoint, resolve, save_checkpoint
+from .datasets import DEFAULT_SEED, GENERATORS
+from .errors import CheckpointError, ConfigError, DataError, NonFiniteError
+from .evaluate import evaluate
+from .io import read_aligned, read_pairs
+from .layers import Dropout
+from .model import AttentionSeq2seq
+from .optim import OPTIMIZERS, ClipGradNorm, WeightDecay
+from .tokenizers import CharTokenizer, SentencePieceTokenizer, Tokenizer, WordTokenizer
+
+DEFAULTS = dict(
+    data=None, train=None, valid=None, test=None, source_lang=None, target_lang=None, out=None,
+    epochs=10, batch_size=128, wordvec_size=16, hidden_size=256, optimizer="adam", lr=1e-3,
+    clip=5.0, dropout=0.0, weight_decay=0.0, lr_decay=1.0, patience=3, seed=0, device="cpu",
+    dtype="float32", init="xavier", reverse_source=False, bucket=True, tokenizer=None,
+    vocab_size=8000, shared_vocab=False, max_len=None, eval_batch_size=1000, examples=3,
+    skip_nonfinite=False, resume=False, quick=False, bleu=None, target_exact_match=None,
+)
+# What a built-in task changes; `quick` trades epochs for a newcomer's first few minutes.
+TASK_DEFAULTS = {
+    "date": dict(epochs=6, lr=3e-3, target_exact_match=None),
+    "addition": dict(epochs=30, lr=3e-3, batch_size=64, patience=6),
+    "toy-en-ko": dict(epochs=15, tokenizer="sentencepiece", vocab_size=1000, wordvec_size=128,
+                      hidden_size=256, lr=2e-3, batch_size=64, patience=4, bleu=True, max_len=60),
+}
+QUICK = dict(epochs=2)
+NON_RESUMABLE = ("data", "train", "valid", "test", "tokenizer", "vocab_size", "shared_vocab", "wordvec_size",
+                 "hidden_size", "dtype", "init", "reverse_source", "seed", "optimizer", "max_len")
+
+
+def resolve_config(cfg: dict) -> dict:
+    """Defaults, then the built-in task's defaults, then what the user set (keys not None)."""
+    unknown = sorted(set(cfg) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
+    user = {k: v for k, v in cfg.items() if v is not None}
+    out = dict(DEFAULTS)
+    task = user.get("data")
+    out.update(TASK_DEFAULTS.get(task, {}))
+    if user.get("quick"):
+        out.update(QUICK)
+    out.update(user)
+    if out["out"] is None:
+        raise ConfigError("--out RUN_DIR is required")
+    if out["data"] is None and out["train"] is None:
+        raise ConfigError("give --data NAME|DIR, or --train FILE (with --valid FILE)")
+    if out["data"] is not None and out["train"] is not None:
+        raise ConfigError("--data and --train are alternatives; give one")
+    if out["optimizer"] not in OPTIMIZERS:
+        raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {out['optimizer']!r}")
+    for key in ("epochs", "batch_size", "wordvec_size", "hidden_size", "eval_batch_size", "vocab_size"):
+        if not isinstance(out[key], int) or out[key] < 1:
+            raise ConfigError(f"--{key.replace('_', '-')} must be a positive integer, got {out[key]!r}")
+    if not (isinstance(out["lr"], (int, float)) and out["lr"] > 0):
+        raise ConfigError(f"--lr must be positive, got {out['lr']!r}")
+    if not 0 <= out["dropout"] < 1:
+        raise ConfigError(f"--dropout must be in [0, 1), got {out['dropout']}")
+    if out["tokenizer"] not in (None, "char", "word", "sentencepiece"):
+        raise ConfigError(f"--tokenizer must be char, word or sentencepiece, got {out['tokenizer']!r}")
+    check_device(out["device"])
+    return out
+
+
+# -- data -----------------------------------------------------------------------------
+def shipped_dir(name: str) -> Path:
+    return Path(__file__).resolve().parent.parent / "data" / name
+
+
+def load_data(cfg: dict) -> dict[str, list]:
+    """{"train": pairs, "valid": pairs, "test": pairs or []} from a built-in name, a directory or files."""
+    data = cfg["data"]
+    if data is not None:
+        if data in GENERATORS:
+            d = shipped_dir(data)
+            if (d / "train.tsv").exists():
+                return _load_split_files(d / "train.tsv", d / "valid.tsv", d / "test.tsv")
+            return GENERATORS[data](DEFAULT_SEED)  # not shipped (a wheel install): same splits, made here
+        d = Path(data)
+        if not d.is_dir():
+            raise DataError(f"--data {data}: neither a built-in dataset ({', '.join(GENERATORS)}) nor a directory")
+        if not (d / "train.tsv").exists():
+            raise DataError(f"--data {data}: the directory has no train.tsv (it needs train.tsv and valid.tsv)")
+        return _load_split_files(d / "train.tsv", d / "valid.tsv", d / "test.tsv")
+    if cfg["valid"] is None:
+        raise ConfigError("--train needs --valid FILE too")
+    return _load_split_files(cfg["train"], cfg["valid"], cfg["test"], cfg["source_lang"], cfg["target_lang"])
+
+
+def _read(path, src_lang=None, tgt_lang=None):
+    """A TSV/question_answer file, or with --source-lang/--target-lang the aligned pair PATH.SRC, PATH.TGT."""
+    if src_lang and tgt_lang:
+        return read_aligned(f"{path}.{src_lang}", f"{path}.{tgt_lang}")
+    return read_pairs(path)
+
+
+def _load_split_files(train, valid, test, src_lang=None, tgt_lang=None):
+    out = {"train": _read(train, src_lang, tgt_lang), "valid": _read(valid, src_lang, tgt_lang)}
+    if test is not None and (src_lang or Path(test).exists()):
+        out["test"] = _read(test, src_lang, tgt_lang)
+    else:
+        out["test"] = []
+    return out
+
+
+def build_tokenizers(cfg: dict, pairs) -> tuple[Tokenizer, Tokenizer]:
+    kind = cfg["tokenizer"] or "char"
+    srcs, tgts = [s for s, _ in pairs], [t for _, t in pairs]
+    if kind == "sentencepiece":
+        if cfg["shared_vocab"]:
+            tok = SentencePieceTokenizer.train(srcs + tgts, cfg["vocab_size"])
+            return tok, tok
+        return (SentencePieceTokenizer.train(srcs, cfg["vocab_size"]),
+                SentencePieceTokenizer.train(tgts, cfg["vocab_size"]))
+    cls = CharTokenizer if kind == "char" else WordTokenizer
+    limit = None if kind == "char" else cfg["vocab_size"]
+    if cfg["shared_vocab"]:
+        tok = cls.build(srcs + tgts, limit)
+        return tok, tok
+    return cls.build(srcs, limit), cls.build(tgts, limit)
+
+
+# -- the loop ---------------------------------------------------------------------------
+def _dropout_rng(model) -> np.random.Generator:
+    return next(m.rng for _, m in model.named_modules() if isinstance(m, Dropout))
+
+
+def make_optimizer(cfg, model):
+    hooks = []
+    if cfg["weight_decay"]:
+        hooks.append(WeightDecay(cfg["weight_decay"]))
+    if cfg["clip"] and cfg["clip"] > 0:
+        hooks.append(ClipGradNorm(cfg["clip"]))
+    return OPTIMIZERS[cfg["optimizer"]](model, lr=cfg["lr"], hooks=hooks)
+
+
+def grad_norm(model) -> float:
+    xp = model.xp
+    return float(xp.sqrt(sum(xp.vdot(g.ravel(), g.ravel()) for g in model.gradients())))
+
+
+class Trainer:
+    """Holds one run's model, optimizer, data and counters; ``run()`` trains to the end."""
+
+    def __init__(self, cfg: dict, log=print):
+        self.log = log
+        self.out = Path(cfg["out"])
+        self.t_start = time.perf_counter()
+        resume_from = self._prepare_out_dir(cfg)
+        if resume_from is not None:
+            ck = load_checkpoint(resume_from, device=cfg["device"], with_optimizer=True)
+            saved = ck.config["train"]
+            changed = [k for k in NON_RESUMABLE if cfg.get(k) is not None and k in saved and cfg[k] != saved[k]
+                       and cfg[k] != DEFAULTS[k]]
+            if changed:
+                raise ConfigError(f"--resume: {', '.join(changed)} differ from the run being resumed; "
+                                  "start a new --out instead")
+            cfg = {**saved, **{k: cfg[k] for k in ("epochs", "patience", "device", "out", "examples",
+                                                     "eval_batch_size", "skip_nonfinite")}, "resume": True}
+        self.cfg = cfg
+        self.data = load_data(cfg)
+        if resume_from is not None:
+            self.model, self.src_tok, self.tgt_tok = ck.model, ck.src_tok, ck.tgt_tok
+        else:
+            self.src_tok, self.tgt_tok = build_tokenizers(cfg, self.data["train"])
+            self.model = AttentionSeq2seq(self.src_tok.vocab_size, self.tgt_tok.vocab_size, cfg["wordvec_size"],
+                                          cfg["hidden_size"], dropout=cfg["dropout"], init=cfg["init"],
+                                          dtype=cfg["dtype"], seed=cfg["seed"])
+            if cfg["device"] != "cpu":
+                self.model.to(cfg["device"])
+        self.sets = {name: self._encode(pairs, name) for name, pairs in self.data.items() if pairs}
+        self.opt = make_optimizer(cfg, self.model)
+        self.rng = np.random.default_rng(cfg["seed"])
+        self.epoch, self.step, self.best, self.bad_epochs, self.skipped = 0, 0, -1.0, 0, 0
+        if resume_from is not None:
+            self._restore(ck)
+
+    def _prepare_out_dir(self, cfg) -> Path | None:
+        out = self.out
+        has_ckpt = any((out / n / "config.json").exists() for n in ("last", "last.old", "best", "best.old"))
+        if has_ckpt and not cfg["resume"]:
+            raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / ".write-test"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as e:
+            raise ConfigError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+        for stale in out.glob(".*.tmp-*"):
+            import shutil
+            shutil.rmtree(stale, ignore_errors=True)
+        if cfg["resume"] and has_ckpt:
+            return resolve(out, prefer="last")
+        if cfg["resume"]:
+            self.log(f"note: {out} has no checkpoint yet; starting from scratch")
+        return None
+
+    def _encode(self, pairs, name) -> Encoded:
+        enc = encode_pairs(pairs, self.src_tok, self.tgt_tok, self.cfg["reverse_source"],
+                           self.cfg["max_len"] if name == "train" else None)
+        if enc.dropped:
+            self.log(f"note: {enc.dropped} {name} pairs longer than --max-len {self.cfg['max_len']} were left out")
+        return enc
+
+    def _restore(self, ck) -> None:
+        self.opt.load_state_dict(ck.optimizer)
+        st = ck.state
+        self.epoch, self.step, self.best = st["epoch"], st["step"], st["best"]
+        self.bad_epochs, self.skipped = st["bad_epochs"], st.get("nonfinite_skipped", 0)
+        self.rng.bit_generator.state = st["rng"]
+        _dropout_rng(self.model).bit_generator.state = st["dropout_rng"]
+        self.log(f"resumed {self.out} at epoch {self.epoch}, step {self.step}")
+
+    # -- one epoch -------------------------------------------------------------------
+    def train_epoch(self) -> dict:
+        from tqdm import tqdm
+        data, cfg, model = self.sets["train"], self.cfg, self.model
+        model.train()
+        batches = batch_order(data.src_len, cfg["batch_size"], self.rng, cfg["bucket"])
+        pad_frac = padding_fraction(data, batches)
+        t0, seen, total_loss, n_loss = time.perf_counter(), 0, 0.0, 0
+        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{cfg['epochs']}", unit="batch", leave=False,
+                   dynamic_ncols=True, disable=None, mininterval=0.5)
+        for idx in bar:
+            src, tgt = take(data, idx)
+            loss = model.forward(src, tgt)
+            self.step += 1
+            if not self._finite_step(loss):
+                continue
+            self.opt.step()
+            total_loss += float(loss)
+            n_loss += 1
+            seen += len(idx)
+            if self.step % 10 == 0:
+                bar.set_postfix(loss=f"{total_loss / n_loss:.4f}",
+                                samples_s=f"{seen / (time.perf_counter() - t0):.0f}", refresh=False)
+        bar.close()
+        dt = time.perf_counter() - t0
+        return dict(train_loss=total_loss / max(n_loss, 1), epoch_time_s=dt, samples_per_s=seen / dt,
+                    padding_fraction=pad_frac)
+
+    def _finite_step(self, loss) -> bool:
+        """Backward, then check loss and gradient norm; False means the batch was skipped."""
+        loss_v = float(loss)
+        if math.isfinite(loss_v):
+            self.model.backward()
+            gnorm = grad_norm(self.model)
+            if math.isfinite(gnorm):
+                return True
+            what = f"gradient norm is {gnorm}"
+        else:
+            what = f"loss is {loss_v}"
+        if self.cfg["skip_nonfinite"]:
+            self.skipped += 1
+            self.log(f"warning: step {self.step}: {what}; batch skipped ({self.skipped} so far)")
+            return False
+        raise NonFiniteError(f"step {self.step} (epoch {self.epoch + 1}): {what}. Training stopped; the last "
+                             f"good checkpoint in {self.out} is untouched. Try a lower --lr or --clip, "
+                             "or --skip-nonfinite")
+
+    # -- epochs, evaluation, checkpoints ----------------------------------------------------
+    def run(self) -> dict:
+        cfg = self.cfg
+        while self.epoch < cfg["epochs"]:
+            stats = self.train_epoch()
+            self.epoch += 1
+            valid = evaluate(self.model, self.sets["valid"], self.tgt_tok, cfg["eval_batch_size"], bool(cfg["bleu"]))
+            improved = valid["exact_match"] > self.best
+            if improved:
+                self.best, self.bad_epochs = valid["exact_match"], 0
+            else:
+                self.bad_epochs += 1
+            row = dict(epoch=self.epoch, step=self.step, **stats, lr=self.opt.lr,
+                       **{f"valid_{k}": v for k, v in valid.items() if k != "predictions"},
+                       nonfinite_skipped=self.skipped, elapsed_s=time.perf_counter() - self.t_start)
+            if "test" in self.sets:
+                t0 = time.perf_counter()
+                test = evaluate(self.model, self.sets["test"], self.tgt_tok, cfg["eval_batch_size"], bool(cfg["bleu"]))
+                row.update({f"test_{k}": v for k, v in test.items() if k != "predictions"},
+                           test_eval_s=time.perf_counter() - t0)
+            self.opt.lr *= cfg["lr_decay"]
+            self._save(improved)
+            self._append_metrics(row)
+            self._report(row, valid)
+            if self.bad_epochs >= cfg["patience"]:
+                self.log(f"early stop: no better valid exact match for {cfg['patience']} epochs")
+                break
+        return self.finish()
+
+    def _state(self) -> dict:
+        return dict(epoch=self.epoch, step=self.step, best=self.best, bad_epochs=self.bad_epochs,
+                    nonfinite_skipped=self.skipped, rng=self.rng.bit_generator.state,
+                    dropout_rng=_dropout_rng(self.model).bit_generator.state)
+
+    def _save(self, improved: bool) -> None:
+        cfg = {k: v for k, v in self.cfg.items()}
+        state = self._state()
+        try:
+            save_checkpoint(self.out / "last", self.model, self.opt, self.src_tok, self.tgt_tok, cfg, state)
+            if improved:
+                save_checkpoint(self.out / "best", self.model, self.opt, self.src_tok, self.tgt_tok, cfg, state)
+        except OSError as e:
+            raise CheckpointError(f"could not save a checkpoint in {self.out}: {e.strerror or e}. "
+                                  "The previous checkpoint is intact.") from None
+
+    def _append_metrics(self, row: dict) -> None:
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _report(self, row: dict, valid: dict) -> None:
+        line = (f"epoch {row['epoch']}/{self.cfg['epochs']}  loss {row['train_loss']:.4f}  "
+                f"valid: loss {row['valid_loss']:.4f}  tok acc {100 * row['valid_token_accuracy']:.2f}%  "
+                f"exact {100 * row['valid_exact_match']:.2f}%")
+        if "valid_bleu" in row:
+            line += f"  BLEU {row['valid_bleu']:.1f}"
+        if "test_exact_match" in row:
+            line += f"  | test exact {100 * row['test_exact_match']:.2f}%"
+        line += f"  ({row['epoch_time_s']:.1f} s, {row['samples_per_s']:.0f} samples/s)"
+        self.log(line)
+        pairs = self.sets["valid"].pairs
+        for k in range(min(self.cfg["examples"], len(pairs))):
+            src, ref = pairs[k]
+            hyp = valid["predictions"][k]
+            ok = hyp == self.tgt_tok.decode(self.tgt_tok.encode(ref))
+            self.log(f"  {'✓' if ok else '✗'} {src} → {hyp}" + ("" if ok else f"   (want {ref})"))
+
+    def finish(self) -> dict:
+        """Evaluate ``best/`` on the test split (if any) and return the final metrics."""
+        result = dict(run=str(self.out), epochs=self.epoch, steps=self.step, best_valid_exact_match=self.best,
+                      wall_s=time.perf_counter() - self.t_start)
+        if "test" in self.sets:
+            best = load_checkpoint(self.out, device=self.cfg["device"])
+            t0 = time.perf_counter()
+            test = evaluate(best.model, self.sets["test"], self.tgt_tok, self.cfg["eval_batch_size"],
+                            bool(self.cfg["bleu"]))
+            test.pop("predictions")
+            result["test"] = dict(test, eval_s=time.perf_counter() - t0)
+            msg = (f"test ({test['n']} pairs, best/): exact {100 * test['exact_match']:.2f}%  "
+                   f"tok acc {100 * test['token_accuracy']:.2f}%  loss {test['loss']:.4f}")
+            if "bleu" in test:
+                msg += f"  BLEU {test['bleu']:.1f}  chrF {test['chrf']:.1f}"
+            self.log(msg)
+        return result
+
+
+def train(cfg: dict, log=print) -> dict:
+    """Train from a config dict (see ``DEFAULTS``); returns the final metrics."""
+    return Trainer(resolve_config(cfg), log).run()
