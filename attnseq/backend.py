@@ -5,12 +5,16 @@ There is no global device flag. The array module always comes from the data
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .errors import DeviceError
 
 
+@functools.lru_cache(maxsize=None)
 def _cupy():
+    """The cupy module, or None; imported once (a failed import is slow to repeat)."""
     try:
         import cupy
     except ImportError:

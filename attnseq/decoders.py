@@ -55,15 +55,22 @@ class AttentionDecoder(Module):
         return dhs, dh0, dc0
 
     # -- decoding ------------------------------------------------------------
-    def step(self, tokens, state, hs, bias):
+    def input_table(self):
+        """(V, 4H): every token's embedding already projected by the LSTM's Wx, plus b."""
+        W, = self.embed.params
+        Wx, _, b = self.lstm.params
+        return W @ Wx + b
+
+    def step(self, tokens, state, hs, bias, table=None):
         """One decoding step, no cache.
 
         tokens (N,), state (h, c) each (N, H), hs (N, Ts, H), bias (N, 1, Ts) from
-        ``mask_bias`` -> logits (N, V), new state, attention weights (N, Ts).
+        ``mask_bias``, table from ``input_table()`` (computed here when None)
+        -> logits (N, V), new state, attention weights (N, Ts).
         """
         xp = get_array_module(hs)
-        W, = self.embed.params
-        h, c = self.lstm.step(W[tokens], *state)                    # (N, H)
+        table = self.input_table() if table is None else table
+        h, c = self.lstm.step(table[tokens], *state)                # (N, H)
         scores = xp.matmul(hs, h[:, :, None]).transpose(0, 2, 1)    # (N, 1, Ts)
         a = masked_softmax(scores, bias)
         context = xp.matmul(a, hs)[:, 0]                            # (N, H)
@@ -85,8 +92,9 @@ class AttentionDecoder(Module):
         weights = xp.zeros((N, max_len, Ts), dtype=hs.dtype)
         tokens = xp.full(N, bos_id, dtype=np.int64)
         done = xp.zeros(N, dtype=bool)
+        table = self.input_table()
         for t in range(max_len):
-            logits, state, a = self.step(tokens, state, hs, bias)
+            logits, state, a = self.step(tokens, state, hs, bias, table)
             tokens = logits.argmax(axis=1)
             ids[:, t] = xp.where(done, pad_id, tokens)
             weights[:, t] = a * ~done[:, None]

@@ -45,16 +45,21 @@ def evaluate(model: AttentionSeq2seq, data: Encoded, tgt_tok: Tokenizer, batch_s
     model.eval()
     ce = SoftmaxCrossEntropy(ignore_index=PAD_ID)
     nll = correct = tokens = 0.0
+    preds = [None] * len(data)
     for idx in batch_order(data.src_len, batch_size, None, bucket=True):
         src, tgt = take(data, idx)
-        logits = model.logits(src, tgt)
+        hs, state, mask = model.encode(src)                         # once, for both passes
+        logits = model.decoder.forward(model.xp.asarray(tgt[:, :-1]), hs, state, mask)
         gold = model.xp.asarray(tgt[:, 1:])
         real = gold != PAD_ID
         n = float(real.sum())
         nll += float(ce.forward(logits, gold)) * n
         correct += float(((logits.argmax(-1) == gold) & real).sum())
         tokens += n
-    preds = [tgt_tok.decode(ids) for ids in greedy_decode(model, data.src, data.src_len, batch_size)]
+        ids, _ = model.decoder.generate(hs, state, mask, model.bos_id, model.eos_id, 2 * src.shape[1] + 10,
+                                        model.pad_id)
+        for k, row in enumerate(idx):
+            preds[row] = tgt_tok.decode(to_numpy(ids[k]))
     refs = [t for _, t in data.pairs]
     refs_norm = [tgt_tok.decode(tgt_tok.encode(t)) for t in refs]
     exact = sum(p == r for p, r in zip(preds, refs_norm)) / len(refs)

@@ -47,33 +47,62 @@ class Embedding(Module):
         scatter_add(dW, self.ids.ravel(), dout.reshape(-1, dW.shape[1]))
 
 
-def sigmoid_(x):
-    """In-place logistic sigmoid, written through tanh so it never overflows."""
+def _gate_scale(xp, H, dtype):
+    """(4H,) factors -1 (i, f, o) and -2 (g): exp(scale * a) serves sigmoid and tanh alike."""
+    scale = xp.full(4 * H, -1.0, dtype=dtype)
+    scale[3 * H:] = -2.0
+    return scale
+
+
+def tanh_(x, out):
+    """out = tanh(x) = 2 / (1 + exp(-2x)) - 1, through one exp (numpy's tanh is slower)."""
     xp = get_array_module(x)
-    x *= 0.5
-    xp.tanh(x, out=x)
-    x *= 0.5
-    x += 0.5
-    return x
+    xp.multiply(x, -2.0, out=out)
+    xp.exp(out, out=out)
+    out += 1.0
+    xp.reciprocal(out, out=out)
+    out *= 2.0
+    out -= 1.0
+    return out
 
 
-def lstm_cell_(a, c_prev, c_out, tc_out, h_out, tmp):
+def lstm_cell_(a, c_prev, c_out, tc_out, h_out, tmp, scale, d_out=None, p_out=None):
     """One LSTM step on pre-activations ``a`` (N, 4H), gate order [i, f, o, g].
 
-    Activates ``a`` in place (sigmoid on i, f, o; tanh on g) and writes the new
-    cell state, its tanh and the hidden state into the (N, H) outputs.
-    ``tmp`` is an (N, H) scratch buffer. Shared by training and decoding.
+    Activates ``a`` in place with a single exp over all four gates (sigmoid on
+    i, f, o; tanh on g as 2 sigmoid(2x) - 1), then writes the new cell state,
+    its tanh and the hidden state into the (N, H) outputs. ``tmp`` is (N, H)
+    scratch and ``scale`` comes from ``_gate_scale``. exp may overflow to inf
+    for very negative inputs; 1 / inf = 0 is the right sigmoid, so callers run
+    this under ``errstate(over="ignore")``.
+
+    For training, ``d_out`` (N, 4H) and ``p_out`` (N, H) receive the factors
+    backward needs, computed here while the gates are in cache:
+    d = [s(1-s) for i, f, o | 1 - g^2] and p = o (1 - tanh(c)^2).
     """
     xp = get_array_module(a)
     H = c_prev.shape[1]
-    sigmoid_(a[:, :3 * H])
+    a *= scale
+    xp.exp(a, out=a)
+    a += 1.0
+    xp.reciprocal(a, out=a)                                         # sigmoid(a), sigmoid(2a) for g
     g = a[:, 3 * H:]
-    xp.tanh(g, out=g)
+    g *= 2.0
+    g -= 1.0                                                        # tanh(a) for g
     xp.multiply(a[:, H:2 * H], c_prev, out=c_out)                   # f * c_prev
     xp.multiply(a[:, :H], g, out=tmp)                               # i * g
     c_out += tmp
-    xp.tanh(c_out, out=tc_out)
-    xp.multiply(a[:, 2 * H:3 * H], tc_out, out=h_out)               # o * tanh(c)
+    tanh_(c_out, tc_out)
+    o = a[:, 2 * H:3 * H]
+    xp.multiply(o, tc_out, out=h_out)                               # o * tanh(c)
+    if d_out is not None:
+        xp.subtract(1.0, a, out=d_out)
+        d_out *= a
+        xp.multiply(g, g, out=d_out[:, 3 * H:])
+        xp.subtract(1.0, d_out[:, 3 * H:], out=d_out[:, 3 * H:])
+        xp.multiply(tc_out, tc_out, out=p_out)
+        xp.subtract(1.0, p_out, out=p_out)
+        p_out *= o
 
 
 class LSTM(Module):
@@ -112,21 +141,29 @@ class LSTM(Module):
         xp = get_array_module(xs)
         N, T, D = xs.shape
         H = self.hidden_size
-        X = xp.ascontiguousarray(xs.transpose(1, 0, 2)).reshape(T * N, D)
-        A = (X @ Wx).reshape(T, N, 4 * H)                           # (T, N, 4H) all input projections
+        dt = xs.dtype
+        X = self.buffer("X", (T, N, D), dt, xp)
+        X[...] = xs.transpose(1, 0, 2)
+        X = X.reshape(T * N, D)
+        A = self.buffer("A", (T, N, 4 * H), dt, xp)                 # (T, N, 4H) all input projections
+        xp.matmul(X, Wx, out=A.reshape(T * N, 4 * H))
         A += b
-        Hs = xp.empty((T + 1, N, H), dtype=xs.dtype)                # Hs[0] = h0, Hs[t+1] = h_t
-        Cs = xp.empty((T + 1, N, H), dtype=xs.dtype)
-        TC = xp.empty((T, N, H), dtype=xs.dtype)                    # tanh(c_t)
+        Hs = self.buffer("Hs", (T + 1, N, H), dt, xp)               # Hs[0] = h0, Hs[t+1] = h_t
+        Cs = self.buffer("Cs", (T + 1, N, H), dt, xp)
+        TC = self.buffer("TC", (T, N, H), dt, xp)                   # tanh(c_t)
         Hs[0] = 0 if h0 is None else h0
         Cs[0] = 0 if c0 is None else c0
-        rec = xp.empty((N, 4 * H), dtype=xs.dtype)
-        tmp = xp.empty((N, H), dtype=xs.dtype)
-        for t in range(T):
-            xp.matmul(Hs[t], Wh, out=rec)                           # (N, 4H)
-            A[t] += rec
-            lstm_cell_(A[t], Cs[t], Cs[t + 1], TC[t], Hs[t + 1], tmp)
-        self.cache = (X, A, Hs, Cs, TC, lengths)
+        rec = self.buffer("rec", (N, 4 * H), dt, xp)
+        tmp = self.buffer("tmp", (N, H), dt, xp)
+        scale = _gate_scale(xp, H, xs.dtype)
+        D = self.buffer("D", (T, N, 4 * H), dt, xp) if self.training else [None] * T
+        P = self.buffer("P", (T, N, H), dt, xp) if self.training else [None] * T
+        with xp.errstate(over="ignore"):
+            for t in range(T):
+                xp.matmul(Hs[t], Wh, out=rec)                       # (N, 4H)
+                A[t] += rec
+                lstm_cell_(A[t], Cs[t], Cs[t + 1], TC[t], Hs[t + 1], tmp, scale, D[t], P[t])
+        self.cache = (X, A, Hs, Cs, TC, D, P, lengths) if self.training else None
         if lengths is None:
             self.h_final, self.c_final = Hs[T], Cs[T]
         else:
@@ -138,11 +175,15 @@ class LSTM(Module):
         """dhs (N, T, H), gradients of the final state (N, H) -> dxs (N, T, D), dh0, dc0."""
         Wx, Wh, b = self.params
         dWx, dWh, db = self.grads
-        X, A, Hs, Cs, TC, lengths = self.cache
+        if self.cache is None:
+            raise RuntimeError("LSTM.backward needs a forward pass in training mode first")
+        X, A, Hs, Cs, TC, D, P, lengths = self.cache
         xp = get_array_module(dhs)
         T, N, H4 = A.shape
         H = H4 // 4
-        dH = xp.ascontiguousarray(dhs.transpose(1, 0, 2))          # (T, N, H), a working copy
+        dt = dhs.dtype
+        dH = self.buffer("dH", (T, N, H), dt, xp)                   # (T, N, H), a working copy
+        dH[...] = dhs.transpose(1, 0, 2)
         dC_in = None
         if dh_final is not None or dc_final is not None:
             if lengths is None:
@@ -156,36 +197,25 @@ class LSTM(Module):
                 if dc_final is not None:
                     dC_in = xp.zeros((T, N, H), dtype=dhs.dtype)
                     dC_in[lengths - 1, rows] = dc_final
-        dA = xp.empty_like(A)                                       # (T, N, 4H) pre-activation grads
-        dh = xp.zeros((N, H), dtype=dhs.dtype)
-        dc = xp.zeros((N, H), dtype=dhs.dtype)
+        dA = self.buffer("dA", (T, N, H4), dt, xp)                  # (T, N, 4H) pre-activation grads
+        dh = xp.zeros((N, H), dtype=dt)
+        dc = xp.zeros((N, H), dtype=dt)
         if lengths is None and dC_in is not None:
             dc += dC_in
-        t1 = xp.empty((N, H), dtype=dhs.dtype)
-        t3 = xp.empty((N, 3 * H), dtype=dhs.dtype)
+        t1 = self.buffer("t1", (N, H), dt, xp)
         for t in range(T - 1, -1, -1):
             a, da = A[t], dA[t]
-            i, f, o, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
             dh += dH[t]                                             # (N, H)
             if lengths is not None and dC_in is not None:
                 dc += dC_in[t]
             xp.multiply(dh, TC[t], out=da[:, 2 * H:3 * H])          # do
-            xp.multiply(TC[t], TC[t], out=t1)                       # dc += dh * o * (1 - tanh(c)^2)
-            xp.subtract(1, t1, out=t1)
-            t1 *= o
-            t1 *= dh
-            dc += t1
-            xp.multiply(dc, g, out=da[:, :H])                       # di
-            xp.multiply(dc, Cs[t], out=da[:, H:2 * H])              # df
-            xp.multiply(dc, i, out=da[:, 3 * H:])                   # dg
-            xp.multiply(g, g, out=t1)
-            xp.subtract(1, t1, out=t1)
-            da[:, 3 * H:] *= t1                                     # through tanh
-            s = a[:, :3 * H]
-            xp.subtract(1, s, out=t3)
-            t3 *= s
-            da[:, :3 * H] *= t3                                     # through the sigmoids
-            dc *= f                                                 # to c_{t-1}
+            xp.multiply(dh, P[t], out=t1)
+            dc += t1                                                # dc += dh * o * (1 - tanh(c)^2)
+            xp.multiply(dc, a[:, 3 * H:], out=da[:, :H])            # di = dc * g
+            xp.multiply(dc, Cs[t], out=da[:, H:2 * H])              # df = dc * c_prev
+            xp.multiply(dc, a[:, :H], out=da[:, 3 * H:])            # dg = dc * i
+            da *= D[t]                                              # through the activations
+            dc *= a[:, H:2 * H]                                     # to c_{t-1}
             xp.matmul(da, Wh.T, out=dh)                             # to h_{t-1}
         dA2 = dA.reshape(T * N, H4)
         xp.matmul(X.T, dA2, out=dWx)
@@ -194,13 +224,15 @@ class LSTM(Module):
         dxs = (dA2 @ Wx.T).reshape(T, N, -1).transpose(1, 0, 2)    # (N, T, D)
         return dxs, dh, dc
 
-    def step(self, x, h, c):
-        """One step for decoding, no cache: x (N, D), h, c (N, H) -> new (h, c)."""
+    def step(self, xw, h, c):
+        """One step for decoding, no cache: xw (N, 4H) the projected input x @ Wx + b, h, c (N, H) -> (h, c)."""
         Wx, Wh, b = self.params
-        xp = get_array_module(x)
-        a = x @ Wx + h @ Wh + b                                     # (N, 4H)
+        xp = get_array_module(xw)
+        a = h @ Wh                                                  # (N, 4H)
+        a += xw
         h_new, c_new, tc, tmp = (xp.empty_like(h) for _ in range(4))
-        lstm_cell_(a, c, c_new, tc, h_new, tmp)
+        with xp.errstate(over="ignore"):
+            lstm_cell_(a, c, c_new, tc, h_new, tmp, _gate_scale(xp, self.hidden_size, a.dtype))
         return h_new, c_new
 
 

@@ -101,6 +101,11 @@ class AttentionSeq2seq(Module):
         ids hold ``pad_id`` after each row's eos. ``max_len`` defaults to 2 * Ts + 10.
         """
         max_len = max_len or 2 * src.shape[1] + 10
-        hs, state, mask = self.encode(src)
-        ids, weights = self.decoder.generate(hs, state, mask, self.bos_id, self.eos_id, max_len, self.pad_id)
+        was_training = self.training
+        self.eval()                                                 # no dropout, no backward caches
+        try:
+            hs, state, mask = self.encode(src)
+            ids, weights = self.decoder.generate(hs, state, mask, self.bos_id, self.eos_id, max_len, self.pad_id)
+        finally:
+            self.train(was_training)
         return to_numpy(ids), to_numpy(weights)

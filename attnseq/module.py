@@ -19,6 +19,7 @@ class Module:
         self.grads: list = []
         self.param_names: list[str] = []
         self._children: dict[str, Module] = {}
+        self._buffers: dict = {}
         self.training = True
 
     # -- registration ----------------------------------------------------
@@ -31,6 +32,22 @@ class Module:
         self._children[name] = module
         setattr(self, name, module)
         return module
+
+    def buffer(self, name: str, shape: tuple, dtype, xp):
+        """A reusable scratch array of ``shape``: a view into storage kept between calls.
+
+        Storage grows to the largest shape asked for and is then reused, so batches
+        of varying length allocate (and page-fault) nothing after the first. The
+        contents stay valid until the same buffer is asked for again.
+        """
+        size = 1
+        for d in shape:
+            size *= d
+        buf = self._buffers.get(name)
+        if buf is None or buf.size < size or buf.dtype != dtype or get_array_module(buf) is not xp \
+                or (xp is not np and buf.device != xp.cuda.Device()):
+            buf = self._buffers[name] = xp.empty(max(size, 1), dtype=dtype)
+        return buf[:size].reshape(shape)
 
     # -- traversal ---------------------------------------------------------
     def named_modules(self, prefix: str = ""):
@@ -74,6 +91,7 @@ class Module:
         """Move parameters and gradients to ``"cpu"``, ``"gpu"`` or ``"gpu:N"`` (in place)."""
         check_device(device)
         for _, mod in self.named_modules():
+            mod._buffers.clear()
             mod.params[:] = [to_device(p, device) for p in mod.params]
             mod.grads[:] = [to_device(g, device) for g in mod.grads]
         return self

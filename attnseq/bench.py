@@ -1,0 +1,166 @@
+"""``attnseq bench``: training and decoding speed, against this machine's own sgemm.
+
+The default workload is the classic date model (embedding 16, hidden 256, batch
+128) on the shipped date data with every batch padded to the longest source (29)
+and target (11 decoder steps), as the book's code runs it. In the same run it
+times float32 matmuls at the model's own shapes, so ``efficiency`` (the model's
+useful GFLOP/s over sgemm GFLOP/s) holds on a noisy machine.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from .backend import check_device, get_array_module
+from .batching import encode_pairs, take
+from .model import AttentionSeq2seq
+from .optim import Adam, ClipGradNorm
+from .search import beam_search
+from .tokenizers import CharTokenizer
+
+
+def _sync(xp):
+    if xp is not np:
+        xp.cuda.Stream.null.synchronize()
+
+
+def _median_time(fn, reps: int, xp=np) -> float:
+    times = []
+    for _ in range(reps):
+        _sync(xp)
+        t = time.perf_counter()
+        fn()
+        _sync(xp)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def train_flops(N, Ts, To, D, H, V) -> float:
+    """Useful FLOPs of one training step: 2mnk per matmul in the forward pass, times 3."""
+    fwd = (2 * N * (Ts + To) * D * 4 * H          # input projections
+           + 2 * N * (Ts + To) * H * 4 * H        # recurrent h @ Wh
+           + 2 * 2 * N * To * Ts * H              # attention scores and context
+           + 2 * N * To * 2 * H * V)              # output layer
+    return 3.0 * fwd
+
+
+def sgemm_gflops(N, H, xp=np, reps: int = 50) -> float:
+    """float32 matmul throughput at the LSTM's recurrent shape (N, H) @ (H, 4H)."""
+    a = xp.asarray(np.random.default_rng(0).standard_normal((N, H)), dtype=np.float32)
+    b = xp.asarray(np.random.default_rng(1).standard_normal((H, 4 * H)), dtype=np.float32)
+    out = xp.empty((N, 4 * H), dtype=np.float32)
+    fn = lambda: xp.matmul(a, b, out=out)
+    for _ in range(5):
+        fn()
+    inner = 20
+    t = _median_time(lambda: [fn() for _ in range(inner)], reps // 5 + 3, xp)
+    return 2 * N * H * 4 * H * inner / t / 1e9
+
+
+def peak_rss_mib() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
+
+
+def run_bench(device: str = "cpu", batch_size: int = 128, hidden_size: int = 256, wordvec_size: int = 16,
+              iters: int = 20, warmup: int = 3, padded: bool = True, n_greedy: int = 5000, n_beam: int = 500) -> dict:
+    from .training import load_data
+    check_device(device)
+    data = load_data(dict(data="date", train=None))
+    src_tok = CharTokenizer.build(s for s, _ in data["train"])
+    tgt_tok = CharTokenizer.build(t for _, t in data["train"])
+    train = encode_pairs(data["train"], src_tok, tgt_tok)
+    test = encode_pairs(data["test"][:n_greedy], src_tok, tgt_tok)
+    model = AttentionSeq2seq(src_tok.vocab_size, tgt_tok.vocab_size, wordvec_size, hidden_size, seed=0)
+    if device != "cpu":
+        model.to(device)
+    xp = model.xp
+    opt = Adam(model, lr=1e-3, hooks=[ClipGradNorm(5.0)])
+    rng = np.random.default_rng(0)
+    n_batches = len(train) // batch_size
+    batches = [take(train, rng.permutation(len(train))[:batch_size], pad_full=padded) for _ in range(warmup + iters)]
+
+    def step(b):
+        model.forward(*b)
+        model.backward()
+        opt.step()
+
+    for b in batches[:warmup]:
+        step(b)
+    times = []
+    for b in batches[warmup:]:
+        _sync(xp)
+        t = time.perf_counter()
+        step(b)
+        _sync(xp)
+        times.append(time.perf_counter() - t)
+    s_iter = statistics.median(times)
+    Ts, To1 = batches[-1][0].shape[1], batches[-1][1].shape[1]
+    flops = train_flops(batch_size, Ts, To1 - 1, wordvec_size, hidden_size, tgt_tok.vocab_size)
+    useful = flops / s_iter / 1e9
+    sgemm = sgemm_gflops(batch_size, hidden_size, xp)
+
+    from .evaluate import greedy_decode
+    t_greedy = _median_time(lambda: greedy_decode(model, test.src, test.src_len, 1000), 3, xp)
+    beam_src = test.src[:n_beam, :int(test.src_len[:n_beam].max())]
+    t_beam = _median_time(lambda: beam_search(model, beam_src, beam_size=5), 1, xp)
+    out = dict(device=_device_name(device), workload=f"date classic: emb {wordvec_size}, hidden {hidden_size}, "
+               f"batch {batch_size}, src {Ts}, tgt {To1 - 1}" + (" (padded)" if padded else ""),
+               train_s_per_iter=s_iter, train_s_per_epoch=s_iter * n_batches,
+               train_samples_per_s=batch_size / s_iter, greedy_sent_per_s=len(test) / t_greedy,
+               greedy_s=t_greedy, greedy_n=len(test), beam5_sent_per_s=len(beam_src) / t_beam,
+               peak_rss_mib=peak_rss_mib(), useful_gflops=useful, sgemm_gflops=sgemm, efficiency=useful / sgemm)
+    if xp is not np:
+        out["peak_device_mib"] = xp.get_default_memory_pool().total_bytes() / 2**20
+    return out
+
+
+def _device_name(device: str) -> str:
+    if device == "cpu":
+        import os
+        import platform
+        return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    import cupy
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    return f"{device} ({props['name'].decode()})"
+
+
+def format_table(r: dict) -> str:
+    rows = [("device", r["device"]), ("workload", r["workload"]),
+            ("train s/iter (median)", f"{r['train_s_per_iter'] * 1000:.1f} ms"),
+            ("train s/epoch", f"{r['train_s_per_epoch']:.1f} s"),
+            ("train samples/s", f"{r['train_samples_per_s']:.0f}"),
+            ("useful GFLOP/s", f"{r['useful_gflops']:.1f}"),
+            ("sgemm GFLOP/s (same run)", f"{r['sgemm_gflops']:.1f}"),
+            ("efficiency", f"{100 * r['efficiency']:.0f}% of sgemm"),
+            (f"greedy decode ({r['greedy_n']} sent.)", f"{r['greedy_s']:.2f} s = {r['greedy_sent_per_s']:.0f} sent/s"),
+            ("beam-5 decode", f"{r['beam5_sent_per_s']:.0f} sent/s"),
+            ("peak RSS", f"{r['peak_rss_mib']:.0f} MiB")]
+    if "peak_device_mib" in r:
+        rows.append(("peak device memory", f"{r['peak_device_mib']:.0f} MiB"))
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+
+def run_bench_command(args) -> int:
+    r = run_bench(args.device, args.batch_size, args.hidden_size, args.wordvec_size, args.iters,
+                  padded=not args.bucketed)
+    print(json.dumps(r) if args.json else format_table(r))
+    return 0
+
+
+def add_bench_command(sub) -> None:
+    b = sub.add_parser("bench", help="measure training and decoding speed (classic date workload)")
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--batch-size", type=int, default=128)
+    b.add_argument("--hidden-size", type=int, default=256)
+    b.add_argument("--wordvec-size", type=int, default=16)
+    b.add_argument("--iters", type=int, default=20, help="timed training iterations (after 3 warm-up)")
+    b.add_argument("--bucketed", action="store_true", help="trim each batch to its own longest row instead")
+    b.add_argument("--json", action="store_true", help="one JSON line instead of a table")
+    b.set_defaults(func=run_bench_command)

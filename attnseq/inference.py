@@ -1,0 +1,160 @@
+"""Using a trained checkpoint: translate text, evaluate a data file.
+
+``Translator`` wraps a checkpoint with its tokenizers: texts in, texts out,
+with the attention weights of each chosen output. ``attnseq translate`` and
+``attnseq eval`` are thin layers over it.
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from .batching import encode_pairs, encode_sources, pad_rows
+from .checkpoint import load_checkpoint
+from .evaluate import evaluate, greedy_decode
+from .io import atomic_write_text, read_pairs
+from .search import beam_search
+
+DEFAULT_MAX_INPUT = 200
+
+
+@dataclass
+class Translation:
+    text: str                   # the best output
+    src_tokens: list            # source pieces as the model saw them (before any reversal)
+    out_tokens: list            # output pieces, ending in <eos> when the model finished
+    weights: np.ndarray         # (len(out_tokens), len(src_tokens)) attention
+    nbest: list                 # [(text, score)] best first (beam search), or [(text, None)]
+
+
+class Translator:
+    """Texts in, translations out, in batches, with greedy or beam search."""
+
+    def __init__(self, ckpt: str, device: str = "cpu", max_input_len: int | None = None):
+        self.ck = load_checkpoint(ckpt, device=device)
+        self.model = self.ck.model.eval()
+        train = self.ck.config.get("train", {})
+        self.reverse = bool(train.get("reverse_source", False))
+        self.max_input_len = max_input_len or train.get("max_len") or DEFAULT_MAX_INPUT
+
+    def translate(self, texts: list[str], beam: int = 1, n_best: int = 1, alpha: float = 0.0,
+                  batch_size: int = 256, max_len: int | None = None, first_line: int = 1) -> list[Translation]:
+        src_tok, tgt_tok = self.ck.src_tok, self.ck.tgt_tok
+        rows = encode_sources(texts, src_tok, self.reverse, self.max_input_len, what="input")
+        for k in range(len(rows)):
+            if not texts[k].strip():
+                rows[k] = [3]
+        out: list[Translation | None] = [None] * len(texts)
+        for start in range(0, len(rows), batch_size):
+            idx = np.arange(start, min(start + batch_size, len(rows)))
+            src, src_len = pad_rows([rows[i] for i in idx])
+            if beam <= 1 and n_best <= 1:
+                ids_list, w_list = greedy_decode(self.model, src, src_len, batch_size, max_len, with_weights=True)
+                hyps = [[(ids, w, None)] for ids, w in zip(ids_list, w_list)]
+            else:
+                found = beam_search(self.model, src, beam, alpha, max_len, n_best)
+                hyps = [[(np.array(h.ids), h.weights[:, :src_len[j]], h.score) for h in f] for j, f in enumerate(found)]
+            for j, i in enumerate(idx):
+                ids, w, _ = hyps[j][0]
+                src_ids = rows[i][::-1] if self.reverse else rows[i]
+                if self.reverse:
+                    w = w[:, ::-1]
+                text = "" if not texts[i].strip() else tgt_tok.decode(ids)
+                out[i] = Translation(text, src_tok.pieces(src_ids), tgt_tok.pieces(ids), w,
+                                     [("" if not texts[i].strip() else tgt_tok.decode(h[0]), h[2]) for h in hyps[j]])
+        return out
+
+
+def evaluate_file(ckpt: str, data: str, device: str = "cpu", batch_size: int = 1000,
+                  output: str | None = None) -> dict:
+    """Metrics of a checkpoint on a TSV/question_answer file; BLEU and chrF included."""
+    ck = load_checkpoint(ckpt, device=device)
+    reverse = bool(ck.config.get("train", {}).get("reverse_source", False))
+    enc = encode_pairs(read_pairs(data), ck.src_tok, ck.tgt_tok, reverse)
+    result = evaluate(ck.model, enc, ck.tgt_tok, batch_size, bleu=True)
+    preds = result.pop("predictions")
+    if output:
+        atomic_write_text(output, "".join(p + "\n" for p in preds))
+    return result
+
+
+def format_alignment(tr: Translation) -> str:
+    """A compact text alignment: each output token with the source token it attends to most."""
+    if tr.weights.size == 0:
+        return "  (empty)"
+    lines = []
+    for t, piece in enumerate(tr.out_tokens):
+        j = int(tr.weights[t].argmax())
+        lines.append(f"  {piece!s:>8} <- {tr.src_tokens[j]!s:<8} {tr.weights[t, j]:.2f}")
+    return "\n".join(lines)
+
+
+def run_translate(args) -> int:
+    tr = Translator(args.ckpt, args.device, args.max_input_len)
+    interactive = args.input is None and sys.stdin.isatty()
+    kw = dict(beam=args.beam, n_best=args.n_best, alpha=args.alpha, batch_size=args.batch_size, max_len=args.max_len)
+    if interactive:
+        print("attnseq translate: type a line, Ctrl-D to quit", file=sys.stderr)
+        while True:
+            try:
+                line = input("> ")
+            except EOFError:
+                print(file=sys.stderr)
+                return 0
+            _print_translations(tr.translate([line], **kw), args, sys.stdout)
+    if args.input:
+        from .io import read_lines
+        lines = read_lines(args.input) if _nonempty(args.input) else []
+    else:
+        lines = sys.stdin.read().replace("\r\n", "\n").split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = tr.translate(lines, **kw)
+    for w in caught:
+        print(f"attnseq translate: warning: {w.message}", file=sys.stderr)
+    if args.output:
+        import io
+        buf = io.StringIO()
+        _print_translations(results, args, buf)
+        atomic_write_text(args.output, buf.getvalue())
+    else:
+        _print_translations(results, args, sys.stdout)
+    return 0
+
+
+def _nonempty(path) -> bool:
+    from pathlib import Path
+    p = Path(path)
+    return not (p.is_file() and p.stat().st_size == 0)
+
+
+def _print_translations(results, args, f) -> None:
+    for r in results:
+        if args.n_best > 1:
+            f.write("\t".join(f"{text} ({score:.3f})" if score is not None else text for text, score in r.nbest) + "\n")
+        else:
+            f.write(r.text + "\n")
+        if args.show_attention:
+            print(format_alignment(r), file=sys.stderr)
+
+
+def add_translate_command(sub) -> None:
+    t = sub.add_parser("translate", help="translate lines from stdin, --input FILE or a terminal prompt")
+    t.add_argument("--ckpt", required=True, metavar="RUN", help="run dir (its best/) or checkpoint dir")
+    t.add_argument("--input", metavar="FILE", help="read lines from FILE (default stdin)")
+    t.add_argument("--output", metavar="FILE", help="write outputs to FILE (default stdout)")
+    t.add_argument("--beam", type=int, default=1, metavar="K", help="beam size (1 = greedy)")
+    t.add_argument("--n-best", type=int, default=1, metavar="N", help="print the N best, tab-separated, with scores")
+    t.add_argument("--alpha", type=float, default=0.0, help="GNMT length penalty alpha for beam search (0 = off)")
+    t.add_argument("--batch-size", type=int, default=256, metavar="B")
+    t.add_argument("--max-len", type=int, metavar="N", help="longest output in tokens (default 2 * input + 10)")
+    t.add_argument("--max-input-len", type=int, metavar="N",
+                   help="longer inputs are truncated with a warning (default: the run's --max-len, else 200)")
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--show-attention", action="store_true", help="print a text alignment per line on stderr")
+    t.set_defaults(func=run_translate)
