@@ -7,6 +7,8 @@ from .errors import AttnseqError, CheckpointError, ConfigError, DataError, Devic
 from .layers import LSTM, Dropout, Embedding, Linear, SoftmaxCrossEntropy
 from .model import AttentionSeq2seq
 from .module import Module
+from .plotting import plot_attention
+from .search import beam_search
 from .optim import SGD, AdaGrad, Adam, ClipGradNorm, Momentum, Nesterov, Optimizer, RMSProp, WeightDecay
 
 __version__ = "0.1.0"

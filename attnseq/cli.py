@@ -76,7 +76,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
                    help="continue the run in --out from last/")
     g.add_argument("--quick", action=argparse.BooleanOptionalAction, default=None,
-                   help="fewer epochs, for a first look (2 on date)")
+                   help="fewer epochs, for a first look (3)")
     g.add_argument("--skip-nonfinite", action=argparse.BooleanOptionalAction, default=None,
                    help="skip (and count) a batch whose loss or gradient is NaN/inf instead of stopping")
     g.add_argument("--eval-batch-size", type=int, metavar="N")

@@ -40,7 +40,7 @@ TASK_DEFAULTS = {
     "toy-en-ko": dict(epochs=15, tokenizer="sentencepiece", vocab_size=1000, wordvec_size=128,
                       hidden_size=256, lr=2e-3, batch_size=64, patience=4, bleu=True, max_len=60),
 }
-QUICK = dict(epochs=2)
+QUICK = dict(epochs=3)
 NON_RESUMABLE = ("data", "train", "valid", "test", "tokenizer", "vocab_size", "shared_vocab", "wordvec_size",
                  "hidden_size", "dtype", "init", "reverse_source", "seed", "optimizer", "max_len")
 

@@ -26,3 +26,27 @@ def xp(request):
 @pytest.fixture(params=["cpu", pytest.param("gpu", marks=gpu_only)])
 def device(request):
     return request.param
+
+
+TINY = ["--epochs", "2", "--hidden-size", "32", "--wordvec-size", "8", "--batch-size", "64", "--lr", "0.01",
+        "--eval-batch-size", "256", "--examples", "1", "--no-plot"]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A small date dataset directory (train 1500 / valid 200 / test 200 pairs)."""
+    from attnseq.datasets import GENERATORS
+    d = tmp_path_factory.mktemp("tiny_date")
+    splits = GENERATORS["date"](99)
+    for name, n in (("train", 1500), ("valid", 200), ("test", 200)):
+        (d / f"{name}.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in splits[name][:n]), encoding="utf-8")
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory):
+    """A run trained for two epochs through the CLI."""
+    from attnseq.cli import main
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["train", "--data", str(tiny_data), "--out", str(out), *TINY]) == 0
+    return out

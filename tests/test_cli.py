@@ -1,0 +1,122 @@
+"""translate, plot-attention and CLI hygiene."""
+import io
+import sys
+
+import numpy as np
+import pytest
+
+from attnseq.cli import main
+
+
+def test_translate_file_to_file(tiny_run, tmp_path):
+    inp = tmp_path / "in.txt"
+    inp.write_text("Tuesday, Sept 25 1984\n\n9/25/84\n", encoding="utf-8")
+    out = tmp_path / "out.txt"
+    assert main(["translate", "--ckpt", str(tiny_run), "--input", str(inp), "--output", str(out)]) == 0
+    lines = out.read_text(encoding="utf-8").split("\n")
+    assert len(lines) == 4 and lines[1] == "" and lines[3] == ""
+    assert all(len(x) <= 22 for x in lines)
+
+
+def test_translate_stdin_with_unknown_characters(tiny_run, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("¿¿ 9/25/84 ☃\n\n  \nJan 1, 2000\n"))
+    assert main(["translate", "--ckpt", str(tiny_run), "--beam", "3", "--show-attention"]) == 0
+    cap = capsys.readouterr()
+    out = cap.out.split("\n")
+    assert len(out) == 5 and out[1] == "" and out[2] == ""
+    assert "<-" in cap.err                                    # the text alignment
+
+
+def test_translate_n_best(tiny_run, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("9/25/84\n"))
+    assert main(["translate", "--ckpt", str(tiny_run), "--beam", "4", "--n-best", "3"]) == 0
+    fields = capsys.readouterr().out.strip().split("\t")
+    assert len(fields) == 3 and all(f.endswith(")") for f in fields)
+
+
+def test_translate_truncates_overlong_input_with_warning(tiny_run, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("ok\n" + "9" * 500 + "\n"))
+    assert main(["translate", "--ckpt", str(tiny_run), "--max-input-len", "40"]) == 0
+    cap = capsys.readouterr()
+    assert len(cap.out.split("\n")) == 3
+    assert "input line 2: 500 tokens, truncated to --max-len 40" in cap.err
+
+
+def png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def not_blank(path):
+    import matplotlib.image
+    img = matplotlib.image.imread(path)
+    return img[..., :3].std() > 0.05
+
+
+def test_plot_attention_one_and_grid(tiny_run, tiny_data, tmp_path):
+    one = tmp_path / "one.png"
+    assert main(["plot-attention", "--ckpt", str(tiny_run), "--text", "Sept 25, 1984", "--out", str(one)]) == 0
+    w1, h1 = png_size(one)
+    assert w1 > 300 and h1 > 300 and not_blank(one)
+    grid = tmp_path / "grid.png"
+    assert main(["plot-attention", "--ckpt", str(tiny_run), "--data", str(tiny_data / "test.tsv"), "--n", "6",
+                 "--out", str(grid)]) == 0
+    w2, h2 = png_size(grid)
+    assert w2 > 2 * w1 and h2 > h1 and not_blank(grid)
+    svg = tmp_path / "one.svg"
+    assert main(["plot-attention", "--ckpt", str(tiny_run), "--text", "1/2/03", "--out", str(svg)]) == 0
+    assert b"<svg" in svg.read_bytes()[:400]
+
+
+def test_plot_attention_python_api():
+    import matplotlib.pyplot as plt
+
+    import attnseq
+    w = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1]])
+    fig = attnseq.plot_attention(w, ["a", "▁b", " "], ["x", "<eos>"])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "·b", "␣"]
+    _, ax2 = plt.subplots()
+    assert attnseq.plot_attention(w, ["a", "b", "c"], ["x", "y"], ax=ax2) is ax2
+    with pytest.raises(ValueError, match="does not match"):
+        attnseq.plot_attention(w, ["a"], ["x", "y"])
+    plt.close("all")
+
+
+def test_mismatched_ckpt_is_one_clear_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["translate", "--ckpt", str(tmp_path / "empty")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not a checkpoint" in err
+    assert main(["plot-attention", "--ckpt", str(tmp_path / "nope"), "--text", "x", "--out", str(tmp_path / "a.png")]) == 1
+    assert "no such checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--bogus"], "unrecognized arguments: --bogus"),
+    (["train", "--data", "date"], "--out RUN_DIR is required"),
+    (["train", "--data", "date", "--train", "x.tsv", "--out", "r"], "alternatives"),
+    (["train", "--data", "date", "--out", "r", "--device", "tpu"], "unknown device 'tpu'"),
+    (["train", "--data", "nowhere", "--out", "{tmp}/r"], "neither a built-in dataset"),
+    (["eval", "--ckpt", "{tmp}/none", "--data", "x.tsv"], "no such checkpoint"),
+    (["train", "--config", "{tmp}/missing.toml", "--out", "r"], "no such file"),
+])
+def test_cli_errors_are_one_line_without_traceback(argv, message, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    assert rc != 0
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err and err.count("\n") == 0
+
+
+def test_gpu_without_cupy_is_one_line(tmp_path, capsys):
+    from attnseq.backend import gpu_available
+    if gpu_available():
+        pytest.skip("a GPU is present")
+    rc = main(["train", "--data", "date", "--out", str(tmp_path / "r"), "--device", "gpu"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.count("\n") == 0 and ("cupy" in err or "GPU" in err)

@@ -1,0 +1,158 @@
+"""Generators, shipped splits, loaders and tokenizers."""
+import datetime as dt
+import re
+
+import pytest
+
+from attnseq.datasets import (DATE_STYLES, GENERATORS, MONTHS, WEEKDAYS, WEEKDAYS_ABBR, date_pair,
+                              make_splits, write_splits, yy_to_year)
+from attnseq.errors import DataError
+from attnseq.io import read_aligned, read_pairs, read_question_answer, read_tsv
+from attnseq.tokenizers import CharTokenizer, WordTokenizer, load_tokenizer
+from attnseq.training import shipped_dir
+
+
+@pytest.fixture(scope="module")
+def date_splits():
+    return GENERATORS["date"](1234)
+
+
+def test_shipped_files_regenerate_byte_for_byte(tmp_path):
+    for name in ("date", "addition"):
+        write_splits(name, tmp_path / name)
+        for split in ("train", "valid", "test"):
+            shipped = (shipped_dir(name) / f"{split}.tsv").read_bytes()
+            assert (tmp_path / name / f"{split}.tsv").read_bytes() == shipped, (name, split)
+
+
+def test_generator_is_deterministic():
+    a = make_splits(date_pair, 7, {"train": 300, "test": 50})
+    b = make_splits(date_pair, 7, {"train": 300, "test": 50})
+    c = make_splits(date_pair, 8, {"train": 300, "test": 50})
+    assert a == b and a != c
+
+
+def test_sizes_and_no_overlap(date_splits):
+    sizes = {k: len(v) for k, v in date_splits.items()}
+    assert sizes == {"train": 45000, "valid": 5000, "test": 5000}
+    train = {s for s, _ in date_splits["train"]}
+    assert not train & {s for s, _ in date_splits["test"]}
+    assert not train & {s for s, _ in date_splits["valid"]}
+
+
+def test_targets_are_real_dates_in_range(date_splits):
+    for _, tgt in date_splits["train"]:
+        d = dt.date.fromisoformat(tgt)
+        assert 1950 <= d.year <= 2049
+
+
+def test_weekdays_match_the_date(date_splits):
+    names = {w.lower(): i for i, w in enumerate(WEEKDAYS)} | {w.lower(): i for i, w in enumerate(WEEKDAYS_ABBR)}
+    checked = 0
+    for src, tgt in date_splits["train"]:
+        word = re.match(r"[A-Za-z]+", src)
+        if word and word.group().lower() in names:
+            assert names[word.group().lower()] == dt.date.fromisoformat(tgt).weekday(), src
+            checked += 1
+    assert checked > 5000
+
+
+def test_two_digit_years_follow_the_pivot(date_splits):
+    seen = 0
+    for src, tgt in date_splits["train"]:
+        m = re.fullmatch(r"(\d{1,2})/(\d{1,2})/(\d{2})", src) or re.fullmatch(r"(\d{2})\.(\d{2})\.(\d{2})", src)
+        if m:
+            assert int(tgt[:4]) == yy_to_year(int(m.group(3)))
+            seen += 1
+    assert seen > 1000
+    assert yy_to_year(49) == 2049 and yy_to_year(50) == 1950
+
+
+def test_all_styles_and_cases_appear(date_splits):
+    srcs = [s for s, _ in date_splits["train"]]
+    assert len(DATE_STYLES) >= 12
+    full_months = [s for s in srcs if any(m.lower() in s.lower() for m in MONTHS)]
+    assert any(s.isupper() for s in full_months)
+    assert any(s == s.lower() for s in full_months)
+    assert any(s[0].isupper() and not s.isupper() for s in full_months)
+    assert any("Sept " in s for s in srcs)
+    assert any(re.fullmatch(r"\d{4}-\d{2}-\d{2}", s) for s in srcs)
+    assert any(re.fullmatch(r"\d{2}\.\d{2}\.\d{4}", s) for s in srcs)
+
+
+def test_addition():
+    splits = GENERATORS["addition"](1234)
+    for src, tgt in splits["test"][:500]:
+        a, b = src.split("+")
+        assert int(a) + int(b) == int(tgt) and 0 <= int(a) <= 999
+
+
+# -- loaders -----------------------------------------------------------------------------
+def write(tmp_path, name, data: bytes):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+def test_tsv_normalisation(tmp_path):
+    p = write(tmp_path, "a.tsv", "\ufeffGo.\tVa !\tCC-BY 2.0 (France) Attribution\r\n\r\n  \nHi. \tSalut.\n".encode())
+    assert read_tsv(p) == [("Go.", "Va !"), ("Hi.", "Salut.")]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"a\tb\nno tab here\n", r"a\.tsv:2: expected source<TAB>target"),
+    (b"a\tb\n\tb\n", r"a\.tsv:2: empty source"),
+    (b"a\tb\nx\t  \n", r"a\.tsv:2: empty target"),
+    (b"", r"a\.tsv: file is empty"),
+    (b"\n  \n", r"a\.tsv: file is empty"),
+    (b"a\tb\nc\td\n\xff\xfe\tx\n", r"a\.tsv:3: not valid UTF-8"),
+])
+def test_tsv_errors_name_file_and_line(tmp_path, content, message):
+    with pytest.raises(DataError, match=message):
+        read_tsv(write(tmp_path, "a.tsv", content))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        read_tsv(tmp_path / "nope.tsv")
+
+
+def test_question_answer_format(tmp_path):
+    p = write(tmp_path, "date.txt", b"september 27, 1994           _1994-09-27\n8/23/08                      _2008-08-23\n")
+    assert read_question_answer(p) == [("september 27, 1994", "1994-09-27"), ("8/23/08", "2008-08-23")]
+    assert read_pairs(p) == read_question_answer(p)
+    bad = write(tmp_path, "bad.txt", b"16+75  _91\n16+75 91\n")
+    with pytest.raises(DataError, match=r"bad\.txt:2: expected question_answer"):
+        read_question_answer(bad)
+
+
+def test_aligned_files(tmp_path):
+    s = write(tmp_path, "c.en", b"Hello .\nGood night\n")
+    t = write(tmp_path, "c.fr", b"Bonjour .\nBonne nuit\n")
+    assert read_aligned(s, t) == [("Hello .", "Bonjour ."), ("Good night", "Bonne nuit")]
+    t3 = write(tmp_path, "d.fr", b"a\nb\nc\n")
+    with pytest.raises(DataError, match=r"c\.en has 2 lines but .*d\.fr has 3"):
+        read_aligned(s, t3)
+    e = write(tmp_path, "e.fr", b"a\n\n")
+    with pytest.raises(DataError, match=r"e\.fr:2: empty target"):
+        read_aligned(s, e)
+
+
+# -- tokenizers ----------------------------------------------------------------------------
+def test_char_tokenizer_round_trip_and_unknown(tmp_path):
+    tok = CharTokenizer.build(["abc 12", "héllo"])
+    assert tok.decode(tok.encode("hé 21")) == "hé 21"
+    ids = tok.encode("a€b")
+    assert ids[1] == 3 and tok.decode(ids) == "a<unk>b"
+    assert tok.encode("") == [] and tok.decode([]) == ""
+    tok.save(tmp_path, "v")
+    assert load_tokenizer(tmp_path, "v").tokens == tok.tokens
+
+
+def test_word_tokenizer(tmp_path):
+    tok = WordTokenizer.build(["the cat sat", "the dog"], max_size=7)
+    assert tok.vocab_size == 7 and tok.tokens[4] == "the"
+    assert tok.decode(tok.encode("the cat")) == "the cat"
+    assert tok.encode("the zebra")[1] == 3
+    tok.save(tmp_path, "w")
+    assert load_tokenizer(tmp_path, "w").tokens == tok.tokens

@@ -1,0 +1,168 @@
+"""Training through the CLI, checkpoints, resume, the NaN guard, eval, translate and plots."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import TINY
+
+from attnseq.checkpoint import load_checkpoint, save_checkpoint
+from attnseq.cli import main
+from attnseq.errors import CheckpointError, NonFiniteError
+from attnseq.training import Trainer, resolve_config
+
+
+def test_train_writes_run_dir(tiny_run):
+    for name in ("best", "last"):
+        files = {p.name for p in (tiny_run / name).iterdir()}
+        assert {"weights.npz", "optimizer.npz", "config.json", "state.json", "src_vocab.json",
+                "tgt_vocab.json"} <= files
+    rows = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("train_loss", "valid_loss", "valid_token_accuracy", "valid_exact_match", "samples_per_s"):
+        assert key in rows[0]
+    assert 0.0 <= rows[-1]["valid_exact_match"] <= 1.0
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+
+
+def test_refuses_to_overwrite_a_run(tiny_run, tiny_data, capsys):
+    assert main(["train", "--data", str(tiny_data), "--out", str(tiny_run), *TINY]) == 1
+    assert "already holds a run; pass --resume" in capsys.readouterr().err
+
+
+def test_resume_equals_uninterrupted(tiny_data, tmp_path):
+    """Two epochs straight vs one epoch, stop, resume for the second: the same metrics and weights."""
+    args = ["--data", str(tiny_data), *TINY, "--dropout", "0.1"]
+    assert main(["train", "--out", str(tmp_path / "a"), *args]) == 0
+    one = [a if a != "2" else "1" for a in args]  # --epochs 1
+    assert main(["train", "--out", str(tmp_path / "b"), *one]) == 0
+    assert main(["train", "--out", str(tmp_path / "b"), *args, "--resume"]) == 0
+    ra = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    rb = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    drop = ("epoch_time_s", "samples_per_s", "elapsed_s", "test_eval_s")
+    strip = lambda r: {k: v for k, v in r.items() if k not in drop}
+    assert [strip(r) for r in ra] == [strip(r) for r in rb]
+    wa = np.load(tmp_path / "a" / "last" / "weights.npz")
+    wb = np.load(tmp_path / "b" / "last" / "weights.npz")
+    for k in wa.files:
+        np.testing.assert_array_equal(wa[k], wb[k])
+
+
+def test_checkpoint_round_trip(tiny_run, tmp_path):
+    ck = load_checkpoint(tiny_run, with_optimizer=True)
+    assert ck.path.name == "best" and ck.optimizer["t"] > 0
+    save_checkpoint(tmp_path / "copy", ck.model, None, ck.src_tok, ck.tgt_tok, ck.config["train"], ck.state)
+    ck2 = load_checkpoint(tmp_path / "copy")
+    for (k, a), (_, b) in zip(ck.model.state_dict().items(), ck2.model.state_dict().items()):
+        np.testing.assert_array_equal(a, b, err_msg=k)
+
+
+def _copy(run, tmp_path):
+    dst = tmp_path / "ck"
+    shutil.copytree(run / "best", dst)
+    return dst
+
+
+def test_corrupt_weights_are_refused(tiny_run, tmp_path):
+    ck = _copy(tiny_run, tmp_path)
+    data = (ck / "weights.npz").read_bytes()
+    (ck / "weights.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="weights.npz: corrupt or truncated"):
+        load_checkpoint(ck)
+
+
+def test_wrong_shape_is_refused(tiny_run, tmp_path):
+    ck = _copy(tiny_run, tmp_path)
+    cfg = json.loads((ck / "config.json").read_text())
+    cfg["model"]["hidden_size"] = 48
+    (ck / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"encoder.lstm.Wx has shape \(8, 128\), the model needs \(8, 192\)"):
+        load_checkpoint(ck)
+
+
+def test_malformed_config_is_refused(tiny_run, tmp_path):
+    ck = _copy(tiny_run, tmp_path)
+    (ck / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json: malformed JSON"):
+        load_checkpoint(ck)
+
+
+def test_vocab_mismatch_is_refused(tiny_run, tmp_path):
+    ck = _copy(tiny_run, tmp_path)
+    vocab = json.loads((ck / "tgt_vocab.json").read_text())
+    vocab["tokens"].append("Z")
+    (ck / "tgt_vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(CheckpointError, match="target vocabulary has .* entries but the weights expect"):
+        load_checkpoint(ck)
+
+
+def test_object_array_is_refused(tiny_run, tmp_path):
+    ck = _copy(tiny_run, tmp_path)
+    arrays = dict(np.load(ck / "weights.npz"))
+    arrays["encoder.embed.W"] = np.array([object()], dtype=object)
+    np.savez(ck / "weights.npz", **arrays)
+    with pytest.raises(CheckpointError, match="object array"):
+        load_checkpoint(ck)
+
+
+def test_nan_loss_stops_with_step_and_keeps_checkpoint(tiny_data, tmp_path, monkeypatch):
+    out = tmp_path / "nan"
+    assert main(["train", "--data", str(tiny_data), "--out", str(out), *TINY[:-1], "--epochs", "1"]) == 0
+    before = (out / "last" / "weights.npz").read_bytes()
+    cfg = resolve_config(dict(data=str(tiny_data), out=str(out), epochs=2, hidden_size=32, wordvec_size=8,
+                              batch_size=64, lr=0.01, resume=True, examples=0))
+    trainer = Trainer(cfg, log=lambda *a: None)
+    real_forward = trainer.model.forward
+    calls = {"n": 0}
+
+    def poisoned(src, tgt):
+        calls["n"] += 1
+        loss = real_forward(src, tgt)
+        return loss * np.float32("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(trainer.model, "forward", poisoned)
+    with pytest.raises(NonFiniteError, match=r"step 29 \(epoch 2\): loss is nan"):
+        trainer.run()
+    assert (out / "last" / "weights.npz").read_bytes() == before
+
+
+def test_skip_nonfinite_counts_and_goes_on(tiny_data, tmp_path, monkeypatch):
+    cfg = resolve_config(dict(data=str(tiny_data), out=str(tmp_path / "skip"), epochs=1, hidden_size=16,
+                              wordvec_size=8, batch_size=64, skip_nonfinite=True, examples=0))
+    trainer = Trainer(cfg, log=lambda *a: None)
+    real_forward = trainer.model.forward
+    calls = {"n": 0}
+
+    def poisoned(src, tgt):
+        calls["n"] += 1
+        loss = real_forward(src, tgt)
+        return loss * np.float32("inf") if calls["n"] in (3, 7) else loss
+
+    monkeypatch.setattr(trainer.model, "forward", poisoned)
+    trainer.run()
+    row = json.loads((tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["nonfinite_skipped"] == 2 and np.isfinite(row["train_loss"])
+
+
+def test_eval_prints_one_json_line(tiny_run, tiny_data, tmp_path, capsys):
+    assert main(["eval", "--ckpt", str(tiny_run), "--data", str(tiny_data / "test.tsv"),
+                 "--output", str(tmp_path / "pred.txt")]) == 0
+    result = json.loads(capsys.readouterr().out.strip())
+    assert {"n", "loss", "token_accuracy", "exact_match", "bleu", "chrf"} <= set(result)
+    assert result["n"] == 200 and 0 <= result["exact_match"] <= 1 and 0 <= result["bleu"] <= 100
+    assert len((tmp_path / "pred.txt").read_text().splitlines()) == 200
+
+
+def test_plot_curves_reads_metrics(tiny_run, tmp_path):
+    out = tmp_path / "curves.png"
+    assert main(["plot-curves", str(tiny_run), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_config_file_and_flags(tiny_data, tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'data = "{tiny_data}"\nhidden-size = 16\nwordvec_size = 8\nepochs = 3\nbatch_size = 64\n')
+    assert main(["train", "--config", str(toml), "--epochs", "1", "--out", str(tmp_path / "r"), "--no-plot",
+                 "--examples", "0"]) == 0
+    cfg = json.loads((tmp_path / "r" / "last" / "config.json").read_text())
+    assert cfg["model"]["hidden_size"] == 16 and cfg["train"]["epochs"] == 1
