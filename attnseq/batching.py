@@ -26,10 +26,10 @@ def pad_rows(rows: list[list[int]], width: int | None = None) -> tuple[np.ndarra
 
 
 def encode_sources(texts, tok: Tokenizer, reverse: bool = False, max_len: int | None = None,
-                   what: str = "input") -> list[list[int]]:
+                   what: str = "input", first_line: int = 1) -> list[list[int]]:
     """Encode sources; empty ones become [unk]; overlong ones are truncated with a warning naming the line."""
     rows = []
-    for lineno, text in enumerate(texts, 1):
+    for lineno, text in enumerate(texts, first_line):
         ids = tok.encode(text) or [3]
         if max_len is not None and len(ids) > max_len:
             warnings.warn(f"{what} line {lineno}: {len(ids)} tokens, truncated to --max-len {max_len}",

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import faults
 from .backend import to_numpy
 from .errors import CheckpointError
 from .io import atomic_write_bytes, atomic_write_text
@@ -74,6 +75,7 @@ def save_checkpoint(directory: str | Path, model, optimizer, src_tok: Tokenizer,
     tmp.mkdir(parents=True)
     try:
         atomic_write_bytes(tmp / "weights.npz", _npz_bytes(model.state_dict()))
+        faults.point("save-weights-written")
         if optimizer is not None:
             atomic_write_bytes(tmp / "optimizer.npz", _npz_bytes(optimizer.state_dict()))
         config = dict(format_version=FORMAT_VERSION, model=model.config, train=train_config,
@@ -100,6 +102,7 @@ def _swap_in(tmp: Path, final: Path) -> None:
             shutil.rmtree(old)
     if final.exists():
         os.rename(final, old)
+    faults.point("swap-between-renames")
     os.rename(tmp, final)
     _fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
@@ -160,6 +163,11 @@ def check_arrays(path: Path, arrays: dict, expected: dict) -> None:
             raise CheckpointError(f"{path}: {name} has shape {a.shape}, the model needs {ref.shape}")
         if a.dtype != ref.dtype:
             raise CheckpointError(f"{path}: {name} has dtype {a.dtype}, the model needs {ref.dtype}")
+
+
+def load_checkpoint_config(path: str | Path) -> dict:
+    """Just the config.json of a checkpoint directory."""
+    return _read_json(Path(path) / "config.json")
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu", with_optimizer: bool = False,

@@ -44,12 +44,14 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--test", metavar="FILE", help="test pairs (optional)")
     g.add_argument("--source-lang", metavar="EXT", help="aligned files: source suffix, e.g. en")
     g.add_argument("--target-lang", metavar="EXT", help="aligned files: target suffix, e.g. fr")
+    g.add_argument("--swap-sides", action=argparse.BooleanOptionalAction, default=None,
+                   help="train the reverse direction: targets become sources (e.g. Korean -> English)")
     g.add_argument("--reverse-source", action=argparse.BooleanOptionalAction, default=None,
                    help="feed each source reversed (real tokens only); default off")
     g.add_argument("--bucket", action=argparse.BooleanOptionalAction, default=None,
                    help="batch sources of similar length together; default on")
     g.add_argument("--tokenizer", choices=["char", "word", "sentencepiece"],
-                   help="default char (date, addition), sentencepiece (toy-en-ko)")
+                   help="default char for date and addition, sentencepiece for translation data")
     g.add_argument("--vocab-size", type=int, metavar="N", help="word/sentencepiece vocabulary size (8000)")
     g.add_argument("--shared-vocab", action=argparse.BooleanOptionalAction, default=None,
                    help="one vocabulary for both sides")
@@ -160,7 +162,7 @@ def build_parser() -> Parser:
     e.add_argument("--ckpt", required=True, metavar="RUN", help="run dir (its best/) or checkpoint dir")
     e.add_argument("--data", required=True, metavar="FILE", help="TSV or question_answer pairs")
     e.add_argument("--output", metavar="FILE", help="also write one prediction per line here")
-    e.add_argument("--batch-size", type=int, default=1000)
+    e.add_argument("--batch-size", type=int, default=500)
     e.add_argument("--device", default="cpu")
     e.set_defaults(func=cmd_eval)
 

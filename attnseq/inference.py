@@ -43,7 +43,7 @@ class Translator:
     def translate(self, texts: list[str], beam: int = 1, n_best: int = 1, alpha: float = 0.0,
                   batch_size: int = 256, max_len: int | None = None, first_line: int = 1) -> list[Translation]:
         src_tok, tgt_tok = self.ck.src_tok, self.ck.tgt_tok
-        rows = encode_sources(texts, src_tok, self.reverse, self.max_input_len, what="input")
+        rows = encode_sources(texts, src_tok, self.reverse, self.max_input_len, what="input", first_line=first_line)
         for k in range(len(rows)):
             if not texts[k].strip():
                 rows[k] = [3]
@@ -68,7 +68,7 @@ class Translator:
         return out
 
 
-def evaluate_file(ckpt: str, data: str, device: str = "cpu", batch_size: int = 1000,
+def evaluate_file(ckpt: str, data: str, device: str = "cpu", batch_size: int = 500,
                   output: str | None = None) -> dict:
     """Metrics of a checkpoint on a TSV/question_answer file; BLEU and chrF included."""
     ck = load_checkpoint(ckpt, device=device)
@@ -98,13 +98,15 @@ def run_translate(args) -> int:
     kw = dict(beam=args.beam, n_best=args.n_best, alpha=args.alpha, batch_size=args.batch_size, max_len=args.max_len)
     if interactive:
         print("attnseq translate: type a line, Ctrl-D to quit", file=sys.stderr)
+        lineno = 0
         while True:
             try:
                 line = input("> ")
             except EOFError:
                 print(file=sys.stderr)
                 return 0
-            _print_translations(tr.translate([line], **kw), args, sys.stdout)
+            lineno += 1
+            _print_translations(tr.translate([line], first_line=lineno, **kw), args, sys.stdout)
     if args.input:
         from .io import read_lines
         lines = read_lines(args.input) if _nonempty(args.input) else []

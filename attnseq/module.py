@@ -38,8 +38,11 @@ class Module:
 
         Storage grows to the largest shape asked for and is then reused, so batches
         of varying length allocate (and page-fault) nothing after the first. The
-        contents stay valid until the same buffer is asked for again.
+        contents stay valid until the same buffer is asked for again. In eval mode
+        the array is fresh and not kept, so large inference batches hold no memory.
         """
+        if not self.training:
+            return xp.empty(shape, dtype=dtype)
         size = 1
         for d in shape:
             size *= d

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+from . import faults
 from .backend import check_device
 from .batching import Encoded, batch_order, encode_pairs, padding_fraction, take
-from .checkpoint import load_checkpoint, resolve, save_checkpoint
+from .checkpoint import load_checkpoint, load_checkpoint_config, resolve, save_checkpoint
 from .datasets import DEFAULT_SEED, GENERATORS
 from .errors import CheckpointError, ConfigError, DataError, NonFiniteError
 from .evaluate import evaluate
-from .io import read_aligned, read_pairs
+from .io import atomic_write_text, read_aligned, read_pairs
 from .layers import Dropout
 from .model import AttentionSeq2seq
 from .optim import OPTIMIZERS, ClipGradNorm, WeightDecay
@@ -30,18 +31,21 @@ DEFAULTS = dict(
     epochs=10, batch_size=128, wordvec_size=16, hidden_size=256, optimizer="adam", lr=1e-3,
     clip=5.0, dropout=0.0, weight_decay=0.0, lr_decay=1.0, patience=3, seed=0, device="cpu",
     dtype="float32", init="xavier", reverse_source=False, bucket=True, tokenizer=None,
-    vocab_size=8000, shared_vocab=False, max_len=None, eval_batch_size=1000, examples=3,
-    skip_nonfinite=False, resume=False, quick=False, bleu=None, target_exact_match=None,
+    vocab_size=8000, shared_vocab=False, max_len=None, eval_batch_size=500, examples=3,
+    skip_nonfinite=False, resume=False, quick=False, bleu=None, swap_sides=False,
 )
 # What a built-in task changes; `quick` trades epochs for a newcomer's first few minutes.
 TASK_DEFAULTS = {
-    "date": dict(epochs=6, lr=3e-3, target_exact_match=None),
-    "addition": dict(epochs=30, lr=3e-3, batch_size=64, patience=6),
-    "toy-en-ko": dict(epochs=15, tokenizer="sentencepiece", vocab_size=1000, wordvec_size=128,
-                      hidden_size=256, lr=2e-3, batch_size=64, patience=4, bleu=True, max_len=60),
+    "date": dict(epochs=6, lr=3e-3, tokenizer="char", bleu=False),
+    "addition": dict(epochs=30, lr=3e-3, batch_size=64, patience=6, tokenizer="char", bleu=False),
+    "toy-en-ko": dict(epochs=8, tokenizer="sentencepiece", vocab_size=1000, wordvec_size=128,
+                      lr=2e-3, batch_size=64, patience=3, bleu=True, max_len=60),
+    # any other parallel corpus (--data DIR or --train FILE): subwords, BLEU
+    "corpus": dict(epochs=20, tokenizer="sentencepiece", vocab_size=8000, wordvec_size=128, lr=2e-3,
+                   batch_size=64, patience=4, bleu=True, max_len=100),
 }
 QUICK = dict(epochs=3)
-NON_RESUMABLE = ("data", "train", "valid", "test", "tokenizer", "vocab_size", "shared_vocab", "wordvec_size",
+NON_RESUMABLE = ("data", "train", "valid", "test", "swap_sides", "tokenizer", "vocab_size", "shared_vocab", "wordvec_size",
                  "hidden_size", "dtype", "init", "reverse_source", "seed", "optimizer", "max_len")
 
 
@@ -51,9 +55,11 @@ def resolve_config(cfg: dict) -> dict:
     if unknown:
         raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
     user = {k: v for k, v in cfg.items() if v is not None}
+    if user.get("resume") and user.get("out"):
+        user = _with_saved_config(user)
     out = dict(DEFAULTS)
     task = user.get("data")
-    out.update(TASK_DEFAULTS.get(task, {}))
+    out.update(TASK_DEFAULTS.get(task if task in TASK_DEFAULTS else "corpus"))
     if user.get("quick"):
         out.update(QUICK)
     out.update(user)
@@ -78,12 +84,25 @@ def resolve_config(cfg: dict) -> dict:
     return out
 
 
+def _with_saved_config(user: dict) -> dict:
+    """For --resume: options not given now come from the run being resumed; data and model ones must agree."""
+    try:
+        saved = load_checkpoint_config(resolve(user["out"], prefer="last"))["train"]
+    except (CheckpointError, KeyError, TypeError):
+        return user                     # nothing to resume (yet): a fresh start, or Trainer reports it
+    changed = [k for k in NON_RESUMABLE if k in user and k in saved and user[k] != saved[k]]
+    if changed:
+        raise ConfigError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} differ from the run "
+                          f"in {user['out']}; resume with the same options or start a new --out")
+    return {**{k: v for k, v in saved.items() if k in DEFAULTS and v is not None}, **user}
+
+
 # -- data -----------------------------------------------------------------------------
 def shipped_dir(name: str) -> Path:
     return Path(__file__).resolve().parent.parent / "data" / name
 
 
-def load_data(cfg: dict) -> dict[str, list]:
+def _load_data(cfg: dict) -> dict[str, list]:
     """{"train": pairs, "valid": pairs, "test": pairs or []} from a built-in name, a directory or files."""
     data = cfg["data"]
     if data is not None:
@@ -91,7 +110,8 @@ def load_data(cfg: dict) -> dict[str, list]:
             d = shipped_dir(data)
             if (d / "train.tsv").exists():
                 return _load_split_files(d / "train.tsv", d / "valid.tsv", d / "test.tsv")
-            return GENERATORS[data](DEFAULT_SEED)  # not shipped (a wheel install): same splits, made here
+            splits = GENERATORS[data](DEFAULT_SEED)  # not shipped (a wheel install): same splits, made here
+            return {k: splits[k] for k in ("train", "valid", "test")}
         d = Path(data)
         if not d.is_dir():
             raise DataError(f"--data {data}: neither a built-in dataset ({', '.join(GENERATORS)}) nor a directory")
@@ -108,6 +128,14 @@ def _read(path, src_lang=None, tgt_lang=None):
     if src_lang and tgt_lang:
         return read_aligned(f"{path}.{src_lang}", f"{path}.{tgt_lang}")
     return read_pairs(path)
+
+
+def load_data(cfg: dict) -> dict[str, list]:
+    """Like ``_load_data``, with source and target swapped under ``swap_sides`` (the reverse direction)."""
+    data = _load_data(cfg)
+    if cfg.get("swap_sides"):
+        data = {k: [(t, s) for s, t in v] for k, v in data.items()}
+    return data
 
 
 def _load_split_files(train, valid, test, src_lang=None, tgt_lang=None):
@@ -165,14 +193,6 @@ class Trainer:
         resume_from = self._prepare_out_dir(cfg)
         if resume_from is not None:
             ck = load_checkpoint(resume_from, device=cfg["device"], with_optimizer=True)
-            saved = ck.config["train"]
-            changed = [k for k in NON_RESUMABLE if cfg.get(k) is not None and k in saved and cfg[k] != saved[k]
-                       and cfg[k] != DEFAULTS[k]]
-            if changed:
-                raise ConfigError(f"--resume: {', '.join(changed)} differ from the run being resumed; "
-                                  "start a new --out instead")
-            cfg = {**saved, **{k: cfg[k] for k in ("epochs", "patience", "device", "out", "examples",
-                                                     "eval_batch_size", "skip_nonfinite")}, "resume": True}
         self.cfg = cfg
         self.data = load_data(cfg)
         if resume_from is not None:
@@ -187,7 +207,8 @@ class Trainer:
         self.sets = {name: self._encode(pairs, name) for name, pairs in self.data.items() if pairs}
         self.opt = make_optimizer(cfg, self.model)
         self.rng = np.random.default_rng(cfg["seed"])
-        self.epoch, self.step, self.best, self.bad_epochs, self.skipped = 0, 0, -1.0, 0, 0
+        # best/ is chosen by valid exact match, ties broken by lower valid loss
+        self.epoch, self.step, self.best, self.bad_epochs, self.skipped = 0, 0, [-1.0, -math.inf], 0, 0
         if resume_from is not None:
             self._restore(ck)
 
@@ -242,6 +263,7 @@ class Trainer:
             src, tgt = take(data, idx)
             loss = model.forward(src, tgt)
             self.step += 1
+            faults.point("train-step")
             if not self._finite_step(loss):
                 continue
             self.opt.step()
@@ -282,9 +304,10 @@ class Trainer:
             stats = self.train_epoch()
             self.epoch += 1
             valid = evaluate(self.model, self.sets["valid"], self.tgt_tok, cfg["eval_batch_size"], bool(cfg["bleu"]))
-            improved = valid["exact_match"] > self.best
+            score = [valid["exact_match"], -valid["loss"]]
+            improved = score > self.best
             if improved:
-                self.best, self.bad_epochs = valid["exact_match"], 0
+                self.best, self.bad_epochs = score, 0
             else:
                 self.bad_epochs += 1
             row = dict(epoch=self.epoch, step=self.step, **stats, lr=self.opt.lr,
@@ -296,11 +319,11 @@ class Trainer:
                 row.update({f"test_{k}": v for k, v in test.items() if k != "predictions"},
                            test_eval_s=time.perf_counter() - t0)
             self.opt.lr *= cfg["lr_decay"]
-            self._save(improved)
             self._append_metrics(row)
+            self._save(improved)
             self._report(row, valid)
             if self.bad_epochs >= cfg["patience"]:
-                self.log(f"early stop: no better valid exact match for {cfg['patience']} epochs")
+                self.log(f"early stop: no better valid exact match (or loss) for {cfg['patience']} epochs")
                 break
         return self.finish()
 
@@ -312,17 +335,29 @@ class Trainer:
     def _save(self, improved: bool) -> None:
         cfg = {k: v for k, v in self.cfg.items()}
         state = self._state()
-        try:
-            save_checkpoint(self.out / "last", self.model, self.opt, self.src_tok, self.tgt_tok, cfg, state)
+        try:  # best first: a kill in between leaves last/ behind, so the epoch is redone and best/ saved again
             if improved:
                 save_checkpoint(self.out / "best", self.model, self.opt, self.src_tok, self.tgt_tok, cfg, state)
+                faults.point("between-best-and-last")
+            save_checkpoint(self.out / "last", self.model, self.opt, self.src_tok, self.tgt_tok, cfg, state)
         except OSError as e:
             raise CheckpointError(f"could not save a checkpoint in {self.out}: {e.strerror or e}. "
                                   "The previous checkpoint is intact.") from None
 
     def _append_metrics(self, row: dict) -> None:
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        """Rewrite metrics.jsonl with this row added (atomically); rows of epochs being redone are dropped."""
+        path = self.out / "metrics.jsonl"
+        rows = []
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    old = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if old.get("epoch", 0) < row["epoch"]:
+                    rows.append(line)
+        rows.append(json.dumps(row))
+        atomic_write_text(path, "\n".join(rows) + "\n")
 
     def _report(self, row: dict, valid: dict) -> None:
         line = (f"epoch {row['epoch']}/{self.cfg['epochs']}  loss {row['train_loss']:.4f}  "
@@ -343,7 +378,7 @@ class Trainer:
 
     def finish(self) -> dict:
         """Evaluate ``best/`` on the test split (if any) and return the final metrics."""
-        result = dict(run=str(self.out), epochs=self.epoch, steps=self.step, best_valid_exact_match=self.best,
+        result = dict(run=str(self.out), epochs=self.epoch, steps=self.step, best_valid_exact_match=self.best[0],
                       wall_s=time.perf_counter() - self.t_start)
         if "test" in self.sets:
             best = load_checkpoint(self.out, device=self.cfg["device"])
@@ -352,12 +387,32 @@ class Trainer:
                             bool(self.cfg["bleu"]))
             test.pop("predictions")
             result["test"] = dict(test, eval_s=time.perf_counter() - t0)
+            test_long = self._test_long()
+            if test_long is not None:
+                long_m = evaluate(best.model, test_long, self.tgt_tok, self.cfg["eval_batch_size"], bool(self.cfg["bleu"]))
+                long_m.pop("predictions")
+                result["test_long"] = long_m
             msg = (f"test ({test['n']} pairs, best/): exact {100 * test['exact_match']:.2f}%  "
                    f"tok acc {100 * test['token_accuracy']:.2f}%  loss {test['loss']:.4f}")
             if "bleu" in test:
                 msg += f"  BLEU {test['bleu']:.1f}  chrF {test['chrf']:.1f}"
             self.log(msg)
+            if "test_long" in result:
+                lm = result["test_long"]
+                self.log(f"test, sources longer than any in train ({lm['n']} pairs): exact "
+                         f"{100 * lm['exact_match']:.2f}%" + (f"  BLEU {lm['bleu']:.1f}" if "bleu" in lm else ""))
+        atomic_write_text(self.out / "result.json", json.dumps(result, indent=2) + "\n")
         return result
+
+    def _test_long(self):
+        """Test pairs whose source is longer (in tokens) than every training source, if there are any."""
+        if "test" not in self.sets:
+            return None
+        test, longest = self.sets["test"], int(self.sets["train"].src_len.max())
+        keep = [p for p, n in zip(test.pairs, test.src_len) if n > longest]
+        if not keep:
+            return None
+        return encode_pairs(keep, self.src_tok, self.tgt_tok, self.cfg["reverse_source"])
 
 
 def train(cfg: dict, log=print) -> dict:

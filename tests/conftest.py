@@ -28,7 +28,7 @@ def device(request):
     return request.param
 
 
-TINY = ["--epochs", "2", "--hidden-size", "32", "--wordvec-size", "8", "--batch-size", "64", "--lr", "0.01",
+TINY = ["--tokenizer", "char", "--epochs", "2", "--hidden-size", "32", "--wordvec-size", "8", "--batch-size", "64", "--lr", "0.01",
         "--eval-batch-size", "256", "--examples", "1", "--no-plot"]
 
 

@@ -48,6 +48,11 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path):
         np.testing.assert_array_equal(wa[k], wb[k])
 
 
+def test_resume_refuses_changed_model_options(tiny_run, capsys):
+    assert main(["train", "--out", str(tiny_run), "--resume", "--hidden-size", "64", "--no-plot"]) == 1
+    assert "--hidden-size differ from the run" in capsys.readouterr().err
+
+
 def test_checkpoint_round_trip(tiny_run, tmp_path):
     ck = load_checkpoint(tiny_run, with_optimizer=True)
     assert ck.path.name == "best" and ck.optimizer["t"] > 0
@@ -109,8 +114,7 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tiny_data, tmp_path, monk
     out = tmp_path / "nan"
     assert main(["train", "--data", str(tiny_data), "--out", str(out), *TINY[:-1], "--epochs", "1"]) == 0
     before = (out / "last" / "weights.npz").read_bytes()
-    cfg = resolve_config(dict(data=str(tiny_data), out=str(out), epochs=2, hidden_size=32, wordvec_size=8,
-                              batch_size=64, lr=0.01, resume=True, examples=0))
+    cfg = resolve_config(dict(out=str(out), epochs=2, resume=True, examples=0))
     trainer = Trainer(cfg, log=lambda *a: None)
     real_forward = trainer.model.forward
     calls = {"n": 0}
@@ -128,7 +132,7 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tiny_data, tmp_path, monk
 
 def test_skip_nonfinite_counts_and_goes_on(tiny_data, tmp_path, monkeypatch):
     cfg = resolve_config(dict(data=str(tiny_data), out=str(tmp_path / "skip"), epochs=1, hidden_size=16,
-                              wordvec_size=8, batch_size=64, skip_nonfinite=True, examples=0))
+                              wordvec_size=8, batch_size=64, skip_nonfinite=True, examples=0, tokenizer="char"))
     trainer = Trainer(cfg, log=lambda *a: None)
     real_forward = trainer.model.forward
     calls = {"n": 0}
