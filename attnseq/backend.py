@@ -5,6 +5,7 @@ There is no global device flag. The array module always comes from the data
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import numpy as np
@@ -112,3 +113,8 @@ def scatter_add(target, indices, values):
     else:
         import cupyx
         cupyx.scatter_add(target, indices, values)
+
+
+def ignore_overflow(xp):
+    """numpy's errstate(over="ignore"); cupy raises no floating-point warnings, so nothing there."""
+    return np.errstate(over="ignore") if xp is np else contextlib.nullcontext()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import get_array_module, scatter_add
+from .backend import get_array_module, ignore_overflow, scatter_add
 from .module import Module
 
 INIT_SCHEMES = ("xavier", "he")
@@ -158,7 +158,7 @@ class LSTM(Module):
         scale = _gate_scale(xp, H, xs.dtype)
         D = self.buffer("D", (T, N, 4 * H), dt, xp) if self.training else [None] * T
         P = self.buffer("P", (T, N, H), dt, xp) if self.training else [None] * T
-        with xp.errstate(over="ignore"):
+        with ignore_overflow(xp):
             for t in range(T):
                 xp.matmul(Hs[t], Wh, out=rec)                       # (N, 4H)
                 A[t] += rec
@@ -231,7 +231,7 @@ class LSTM(Module):
         a = h @ Wh                                                  # (N, 4H)
         a += xw
         h_new, c_new, tc, tmp = (xp.empty_like(h) for _ in range(4))
-        with xp.errstate(over="ignore"):
+        with ignore_overflow(xp):
             lstm_cell_(a, c, c_new, tc, h_new, tmp, _gate_scale(xp, self.hidden_size, a.dtype))
         return h_new, c_new
 
