@@ -12,3 +12,12 @@ from .search import beam_search
 from .optim import SGD, AdaGrad, Adam, ClipGradNorm, Momentum, Nesterov, Optimizer, RMSProp, WeightDecay
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "Encoder", "AttentionDecoder", "AttentionSeq2seq", "Module",
+    "Embedding", "LSTM", "Linear", "SoftmaxCrossEntropy", "Dropout", "Attention", "AttentionWeights", "WeightedSum",
+    "Optimizer", "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSProp", "Adam", "ClipGradNorm", "WeightDecay",
+    "beam_search", "plot_attention",
+    "get_array_module", "gpu_available", "to_device", "to_numpy",
+    "AttnseqError", "CheckpointError", "ConfigError", "DataError", "DeviceError", "NonFiniteError",
+]

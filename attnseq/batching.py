@@ -72,12 +72,16 @@ def encode_pairs(pairs, src_tok: Tokenizer, tgt_tok: Tokenizer, reverse_source: 
 
 
 def batch_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None,
-                bucket: bool) -> list[np.ndarray]:
-    """Row indices per batch. Bucketing sorts by length (random tie order), then shuffles the batches."""
+                bucket: bool, jitter: float = 0.0) -> list[np.ndarray]:
+    """Row indices per batch. Bucketing sorts by length, then shuffles the batches.
+
+    ``jitter`` > 0 sorts by length plus uniform noise in [0, jitter) tokens instead, so a batch mixes
+    nearby lengths: a little padding bought back as variety (lengths often track the kind of example).
+    """
     M = len(lengths)
     if bucket:
-        jitter = rng.random(M) if rng is not None else np.arange(M)
-        order = np.lexsort((jitter, lengths))
+        noise = rng.random(M) if rng is not None else np.arange(M) / max(M, 1)
+        order = np.argsort(lengths + noise * max(jitter, 1e-3), kind="stable")
     else:
         order = rng.permutation(M) if rng is not None else np.arange(M)
     batches = [order[i:i + batch_size] for i in range(0, M, batch_size)]

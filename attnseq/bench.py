@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from .backend import check_device, get_array_module
+from .backend import check_device
 from .batching import encode_pairs, take
 from .model import AttentionSeq2seq
 from .optim import Adam, ClipGradNorm
@@ -106,7 +106,7 @@ def run_bench(device: str = "cpu", batch_size: int = 128, hidden_size: int = 256
     sgemm = sgemm_gflops(batch_size, hidden_size, xp)
 
     from .evaluate import greedy_decode
-    t_greedy = _median_time(lambda: greedy_decode(model, test.src, test.src_len, 1000), 3, xp)
+    t_greedy = _median_time(lambda: greedy_decode(model, test.src, test.src_len, 256), 3, xp)
     beam_src = test.src[:n_beam, :int(test.src_len[:n_beam].max())]
     t_beam = _median_time(lambda: beam_search(model, beam_src, beam_size=5), 1, xp)
     out = dict(device=_device_name(device), workload=f"date classic: emb {wordvec_size}, hidden {hidden_size}, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from .errors import AttnseqError, ConfigError
@@ -19,7 +20,7 @@ metrics in --out/metrics.jsonl, and an attention heatmap in --out/attention.png.
 
 Defaults (a built-in task may change some; see README):
   epochs 10, batch-size 128, wordvec-size 16, hidden-size 256, optimizer adam,
-  lr 1e-3, clip 5, dropout 0, patience 3. date: epochs 6, lr 3e-3.
+  lr 1e-3, clip 5, dropout 0, patience 3. date: epochs 6, lr 3e-3, bucket-jitter 8.
 Every flag can also be set in --config FILE.toml, with the flag's name as key
 (batch_size = 64 or "batch-size" = 64); flags on the command line win.
 """
@@ -32,6 +33,11 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _switch(group, name: str, help: str) -> None:
+    """A --name/--no-name flag that is None unless given, so a config file or task default can decide."""
+    group.add_argument(name, action=argparse.BooleanOptionalAction, default=None, help=help)
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
     a = p.add_argument
     a("--config", metavar="FILE.toml", help="read options from a TOML file (flags given here override it)")
@@ -40,21 +46,20 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    "directory with train.tsv, valid.tsv and test.tsv")
     g.add_argument("--train", metavar="FILE", help="training pairs: TSV or question_answer "
                    "(or, with --source-lang/--target-lang, the prefix of FILE.SRC and FILE.TGT)")
-    g.add_argument("--valid", metavar="FILE", help="validation pairs (with --train)")
+    g.add_argument("--valid", metavar="FILE", help="validation pairs (with --train; if left out, 5%% of "
+                   "--train, at most 2000 pairs, is held out)")
     g.add_argument("--test", metavar="FILE", help="test pairs (optional)")
     g.add_argument("--source-lang", metavar="EXT", help="aligned files: source suffix, e.g. en")
     g.add_argument("--target-lang", metavar="EXT", help="aligned files: target suffix, e.g. fr")
-    g.add_argument("--swap-sides", action=argparse.BooleanOptionalAction, default=None,
-                   help="train the reverse direction: targets become sources (e.g. Korean -> English)")
-    g.add_argument("--reverse-source", action=argparse.BooleanOptionalAction, default=None,
-                   help="feed each source reversed (real tokens only); default off")
-    g.add_argument("--bucket", action=argparse.BooleanOptionalAction, default=None,
-                   help="batch sources of similar length together; default on")
+    _switch(g, "--swap-sides", help="train the reverse direction: targets become sources (e.g. Korean -> English)")
+    _switch(g, "--reverse-source", help="feed each source reversed (real tokens only); default off")
+    _switch(g, "--bucket", help="batch sources of similar length together; default on")
+    g.add_argument("--bucket-jitter", type=float, metavar="TOKENS",
+                   help="with --bucket, sort by length plus noise up to TOKENS, mixing nearby lengths (date: 8)")
     g.add_argument("--tokenizer", choices=["char", "word", "sentencepiece"],
                    help="default char for date and addition, sentencepiece for translation data")
     g.add_argument("--vocab-size", type=int, metavar="N", help="word/sentencepiece vocabulary size (8000)")
-    g.add_argument("--shared-vocab", action=argparse.BooleanOptionalAction, default=None,
-                   help="one vocabulary for both sides")
+    _switch(g, "--shared-vocab", help="one vocabulary for both sides")
     g.add_argument("--max-len", type=int, metavar="N", help="leave out training pairs longer than N tokens")
     g = p.add_argument_group("model")
     g.add_argument("--wordvec-size", type=int, metavar="D", help="embedding size (16)")
@@ -75,12 +80,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    "valid exact match (3)")
     g.add_argument("--seed", type=int)
     g.add_argument("--device", metavar="cpu|gpu[:N]", help="cpu (default) or gpu, gpu:1 ...")
-    g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
-                   help="continue the run in --out from last/")
-    g.add_argument("--quick", action=argparse.BooleanOptionalAction, default=None,
-                   help="fewer epochs, for a first look (3)")
-    g.add_argument("--skip-nonfinite", action=argparse.BooleanOptionalAction, default=None,
-                   help="skip (and count) a batch whose loss or gradient is NaN/inf instead of stopping")
+    _switch(g, "--resume", help="continue the run in --out from last/")
+    _switch(g, "--quick", help="fewer epochs, for a first look (2 on date, else 3)")
+    _switch(g, "--skip-nonfinite", help="skip (and count) a batch whose loss or gradient is NaN/inf instead of stopping")
     g.add_argument("--eval-batch-size", type=int, metavar="N")
     g.add_argument("--examples", type=int, metavar="N", help="example outputs printed per epoch (3)")
     g.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True,
@@ -162,7 +164,7 @@ def build_parser() -> Parser:
     e.add_argument("--ckpt", required=True, metavar="RUN", help="run dir (its best/) or checkpoint dir")
     e.add_argument("--data", required=True, metavar="FILE", help="TSV or question_answer pairs")
     e.add_argument("--output", metavar="FILE", help="also write one prediction per line here")
-    e.add_argument("--batch-size", type=int, default=500)
+    e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--device", default="cpu")
     e.set_defaults(func=cmd_eval)
 
@@ -191,8 +193,15 @@ def _add_later_commands(sub) -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"attnseq {args.command}: warning: {message}", file=sys.stderr)
+
     try:
-        return args.func(args)
+        with warnings.catch_warnings():          # restores the caller's warning handling afterwards
+            warnings.simplefilter("always")
+            warnings.showwarning = show
+            return args.func(args)
     except KeyboardInterrupt:
         print("attnseq: interrupted", file=sys.stderr)
         return 130

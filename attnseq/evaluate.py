@@ -10,7 +10,7 @@ from .model import AttentionSeq2seq
 from .tokenizers import EOS_ID, PAD_ID, Tokenizer
 
 
-def greedy_decode(model: AttentionSeq2seq, src: np.ndarray, src_len: np.ndarray, batch_size: int = 500,
+def greedy_decode(model: AttentionSeq2seq, src: np.ndarray, src_len: np.ndarray, batch_size: int = 256,
                   max_len: int | None = None, with_weights: bool = False):
     """Decode rows of a padded source matrix in length-sorted batches.
 
@@ -33,7 +33,7 @@ def greedy_decode(model: AttentionSeq2seq, src: np.ndarray, src_len: np.ndarray,
     return (outs, weights) if with_weights else outs
 
 
-def evaluate(model: AttentionSeq2seq, data: Encoded, tgt_tok: Tokenizer, batch_size: int = 500,
+def evaluate(model: AttentionSeq2seq, data: Encoded, tgt_tok: Tokenizer, batch_size: int = 256,
              bleu: bool = False) -> dict:
     """Metrics on an encoded dataset, as fractions in 0..1 (BLEU and chrF on sacrebleu's 0..100).
 

@@ -7,7 +7,6 @@ with the attention weights of each chosen output. ``attnseq translate`` and
 from __future__ import annotations
 
 import sys
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,7 +67,7 @@ class Translator:
         return out
 
 
-def evaluate_file(ckpt: str, data: str, device: str = "cpu", batch_size: int = 500,
+def evaluate_file(ckpt: str, data: str, device: str = "cpu", batch_size: int = 256,
                   output: str | None = None) -> dict:
     """Metrics of a checkpoint on a TSV/question_answer file; BLEU and chrF included."""
     ck = load_checkpoint(ckpt, device=device)
@@ -114,11 +113,7 @@ def run_translate(args) -> int:
         lines = sys.stdin.read().replace("\r\n", "\n").split("\n")
         if lines and lines[-1] == "":
             lines.pop()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        results = tr.translate(lines, **kw)
-    for w in caught:
-        print(f"attnseq translate: warning: {w.message}", file=sys.stderr)
+    results = tr.translate(lines, **kw)
     if args.output:
         import io
         buf = io.StringIO()

@@ -9,8 +9,7 @@ from .decoders import AttentionDecoder
 from .encoders import Encoder
 from .layers import INIT_SCHEMES, SoftmaxCrossEntropy
 from .module import Module
-
-PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+from .tokenizers import BOS_ID, EOS_ID, PAD_ID
 
 
 class AttentionSeq2seq(Module):

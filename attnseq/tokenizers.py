@@ -15,7 +15,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .io import atomic_write_bytes, atomic_write_text
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -145,16 +145,29 @@ class SentencePieceTokenizer(Tokenizer):
 
     @classmethod
     def train(cls, texts, vocab_size: int = 8000, model_type: str = "unigram"):
+        """Train on texts. Every character is kept, so the vocabulary grows (with a warning) to hold them all."""
         import io
+        import warnings
 
         import sentencepiece as spm
         texts = [t for t in texts if t.strip()]
+        if not texts:
+            raise ConfigError("sentencepiece: no non-empty text to train on")
+        chars = len({c for t in texts for c in t if not c.isspace()}) + len(SPECIALS) + 1
+        if vocab_size < chars:
+            warnings.warn(f"--vocab-size {vocab_size} cannot hold the {chars - len(SPECIALS) - 1} distinct "
+                          f"characters of the training text; using {chars}", stacklevel=2)
+            vocab_size = chars
         buf = io.BytesIO()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(texts), model_writer=buf, vocab_size=vocab_size,
-            model_type=model_type, character_coverage=1.0, pad_id=PAD_ID, bos_id=BOS_ID,
-            eos_id=EOS_ID, unk_id=UNK_ID, pad_piece=PAD, bos_piece=BOS, eos_piece=EOS, unk_piece=UNK,
-            hard_vocab_limit=False, minloglevel=2, num_threads=1, normalization_rule_name="identity")
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(texts), model_writer=buf, vocab_size=vocab_size,
+                model_type=model_type, character_coverage=1.0, pad_id=PAD_ID, bos_id=BOS_ID,
+                eos_id=EOS_ID, unk_id=UNK_ID, pad_piece=PAD, bos_piece=BOS, eos_piece=EOS, unk_piece=UNK,
+                hard_vocab_limit=False, minloglevel=2, num_threads=1, normalization_rule_name="identity")
+        except RuntimeError as e:
+            raise ConfigError(f"sentencepiece could not train a {vocab_size}-piece vocabulary: "
+                              f"{str(e).splitlines()[0]}") from None
         return cls(buf.getvalue())
 
     def encode(self, text):

@@ -30,13 +30,14 @@ DEFAULTS = dict(
     data=None, train=None, valid=None, test=None, source_lang=None, target_lang=None, out=None,
     epochs=10, batch_size=128, wordvec_size=16, hidden_size=256, optimizer="adam", lr=1e-3,
     clip=5.0, dropout=0.0, weight_decay=0.0, lr_decay=1.0, patience=3, seed=0, device="cpu",
-    dtype="float32", init="xavier", reverse_source=False, bucket=True, tokenizer=None,
-    vocab_size=8000, shared_vocab=False, max_len=None, eval_batch_size=500, examples=3,
+    dtype="float32", init="xavier", reverse_source=False, bucket=True, bucket_jitter=0.0, tokenizer=None,
+    vocab_size=8000, shared_vocab=False, max_len=None, eval_batch_size=256, examples=3,
     skip_nonfinite=False, resume=False, quick=False, bleu=None, swap_sides=False,
 )
 # What a built-in task changes; `quick` trades epochs for a newcomer's first few minutes.
 TASK_DEFAULTS = {
-    "date": dict(epochs=6, lr=3e-3, tokenizer="char", bleu=False),
+    # date: lengths track the date's style, so pure length buckets hold one style each; jitter mixes them
+    "date": dict(epochs=6, lr=3e-3, tokenizer="char", bleu=False, bucket_jitter=8.0),
     "addition": dict(epochs=30, lr=3e-3, batch_size=64, patience=6, tokenizer="char", bleu=False),
     "toy-en-ko": dict(epochs=8, tokenizer="sentencepiece", vocab_size=1000, wordvec_size=128,
                       lr=2e-3, batch_size=64, patience=3, bleu=True, max_len=60),
@@ -44,7 +45,7 @@ TASK_DEFAULTS = {
     "corpus": dict(epochs=20, tokenizer="sentencepiece", vocab_size=8000, wordvec_size=128, lr=2e-3,
                    batch_size=64, patience=4, bleu=True, max_len=100),
 }
-QUICK = dict(epochs=3)
+QUICK_EPOCHS = {"date": 2}      # --quick: a newcomer's first look; 3 epochs elsewhere
 NON_RESUMABLE = ("data", "train", "valid", "test", "swap_sides", "tokenizer", "vocab_size", "shared_vocab", "wordvec_size",
                  "hidden_size", "dtype", "init", "reverse_source", "seed", "optimizer", "max_len")
 
@@ -61,7 +62,7 @@ def resolve_config(cfg: dict) -> dict:
     task = user.get("data")
     out.update(TASK_DEFAULTS.get(task if task in TASK_DEFAULTS else "corpus"))
     if user.get("quick"):
-        out.update(QUICK)
+        out["epochs"] = QUICK_EPOCHS.get(task, 3)
     out.update(user)
     if out["out"] is None:
         raise ConfigError("--out RUN_DIR is required")
@@ -118,9 +119,25 @@ def _load_data(cfg: dict) -> dict[str, list]:
         if not (d / "train.tsv").exists():
             raise DataError(f"--data {data}: the directory has no train.tsv (it needs train.tsv and valid.tsv)")
         return _load_split_files(d / "train.tsv", d / "valid.tsv", d / "test.tsv")
+    if bool(cfg["source_lang"]) != bool(cfg["target_lang"]):
+        raise ConfigError("aligned files need both --source-lang and --target-lang")
     if cfg["valid"] is None:
-        raise ConfigError("--train needs --valid FILE too")
+        return _hold_out(_read(cfg["train"], cfg["source_lang"], cfg["target_lang"]), cfg)
     return _load_split_files(cfg["train"], cfg["valid"], cfg["test"], cfg["source_lang"], cfg["target_lang"])
+
+
+def _hold_out(pairs: list, cfg: dict) -> dict[str, list]:
+    """No --valid: 5% of the training pairs (at most 2000), chosen with the run's seed, validate."""
+    import random
+    if len(pairs) < 20:
+        raise DataError(f"{cfg['train']}: only {len(pairs)} pairs; give --valid FILE or more data")
+    order = list(range(len(pairs)))
+    random.Random(cfg["seed"]).shuffle(order)
+    n = min(2000, max(1, len(pairs) // 20))
+    held = set(order[:n])
+    test = _read(cfg["test"], cfg["source_lang"], cfg["target_lang"]) if cfg["test"] else []
+    return {"train": [p for k, p in enumerate(pairs) if k not in held],
+            "valid": [pairs[k] for k in order[:n]], "test": test}
 
 
 def _read(path, src_lang=None, tgt_lang=None):
@@ -195,6 +212,8 @@ class Trainer:
             ck = load_checkpoint(resume_from, device=cfg["device"], with_optimizer=True)
         self.cfg = cfg
         self.data = load_data(cfg)
+        if cfg["data"] is None and cfg["valid"] is None:
+            self.log(f"note: no --valid given; {len(self.data['valid'])} pairs of {cfg['train']} held out to validate")
         if resume_from is not None:
             self.model, self.src_tok, self.tgt_tok = ck.model, ck.src_tok, ck.tgt_tok
         else:
@@ -254,7 +273,7 @@ class Trainer:
         from tqdm import tqdm
         data, cfg, model = self.sets["train"], self.cfg, self.model
         model.train()
-        batches = batch_order(data.src_len, cfg["batch_size"], self.rng, cfg["bucket"])
+        batches = batch_order(data.src_len, cfg["batch_size"], self.rng, cfg["bucket"], cfg["bucket_jitter"])
         pad_frac = padding_fraction(data, batches)
         t0, seen, total_loss, n_loss = time.perf_counter(), 0, 0.0, 0
         bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{cfg['epochs']}", unit="batch", leave=False,

@@ -120,3 +120,12 @@ def test_gpu_without_cupy_is_one_line(tmp_path, capsys):
     rc = main(["train", "--data", "date", "--out", str(tmp_path / "r"), "--device", "gpu"])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and err.count("\n") == 0 and ("cupy" in err or "GPU" in err)
+
+
+def test_scripts_call_the_cli():
+    import subprocess
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    for script in sorted((root / "scripts").glob("*.py")):
+        out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "usage: attnseq" in out.stdout, script.name

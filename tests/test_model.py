@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from attnseq import Adam, AttentionDecoder, AttentionSeq2seq, ClipGradNorm, DeviceError, Encoder
-from attnseq.model import BOS_ID, EOS_ID, PAD_ID
+from attnseq.model import BOS_ID, EOS_ID
 
 
 def reverse_task(rng, n, lo=3, hi=7):

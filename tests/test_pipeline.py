@@ -110,21 +110,24 @@ def test_object_array_is_refused(tiny_run, tmp_path):
         load_checkpoint(ck)
 
 
+def poison_loss(monkeypatch, trainer, calls_to_poison, factor):
+    """Multiply the loss by ``factor`` (nan, inf) on the given forward calls (1-based)."""
+    real_forward, calls = trainer.model.forward, {"n": 0}
+
+    def poisoned(src, tgt):
+        calls["n"] += 1
+        loss = real_forward(src, tgt)
+        return loss * np.float32(factor) if calls["n"] in calls_to_poison else loss
+    monkeypatch.setattr(trainer.model, "forward", poisoned)
+
+
 def test_nan_loss_stops_with_step_and_keeps_checkpoint(tiny_data, tmp_path, monkeypatch):
     out = tmp_path / "nan"
     assert main(["train", "--data", str(tiny_data), "--out", str(out), *TINY[:-1], "--epochs", "1"]) == 0
     before = (out / "last" / "weights.npz").read_bytes()
     cfg = resolve_config(dict(out=str(out), epochs=2, resume=True, examples=0))
     trainer = Trainer(cfg, log=lambda *a: None)
-    real_forward = trainer.model.forward
-    calls = {"n": 0}
-
-    def poisoned(src, tgt):
-        calls["n"] += 1
-        loss = real_forward(src, tgt)
-        return loss * np.float32("nan") if calls["n"] == 5 else loss
-
-    monkeypatch.setattr(trainer.model, "forward", poisoned)
+    poison_loss(monkeypatch, trainer, (5,), "nan")
     with pytest.raises(NonFiniteError, match=r"step 29 \(epoch 2\): loss is nan"):
         trainer.run()
     assert (out / "last" / "weights.npz").read_bytes() == before
@@ -134,15 +137,7 @@ def test_skip_nonfinite_counts_and_goes_on(tiny_data, tmp_path, monkeypatch):
     cfg = resolve_config(dict(data=str(tiny_data), out=str(tmp_path / "skip"), epochs=1, hidden_size=16,
                               wordvec_size=8, batch_size=64, skip_nonfinite=True, examples=0, tokenizer="char"))
     trainer = Trainer(cfg, log=lambda *a: None)
-    real_forward = trainer.model.forward
-    calls = {"n": 0}
-
-    def poisoned(src, tgt):
-        calls["n"] += 1
-        loss = real_forward(src, tgt)
-        return loss * np.float32("inf") if calls["n"] in (3, 7) else loss
-
-    monkeypatch.setattr(trainer.model, "forward", poisoned)
+    poison_loss(monkeypatch, trainer, (3, 7), "inf")
     trainer.run()
     row = json.loads((tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()[0])
     assert row["nonfinite_skipped"] == 2 and np.isfinite(row["train_loss"])

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from attnseq.checkpoint import load_checkpoint
 from attnseq.cli import main
-from attnseq.errors import CheckpointError, ConfigError, DataError, NonFiniteError
+from attnseq.errors import CheckpointError, DataError, NonFiniteError
 from attnseq.io import read_aligned, read_pairs, read_question_answer, read_tsv
 from attnseq.tokenizers import CharTokenizer, SentencePieceTokenizer, WordTokenizer
 from attnseq.training import Trainer, resolve_config
@@ -279,5 +279,5 @@ def test_missing_data_file_is_one_line(tmp_path, capsys):
 
 
 def test_conflicting_options(tmp_path, capsys):
-    assert main(["train", "--train", "a.tsv", "--out", str(tmp_path / "r")]) == 1
-    assert "--train needs --valid" in capsys.readouterr().err
+    assert main(["train", "--train", "a", "--source-lang", "en", "--out", str(tmp_path / "r")]) == 1
+    assert "need both --source-lang and --target-lang" in capsys.readouterr().err

@@ -89,6 +89,14 @@ def test_sentencepiece_round_trip(spm_tok, tmp_path):
     assert again.encode("그들은 역에 갔어요?") == spm_tok.encode("그들은 역에 갔어요?")
 
 
+def test_sentencepiece_vocab_grows_to_hold_every_character(toy):
+    texts = [t for _, t in toy["train"][:2000]]
+    with pytest.warns(UserWarning, match="cannot hold the .* distinct characters"):
+        tok = SentencePieceTokenizer.train(texts, vocab_size=50)
+    assert tok.vocab_size >= 50
+    assert 3 not in tok.encode(texts[0]) and tok.decode(tok.encode(texts[0])) == texts[0]
+
+
 def test_readable_pieces():
     assert readable("▁the") == "·the" and readable(" ") == "␣"
     assert romanize_hangul("학교에 가요") == "hakgyoe gayo"
@@ -115,6 +123,29 @@ def user_corpus(tmp_path_factory, toy):
     (d / "kor.txt").write_text("".join(f"{s}\t{t}{att}\n" for s, t in short[:3000]), encoding="utf-8")
     (d / "valid.txt").write_text("".join(f"{s}\t{t}{att}\n" for s, t in short[3000:]), encoding="utf-8")
     return d
+
+
+def test_single_file_holds_out_validation(user_corpus, tmp_path, capsys):
+    lines = (user_corpus / "kor.txt").read_text(encoding="utf-8").splitlines()[:400]
+    (tmp_path / "small.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert main(["train", "--train", str(tmp_path / "small.txt"), "--out", str(tmp_path / "r"), "--epochs", "1",
+                 "--hidden-size", "16", "--wordvec-size", "8", "--vocab-size", "200", "--no-plot", "--examples", "0"]) == 0
+    assert "20 pairs of" in capsys.readouterr().out
+    row = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["valid_n"] == 20
+
+
+def test_aligned_files_through_the_cli(tmp_path, toy):
+    pairs = [(s, t) for s, t in toy["train"] if len(s.split()) <= 4][:300]
+    (tmp_path / "c.en").write_text("".join(s + "\n" for s, _ in pairs), encoding="utf-8")
+    (tmp_path / "c.ko").write_text("".join(t + "\n" for _, t in pairs), encoding="utf-8")
+    assert main(["train", "--train", str(tmp_path / "c"), "--source-lang", "en", "--target-lang", "ko",
+                 "--out", str(tmp_path / "r"), "--epochs", "1", "--hidden-size", "16", "--wordvec-size", "8",
+                 "--vocab-size", "150", "--no-plot", "--examples", "0"]) == 0
+    (tmp_path / "d.ko").write_text("".join(t + "\n" for _, t in pairs[:-1]), encoding="utf-8")
+    (tmp_path / "d.en").write_text("".join(s + "\n" for s, _ in pairs), encoding="utf-8")
+    assert main(["train", "--train", str(tmp_path / "d"), "--source-lang", "en", "--target-lang", "ko",
+                 "--out", str(tmp_path / "r2"), "--no-plot"]) == 1
 
 
 def test_train_on_user_corpus_reaches_bleu_well_above_chance(user_corpus, tmp_path, capsys):
