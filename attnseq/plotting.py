@@ -95,7 +95,8 @@ def plot_attention(weights, src_tokens, tgt_tokens, ax=None, title: str | None =
             ax.text(j, i, "1" if v >= 0.995 else f"{v:.2f}"[1:], ha="center", va="center", fontsize=6,
                     color="black" if v > 0.6 else "white")
     if title:
-        ax.set_title(title, fontsize=9)
+        import textwrap
+        ax.set_title(textwrap.fill(title, width=max(40, int(3 * len(src_tokens)) + 20)), fontsize=9)
     if colorbar:
         ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     return ax if fig is None else fig
@@ -107,7 +108,7 @@ def plot_attention_grid(examples: list[dict], ncols: int | None = None):
     n = len(examples)
     if n == 0:
         raise ValueError("no examples to plot")
-    ncols = ncols or min(3, n)
+    ncols = ncols or (n if n <= 2 else 2 if n == 4 else 3)
     nrows = math.ceil(n / ncols)
     w = max(len(e["src_tokens"]) for e in examples)
     h = max(len(e["tgt_tokens"]) for e in examples)
