@@ -75,6 +75,13 @@ def check_device(device: str) -> tuple[str, int]:
     return kind, idx
 
 
+def use_device(device: str) -> None:
+    """Make gpu:N the current CUDA device (cupy launches kernels there); nothing for "cpu"."""
+    kind, idx = check_device(device)
+    if kind == "gpu":
+        _cupy().cuda.Device(idx).use()
+
+
 def to_device(x, device: str):
     """Copy an array to ``device`` ("cpu", "gpu", "gpu:N"); a no-op when it is already there."""
     kind, idx = check_device(device)

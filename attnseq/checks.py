@@ -40,13 +40,3 @@ def check_mask(name: str, mask):
         if not np.array_equal(mask, np.arange(mask.shape[1]) < lengths[:, None]):
             raise ValueError(f"{name}: padding must come after the real tokens (right padding)")
     return mask
-
-
-def check_float(name: str, x, ndim: int, dtype=None):
-    if not hasattr(x, "dtype") or x.dtype.kind != "f":
-        raise ValueError(f"{name}: expected a float array, got {getattr(x, 'dtype', type(x).__name__)}")
-    if x.ndim != ndim:
-        raise ValueError(f"{name}: expected {ndim} dims, got shape {tuple(x.shape)}")
-    if dtype is not None and x.dtype != dtype:
-        raise ValueError(f"{name}: dtype {x.dtype} does not match the model's {np.dtype(dtype)}")
-    return x

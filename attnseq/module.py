@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import check_device, get_array_module, to_device
+from .backend import get_array_module, to_device, use_device
 
 
 class Module:
@@ -91,8 +91,11 @@ class Module:
         return params[0].dtype if params else np.dtype(np.float32)
 
     def to(self, device: str) -> "Module":
-        """Move parameters and gradients to ``"cpu"``, ``"gpu"`` or ``"gpu:N"`` (in place)."""
-        check_device(device)
+        """Move parameters and gradients to ``"cpu"``, ``"gpu"`` or ``"gpu:N"`` (in place).
+
+        For a GPU this also makes it cupy's current device, where the model's kernels then run.
+        """
+        use_device(device)
         for _, mod in self.named_modules():
             mod._buffers.clear()
             mod.params[:] = [to_device(p, device) for p in mod.params]

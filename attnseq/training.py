@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -38,7 +39,7 @@ DEFAULTS = dict(
 TASK_DEFAULTS = {
     # date: lengths track the date's style, so pure length buckets hold one style each; jitter mixes them
     "date": dict(epochs=6, lr=3e-3, tokenizer="char", bleu=False, bucket_jitter=8.0),
-    "addition": dict(epochs=30, lr=3e-3, batch_size=64, patience=6, tokenizer="char", bleu=False),
+    "addition": dict(epochs=30, lr=3e-3, lr_decay=0.95, batch_size=64, patience=6, tokenizer="char", bleu=False),
     "toy-en-ko": dict(epochs=8, tokenizer="sentencepiece", vocab_size=1000, wordvec_size=128,
                       lr=2e-3, batch_size=64, patience=3, bleu=True, max_len=60),
     # any other parallel corpus (--data DIR or --train FILE): subwords, BLEU
@@ -244,7 +245,6 @@ class Trainer:
         except OSError as e:
             raise ConfigError(f"--out {out}: cannot write there ({e.strerror or e})") from None
         for stale in out.glob(".*.tmp-*"):
-            import shutil
             shutil.rmtree(stale, ignore_errors=True)
         if cfg["resume"] and has_ckpt:
             return resolve(out, prefer="last")
