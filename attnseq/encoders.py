@@ -12,7 +12,8 @@ class Encoder(Module):
 
     forward(src (N, Ts) ids, lengths (N,) or None) -> hs (N, Ts, H), (h, c) each (N, H).
     Sources are right-padded; the final state is taken at each row's last real
-    token, so padding never changes it. ``lengths=None`` means no padding.
+    token, so padding never changes it. ``lengths=None`` means no padding. In training mode the
+    returned arrays live in the LSTM's reusable buffers until the next training-mode forward.
     """
 
     def __init__(self, vocab_size: int, wordvec_size: int, hidden_size: int, *,

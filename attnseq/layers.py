@@ -136,7 +136,11 @@ class LSTM(Module):
         return xp.zeros((N, self.hidden_size), dtype=dtype)
 
     def forward(self, xs, h0=None, c0=None, lengths=None):
-        """xs (N, T, D), h0/c0 (N, H) or None -> hs (N, T, H) (a view of time-major storage)."""
+        """xs (N, T, D), h0/c0 (N, H) or None -> hs (N, T, H).
+
+        In training mode hs (and the final state) are views into this layer's reusable
+        time-major buffers: valid until its next training-mode forward. Copy them to keep them.
+        """
         Wx, Wh, b = self.params
         xp = get_array_module(xs)
         N, T, D = xs.shape
