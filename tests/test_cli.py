@@ -1,5 +1,6 @@
 """translate, plot-attention and CLI hygiene."""
 import io
+import json
 import sys
 
 import numpy as np
@@ -129,3 +130,30 @@ def test_scripts_call_the_cli():
     for script in sorted((root / "scripts").glob("*.py")):
         out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "usage: attnseq" in out.stdout, script.name
+
+
+def test_bench_json_has_the_documented_keys(capsys):
+    assert main(["bench", "--json", "--hidden-size", "16", "--wordvec-size", "8", "--iters", "2"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    for key in ("train_s_per_iter", "train_s_per_epoch", "train_samples_per_s", "greedy_sent_per_s",
+                "beam5_sent_per_s", "peak_rss_mib", "useful_gflops", "sgemm_gflops", "efficiency", "device"):
+        assert key in r and r[key], key
+    assert 0 < r["efficiency"] < 2 and r["workload"].endswith("(padded)")
+
+
+def test_bench_table_and_gpu_without_gpu(capsys):
+    from attnseq.backend import gpu_available
+    assert main(["bench", "--hidden-size", "16", "--wordvec-size", "8", "--iters", "2", "--bucketed"]) == 0
+    assert "efficiency" in capsys.readouterr().out
+    if not gpu_available():
+        assert main(["bench", "--device", "gpu"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "cupy" in err
+
+
+def test_train_ends_with_a_heatmap(tiny_data, tmp_path, capsys):
+    from conftest import TINY
+    args = [a for a in TINY if a != "--no-plot"]
+    assert main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "r"), *args, "--epochs", "1"]) == 0
+    png = tmp_path / "r" / "attention.png"
+    assert "attention heatmap:" in capsys.readouterr().out and not_blank(png)
