@@ -99,13 +99,15 @@ def run_translate(args) -> int:
         print("attnseq translate: type a line, Ctrl-D to quit", file=sys.stderr)
         lineno = 0
         while True:
-            try:
-                line = input("> ")
-            except EOFError:
+            print("> ", end="", file=sys.stderr, flush=True)   # the prompt stays off stdout
+            line = sys.stdin.readline()
+            if not line:
                 print(file=sys.stderr)
                 return 0
+            line = line.rstrip("\r\n")
             lineno += 1
             _print_translations(tr.translate([line], first_line=lineno, **kw), args, sys.stdout)
+            sys.stdout.flush()
     if args.input:
         from .io import read_lines
         lines = read_lines(args.input) if _nonempty(args.input) else []

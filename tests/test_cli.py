@@ -157,3 +157,33 @@ def test_train_ends_with_a_heatmap(tiny_data, tmp_path, capsys):
     assert main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "r"), *args, "--epochs", "1"]) == 0
     png = tmp_path / "r" / "attention.png"
     assert "attention heatmap:" in capsys.readouterr().out and not_blank(png)
+
+
+def test_translate_prompts_in_a_terminal(tiny_run):
+    """Interactive use: a prompt on a terminal, one translation per line typed, Ctrl-D to quit."""
+    import os
+    import pty
+    import subprocess
+    leader, follower = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "attnseq.cli", "translate", "--ckpt", str(tiny_run)],
+                         stdin=follower, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    os.close(follower)
+    os.write(leader, b"9/25/84\n\n")
+    os.write(leader, b"\x04")
+    out, err = p.communicate(timeout=60)
+    os.close(leader)
+    assert p.returncode == 0, err
+    assert b"type a line" in err
+    lines = out.decode().split("\n")
+    assert len(lines) == 3 and lines[1] == "" and lines[0]
+
+
+def test_plot_attention_png_has_the_figure_size(tiny_run, tmp_path):
+    from attnseq.inference import Translator
+    text = "Sept 25, 1984"
+    tr = Translator(str(tiny_run)).translate([text])[0]
+    out = tmp_path / "one.png"
+    assert main(["plot-attention", "--ckpt", str(tiny_run), "--text", text, "--out", str(out)]) == 0
+    width, height = png_size(out)
+    assert width == round((0.3 * len(tr.src_tokens) + 2.2) * 120)      # figure inches x 120 dpi
+    assert height == round((0.3 * len(tr.out_tokens) + 1.8) * 120)

@@ -160,3 +160,16 @@ def test_train_on_user_corpus_reaches_bleu_well_above_chance(user_corpus, tmp_pa
     result = json.loads(capsys.readouterr().out)
     assert result["bleu"] > 50, result        # chance is about 0-5
     assert (run / "best" / "src_vocab.spm.model").exists() and (run / "best" / "tgt_vocab.spm.model").exists()
+
+
+def test_shared_vocabulary(user_corpus, tmp_path):
+    run = tmp_path / "shared"
+    assert main(["train", "--train", str(user_corpus / "kor.txt"), "--valid", str(user_corpus / "valid.txt"),
+                 "--out", str(run), "--shared-vocab", "--vocab-size", "600", "--epochs", "1", "--hidden-size", "16",
+                 "--wordvec-size", "8", "--no-plot", "--examples", "0"]) == 0
+    best = run / "best"
+    assert (best / "src_vocab.spm.model").read_bytes() == (best / "tgt_vocab.spm.model").read_bytes()
+    from attnseq.checkpoint import load_checkpoint
+    ck = load_checkpoint(run)
+    assert ck.model.config["src_vocab_size"] == ck.model.config["tgt_vocab_size"] == ck.src_tok.vocab_size
+    assert ck.src_tok.encode("고양이") == ck.tgt_tok.encode("고양이")
