@@ -72,8 +72,9 @@ def encode_pairs(pairs, src_tok: Tokenizer, tgt_tok: Tokenizer, reverse_source: 
 
 
 def batch_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None,
-                bucket: bool, jitter: float = 0.0) -> list[np.ndarray]:
-    """Row indices per batch. Bucketing sorts by length, then shuffles the batches.
+                bucket: bool, jitter: float = 0.0, then_by: np.ndarray | None = None) -> list[np.ndarray]:
+    """Row indices per batch. Bucketing sorts by length (ties by ``then_by``, e.g. target length, then
+    at random), then shuffles the batches.
 
     ``jitter`` > 0 sorts by length plus uniform noise in [0, jitter) tokens instead, so a batch mixes
     nearby lengths: a little padding bought back as variety (lengths often track the kind of example).
@@ -81,7 +82,8 @@ def batch_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator |
     M = len(lengths)
     if bucket:
         noise = rng.random(M) if rng is not None else np.arange(M) / max(M, 1)
-        order = np.argsort(lengths + noise * max(jitter, 1e-3), kind="stable")
+        key = lengths + noise * jitter if jitter > 0 else lengths
+        order = np.lexsort((noise, np.zeros(M) if then_by is None else then_by, key))
     else:
         order = rng.permutation(M) if rng is not None else np.arange(M)
     batches = [order[i:i + batch_size] for i in range(0, M, batch_size)]

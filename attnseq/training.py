@@ -273,7 +273,8 @@ class Trainer:
         from tqdm import tqdm
         data, cfg, model = self.sets["train"], self.cfg, self.model
         model.train()
-        batches = batch_order(data.src_len, cfg["batch_size"], self.rng, cfg["bucket"], cfg["bucket_jitter"])
+        batches = batch_order(data.src_len, cfg["batch_size"], self.rng, cfg["bucket"], cfg["bucket_jitter"],
+                              then_by=data.tgt_len)
         pad_frac = padding_fraction(data, batches)
         t0, seen, total_loss, n_loss = time.perf_counter(), 0, 0.0, 0
         bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{cfg['epochs']}", unit="batch", leave=False,
