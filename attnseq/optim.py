@@ -17,6 +17,12 @@ from .module import Module
 
 
 # -- hooks ------------------------------------------------------------------------
+def global_norm(grads):
+    """The L2 norm of all gradients together, as a 0-d array (no host synchronisation)."""
+    xp = get_array_module(grads[0])
+    return xp.sqrt(sum(xp.vdot(g.ravel(), g.ravel()) for g in grads))
+
+
 class ClipGradNorm:
     """Scale all gradients so their global L2 norm is at most ``max_norm``.
 
@@ -31,7 +37,7 @@ class ClipGradNorm:
 
     def __call__(self, params, grads):
         xp = get_array_module(grads[0])
-        total = xp.sqrt(sum(xp.vdot(g.ravel(), g.ravel()) for g in grads))
+        total = global_norm(grads)
         self.last_norm = total
         scale = xp.minimum(1.0, self.max_norm / (total + 1e-6)).astype(grads[0].dtype)
         for g in grads:

@@ -24,7 +24,7 @@ from .evaluate import evaluate
 from .io import atomic_write_text, read_aligned, read_pairs
 from .layers import Dropout
 from .model import AttentionSeq2seq
-from .optim import OPTIMIZERS, ClipGradNorm, WeightDecay
+from .optim import OPTIMIZERS, ClipGradNorm, WeightDecay, global_norm
 from .tokenizers import CharTokenizer, SentencePieceTokenizer, Tokenizer, WordTokenizer
 
 DEFAULTS = dict(
@@ -187,18 +187,34 @@ def _dropout_rng(model) -> np.random.Generator:
     return next(m.rng for _, m in model.named_modules() if isinstance(m, Dropout))
 
 
+class _NonFiniteGradient(Exception):
+    pass
+
+
+class FiniteGuard:
+    """Optimizer hook, run last: stops the update when the gradient norm is NaN or inf.
+
+    It reuses the norm ClipGradNorm just computed (or computes it when there is no clipping).
+    """
+
+    def __init__(self, clip: ClipGradNorm | None):
+        self.clip = clip
+
+    def __call__(self, params, grads):
+        norm = self.clip.last_norm if self.clip is not None else global_norm(grads)
+        if not math.isfinite(float(norm)):
+            raise _NonFiniteGradient(float(norm))
+
+
 def make_optimizer(cfg, model):
     hooks = []
     if cfg["weight_decay"]:
         hooks.append(WeightDecay(cfg["weight_decay"]))
-    if cfg["clip"] and cfg["clip"] > 0:
-        hooks.append(ClipGradNorm(cfg["clip"]))
+    clip = ClipGradNorm(cfg["clip"]) if cfg["clip"] and cfg["clip"] > 0 else None
+    if clip is not None:
+        hooks.append(clip)
+    hooks.append(FiniteGuard(clip))
     return OPTIMIZERS[cfg["optimizer"]](model, lr=cfg["lr"], hooks=hooks)
-
-
-def grad_norm(model) -> float:
-    xp = model.xp
-    return float(xp.sqrt(sum(xp.vdot(g.ravel(), g.ravel()) for g in model.gradients())))
 
 
 class Trainer:
@@ -284,9 +300,8 @@ class Trainer:
             loss = model.forward(src, tgt)
             self.step += 1
             faults.point("train-step")
-            if not self._finite_step(loss):
+            if not self._step(loss):
                 continue
-            self.opt.step()
             total_loss += float(loss)
             n_loss += 1
             seen += len(idx)
@@ -298,15 +313,16 @@ class Trainer:
         return dict(train_loss=total_loss / max(n_loss, 1), epoch_time_s=dt, samples_per_s=seen / dt,
                     padding_fraction=pad_frac)
 
-    def _finite_step(self, loss) -> bool:
-        """Backward, then check loss and gradient norm; False means the batch was skipped."""
+    def _step(self, loss) -> bool:
+        """Backward and update, unless the loss or the gradient norm is NaN/inf: then stop, or skip the batch."""
         loss_v = float(loss)
         if math.isfinite(loss_v):
             self.model.backward()
-            gnorm = grad_norm(self.model)
-            if math.isfinite(gnorm):
+            try:
+                self.opt.step()                 # FiniteGuard raises before any parameter changes
                 return True
-            what = f"gradient norm is {gnorm}"
+            except _NonFiniteGradient as e:
+                what = f"gradient norm is {e.args[0]}"
         else:
             what = f"loss is {loss_v}"
         if self.cfg["skip_nonfinite"]:

@@ -135,9 +135,10 @@ def test_hostile_weights_are_refused(tiny_run, tmp_path, change, message):
         load_checkpoint(ck)
 
 
-def test_nan_gradient_is_caught(tiny_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("clip", [5.0, 0.0])
+def test_nan_gradient_is_caught(tiny_data, tmp_path, monkeypatch, clip):
     cfg = resolve_config(dict(data=str(tiny_data), out=str(tmp_path / "g"), epochs=1, hidden_size=16,
-                              wordvec_size=8, batch_size=64, tokenizer="char", examples=0))
+                              wordvec_size=8, batch_size=64, tokenizer="char", examples=0, clip=clip))
     trainer = Trainer(cfg, log=lambda *a: None)
     real = trainer.model.backward
 
