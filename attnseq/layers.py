@@ -132,9 +132,6 @@ class LSTM(Module):
         self.cache = None
         self.h_final = self.c_final = None
 
-    def _zeros_state(self, xp, N, dtype):
-        return xp.zeros((N, self.hidden_size), dtype=dtype)
-
     def forward(self, xs, h0=None, c0=None, lengths=None):
         """xs (N, T, D), h0/c0 (N, H) or None -> hs (N, T, H).
 

@@ -118,9 +118,13 @@ class Optimizer:
             if self.slots:
                 self.state[path] = {s: xp.asarray(arrays[f"{path}/{s}"], dtype=p.dtype) for s in self.slots}
 
-    def expected_keys(self) -> list[str]:
-        keys = [f"{path}/{s}" for path, _, _ in self.model.named_parameters() for s in self.slots]
-        return keys + ["t", "lr"]
+    def expected_arrays(self) -> dict:
+        """Name -> an array of the shape and dtype ``state_dict()`` has for this model (to check a file)."""
+        out = {f"{path}/{s}": np.broadcast_to(np.zeros((), m.params[i].dtype), m.params[i].shape)
+               for path, m, i in self.model.named_parameters() for s in self.slots}
+        out["t"] = np.zeros((), np.int64)
+        out["lr"] = np.zeros((), np.float64)
+        return out
 
 
 class SGD(Optimizer):

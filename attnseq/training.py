@@ -17,7 +17,7 @@ import numpy as np
 from . import faults
 from .backend import check_device
 from .batching import Encoded, batch_order, encode_pairs, padding_fraction, take
-from .checkpoint import load_checkpoint, load_checkpoint_config, resolve, save_checkpoint
+from .checkpoint import check_arrays, load_checkpoint, load_checkpoint_config, resolve, save_checkpoint
 from .datasets import DEFAULT_SEED, GENERATORS
 from .errors import CheckpointError, ConfigError, DataError, NonFiniteError
 from .evaluate import evaluate
@@ -276,12 +276,17 @@ class Trainer:
         return enc
 
     def _restore(self, ck) -> None:
+        check_arrays(ck.path / "optimizer.npz", ck.optimizer, self.opt.expected_arrays())
         self.opt.load_state_dict(ck.optimizer)
         st = ck.state
-        self.epoch, self.step, self.best = st["epoch"], st["step"], st["best"]
-        self.bad_epochs, self.skipped = st["bad_epochs"], st.get("nonfinite_skipped", 0)
-        self.rng.bit_generator.state = st["rng"]
-        _dropout_rng(self.model).bit_generator.state = st["dropout_rng"]
+        try:
+            self.epoch, self.step, self.best = int(st["epoch"]), int(st["step"]), list(st["best"])
+            self.bad_epochs, self.skipped = int(st["bad_epochs"]), int(st.get("nonfinite_skipped", 0))
+            self.rng.bit_generator.state = st["rng"]
+            _dropout_rng(self.model).bit_generator.state = st["dropout_rng"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{ck.path / 'state.json'}: missing or malformed field ({e!r}); "
+                                  "cannot resume from it") from None
         self.log(f"resumed {self.out} at epoch {self.epoch}, step {self.step}")
 
     # -- one epoch -------------------------------------------------------------------

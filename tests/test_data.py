@@ -156,3 +156,22 @@ def test_word_tokenizer(tmp_path):
     assert tok.encode("the zebra")[1] == 3
     tok.save(tmp_path, "w")
     assert load_tokenizer(tmp_path, "w").tokens == tok.tokens
+
+
+def test_bucket_jitter_mixes_nearby_lengths():
+    import numpy as np
+
+    from attnseq.batching import batch_order
+    lengths = np.repeat(np.arange(5, 25), 64)                        # 20 lengths, 64 rows each
+    rng = np.random.default_rng(0)
+    pure = batch_order(lengths, 64, rng, bucket=True)
+    assert all(len(set(lengths[b])) == 1 for b in pure)               # one length per batch
+    mixed = batch_order(lengths, 64, rng, bucket=True, jitter=8)
+    spans = [np.ptp(lengths[b]) for b in mixed]
+    assert np.mean(spans) > 2 and max(spans) <= 8                    # nearby lengths, mixed
+    assert sorted(np.concatenate(mixed).tolist()) == list(range(len(lengths)))
+    tgt = np.arange(len(lengths)) % 7
+    by_tgt = batch_order(lengths, 16, rng, bucket=True, then_by=tgt)
+    no_tie = batch_order(lengths, 16, rng, bucket=True)
+    assert all(np.ptp(tgt[b]) <= 2 for b in by_tgt)                  # ~9 rows per target length
+    assert np.mean([np.ptp(tgt[b]) for b in no_tie]) > 4

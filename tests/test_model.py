@@ -141,3 +141,17 @@ def test_cpu_gpu_agreement(device):
     np.testing.assert_allclose(w_cpu, w_gpu, atol=1e-9)
     gpu.to("cpu")
     assert gpu.xp is np
+
+
+def test_module_helpers():
+    model = AttentionSeq2seq(14, 12, 4, 8)
+    src, tgt = reverse_task(np.random.default_rng(0), 4)
+    tgt = np.minimum(tgt, 11)
+    model.forward(src, tgt)
+    model.backward()
+    assert any(float(np.abs(g).sum()) > 0 for g in model.gradients())
+    model.zero_grad()
+    assert all(float(np.abs(g).sum()) == 0 for g in model.gradients())
+    expected = 14 * 4 + 12 * 4 + 2 * (4 * 32 + 8 * 32 + 32) + 16 * 12 + 12
+    assert model.num_parameters() == expected
+    assert list(model.state_dict())[:3] == ["encoder.embed.W", "encoder.lstm.Wx", "encoder.lstm.Wh"]

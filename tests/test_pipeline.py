@@ -1,5 +1,6 @@
 """Training through the CLI, checkpoints, resume, the NaN guard, eval, translate and plots."""
 import json
+import re
 import shutil
 
 import numpy as np
@@ -180,3 +181,52 @@ def test_reverse_source_is_undone_for_display(tiny_data, tmp_path):
     tr.reverse = False
     raw = tr.translate(["4891 ,52 tpeS"])[0]
     np.testing.assert_allclose(raw.weights[:, ::-1], fwd.weights, atol=1e-6)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: np.savez(d / "optimizer.npz", t=np.array(1), lr=np.array(0.1)), r"optimizer.npz: array names"),
+    (lambda d: (d / "state.json").write_text('{"epoch": 1}'), r"state.json: missing or malformed field"),
+])
+def test_resume_from_a_damaged_run_is_a_clear_error(tiny_run, tmp_path, capsys, damage, message):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for name in ("best", "last"):
+        damage(run / name)
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "3"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err), err
+
+
+def test_training_flags_reach_the_run(tiny_data, tmp_path, capsys):
+    """--optimizer, --lr-decay, --weight-decay, --init, --dtype, --no-bucket, --max-len, --swap-sides."""
+    out = tmp_path / "flags"
+    assert main(["train", "--data", str(tiny_data), "--out", str(out), *TINY, "--epochs", "2", "--optimizer",
+                 "momentum", "--lr", "0.05", "--lr-decay", "0.5", "--weight-decay", "1e-4", "--init", "he",
+                 "--dtype", "float64", "--no-bucket", "--max-len", "14", "--swap-sides"]) == 0
+    assert "pairs longer than --max-len 14 were left out" in capsys.readouterr().out
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows] == [0.05, 0.025]
+    assert rows[0]["padding_fraction"] > 0.05                       # random batches, not buckets
+    ck = load_checkpoint(out, with_optimizer=True)
+    train = ck.config["train"]
+    assert (train["optimizer"], train["init"], train["weight_decay"], train["swap_sides"]) == ("momentum", "he", 1e-4, True)
+    assert all(p.dtype == np.float64 for p in ck.model.parameters())
+    assert any(k.endswith("/v") for k in ck.optimizer)               # momentum's velocity
+    assert set(ck.src_tok.tokens[4:]) <= set("0123456789-")          # swapped: ISO dates are the sources
+
+
+def test_patience_stops_early(tiny_data, tmp_path, monkeypatch):
+    import attnseq.training as training
+    real = training.evaluate
+
+    def flat(model, data, *a, **k):  # the same score every epoch: never an improvement after the first
+        r = real(model, data, *a, **k)
+        r.update(exact_match=0.5, loss=1.0)
+        return r
+
+    monkeypatch.setattr(training, "evaluate", flat)
+    logs = []
+    cfg = resolve_config(dict(data=str(tiny_data), out=str(tmp_path / "p"), epochs=9, patience=2, hidden_size=16,
+                              wordvec_size=8, tokenizer="char", examples=0))
+    result = Trainer(cfg, log=logs.append).run()
+    assert result["epochs"] == 3 and any("early stop" in line for line in logs)
