@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .tokenizers import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from .tokenizers import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 
 
 def pad_rows(rows: list[list[int]], width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -30,7 +30,7 @@ def encode_sources(texts, tok: Tokenizer, reverse: bool = False, max_len: int | 
     """Encode sources; empty ones become [unk]; overlong ones are truncated with a warning naming the line."""
     rows = []
     for lineno, text in enumerate(texts, first_line):
-        ids = tok.encode(text) or [3]
+        ids = tok.encode(text) or [UNK_ID]
         if max_len is not None and len(ids) > max_len:
             warnings.warn(f"{what} line {lineno}: {len(ids)} tokens, truncated to --max-len {max_len}",
                           stacklevel=2)
@@ -58,7 +58,7 @@ def encode_pairs(pairs, src_tok: Tokenizer, tgt_tok: Tokenizer, reverse_source: 
     """Encode (source, target) pairs; pairs with a side longer than ``max_len`` tokens are dropped."""
     srcs, tgts, kept = [], [], []
     for s, t in pairs:
-        si, ti = src_tok.encode(s) or [3], tgt_tok.encode(t)
+        si, ti = src_tok.encode(s) or [UNK_ID], tgt_tok.encode(t)
         if max_len is not None and (len(si) > max_len or len(ti) > max_len):
             continue
         srcs.append(si[::-1] if reverse_source else si)

@@ -43,13 +43,29 @@ def evaluate(model: AttentionSeq2seq, data: Encoded, tgt_tok: Tokenizer, batch_s
     """
     was_training = model.training
     model.eval()
+    try:
+        nll, correct, tokens, preds = _decode_and_score(model, data, tgt_tok, batch_size)
+    finally:
+        model.train(was_training)
+    refs = [t for _, t in data.pairs]
+    refs_norm = [tgt_tok.decode(tgt_tok.encode(t)) for t in refs]
+    exact = sum(p == r for p, r in zip(preds, refs_norm)) / len(refs)
+    out = dict(n=len(refs), loss=nll / tokens, token_accuracy=correct / tokens, exact_match=exact)
+    if bleu:
+        out.update(bleu_chrf(preds, refs))
+    out["predictions"] = preds
+    return out
+
+
+def _decode_and_score(model, data: Encoded, tgt_tok: Tokenizer, batch_size: int):
+    """Per length-sorted batch: one encoder pass, then teacher forcing (loss, token accuracy) and greedy output."""
     ce = SoftmaxCrossEntropy(ignore_index=PAD_ID)
     nll = correct = tokens = 0.0
     preds = [None] * len(data)
     for idx in batch_order(data.src_len, batch_size, None, bucket=True):
         src, tgt = take(data, idx)
-        hs, state, mask = model.encode(src)                         # once, for both passes
-        logits = model.decoder.forward(model.xp.asarray(tgt[:, :-1]), hs, state, mask)
+        hs, state, mask = model.encode(src)
+        logits = model.decoder.forward(model.xp.asarray(tgt[:, :-1]), hs, state, mask)   # (B, To, V)
         gold = model.xp.asarray(tgt[:, 1:])
         real = gold != PAD_ID
         n = float(real.sum())
@@ -58,17 +74,10 @@ def evaluate(model: AttentionSeq2seq, data: Encoded, tgt_tok: Tokenizer, batch_s
         tokens += n
         ids, _ = model.decoder.generate(hs, state, mask, model.bos_id, model.eos_id, 2 * src.shape[1] + 10,
                                         model.pad_id)
+        ids = to_numpy(ids)                                         # one device-to-host copy per batch
         for k, row in enumerate(idx):
-            preds[row] = tgt_tok.decode(to_numpy(ids[k]))
-    refs = [t for _, t in data.pairs]
-    refs_norm = [tgt_tok.decode(tgt_tok.encode(t)) for t in refs]
-    exact = sum(p == r for p, r in zip(preds, refs_norm)) / len(refs)
-    out = dict(n=len(refs), loss=nll / tokens, token_accuracy=correct / tokens, exact_match=exact)
-    if bleu:
-        out.update(bleu_chrf(preds, refs))
-    model.train(was_training)
-    out["predictions"] = preds
-    return out
+            preds[row] = tgt_tok.decode(ids[k])
+    return nll, correct, tokens, preds
 
 
 def bleu_chrf(hyps: list[str], refs: list[str]) -> dict:

@@ -16,6 +16,7 @@ from .checkpoint import load_checkpoint
 from .evaluate import evaluate, greedy_decode
 from .io import atomic_write_text, read_pairs
 from .search import beam_search
+from .tokenizers import UNK_ID
 
 DEFAULT_MAX_INPUT = 200
 
@@ -43,9 +44,8 @@ class Translator:
                   batch_size: int = 256, max_len: int | None = None, first_line: int = 1) -> list[Translation]:
         src_tok, tgt_tok = self.ck.src_tok, self.ck.tgt_tok
         rows = encode_sources(texts, src_tok, self.reverse, self.max_input_len, what="input", first_line=first_line)
-        for k in range(len(rows)):
-            if not texts[k].strip():
-                rows[k] = [3]
+        blank = [not t.strip() for t in texts]       # blank in, blank out (decoded from a lone <unk>)
+        rows = [[UNK_ID] if b else r for b, r in zip(blank, rows)]
         out: list[Translation | None] = [None] * len(texts)
         for start in range(0, len(rows), batch_size):
             idx = np.arange(start, min(start + batch_size, len(rows)))
@@ -61,9 +61,8 @@ class Translator:
                 src_ids = rows[i][::-1] if self.reverse else rows[i]
                 if self.reverse:
                     w = w[:, ::-1]
-                text = "" if not texts[i].strip() else tgt_tok.decode(ids)
-                out[i] = Translation(text, src_tok.pieces(src_ids), tgt_tok.pieces(ids), w,
-                                     [("" if not texts[i].strip() else tgt_tok.decode(h[0]), h[2]) for h in hyps[j]])
+                nbest = [("" if blank[i] else tgt_tok.decode(h[0]), h[2]) for h in hyps[j]]
+                out[i] = Translation(nbest[0][0], src_tok.pieces(src_ids), tgt_tok.pieces(ids), w, nbest)
         return out
 
 
