@@ -117,9 +117,10 @@ def cmd_train(args) -> int:
     from .training import train
     result = train(train_config(args))
     if args.plot:
-        from .plotting import plot_run_examples
+        from .plotting import plot_texts
         out = Path(result["run"]) / "attention.png"
-        plot_run_examples(result["run"], out)
+        srcs, refs = zip(*result["examples"])
+        plot_texts(result["run"], list(srcs), out, refs=list(refs))
         print(f"attention heatmap: {out}")
     return 0
 

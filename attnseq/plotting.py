@@ -154,15 +154,6 @@ def plot_texts(ckpt, texts: list[str], out, refs=None, device: str = "cpu", beam
     return save_figure(plot_attention_grid(examples_from_translations(texts, results, refs)), out)
 
 
-def plot_run_examples(run, out, n: int = 4) -> Path:
-    """The heatmap written at the end of training: n validation examples of the run's best model."""
-    from .checkpoint import load_checkpoint
-    from .training import load_data
-    ck = load_checkpoint(run)
-    pairs = load_data(ck.config["train"])["valid"][:n]
-    return plot_texts(run, [s for s, _ in pairs], out, refs=[t for _, t in pairs])
-
-
 def plot_curves(run, out) -> Path:
     """Loss and accuracy per epoch from RUN/metrics.jsonl."""
     path = Path(run) / "metrics.jsonl"

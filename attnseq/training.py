@@ -420,7 +420,7 @@ class Trainer:
     def finish(self) -> dict:
         """Evaluate ``best/`` on the test split (if any) and return the final metrics."""
         result = dict(run=str(self.out), epochs=self.epoch, steps=self.step, best_valid_exact_match=self.best[0],
-                      wall_s=time.perf_counter() - self.t_start)
+                      wall_s=time.perf_counter() - self.t_start, examples=self.sets["valid"].pairs[:4])
         if "test" in self.sets:
             best = load_checkpoint(self.out, device=self.cfg["device"])
             t0 = time.perf_counter()
