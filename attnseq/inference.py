@@ -14,7 +14,7 @@ import numpy as np
 from .batching import encode_pairs, encode_sources, pad_rows
 from .checkpoint import load_checkpoint
 from .evaluate import evaluate, greedy_decode
-from .io import atomic_write_text, read_pairs
+from .io import atomic_write_text, read_lines, read_pairs, split_lines
 from .search import beam_search
 from .tokenizers import UNK_ID
 
@@ -108,12 +108,9 @@ def run_translate(args) -> int:
             _print_translations(tr.translate([line], first_line=lineno, **kw), args, sys.stdout)
             sys.stdout.flush()
     if args.input:
-        from .io import read_lines
-        lines = read_lines(args.input) if _nonempty(args.input) else []
+        lines = read_lines(args.input, allow_empty=True)
     else:
-        lines = sys.stdin.read().replace("\r\n", "\n").split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()
+        lines = split_lines(sys.stdin.read())
     results = tr.translate(lines, **kw)
     if args.output:
         import io
@@ -123,12 +120,6 @@ def run_translate(args) -> int:
     else:
         _print_translations(results, args, sys.stdout)
     return 0
-
-
-def _nonempty(path) -> bool:
-    from pathlib import Path
-    p = Path(path)
-    return not (p.is_file() and p.stat().st_size == 0)
 
 
 def _print_translations(results, args, f) -> None:

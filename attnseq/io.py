@@ -23,8 +23,18 @@ from pathlib import Path
 from .errors import DataError
 
 
-def read_lines(path: str | Path) -> list[str]:
-    """Decode a UTF-8 text file into lines (endings normalised), or raise DataError."""
+def split_lines(text: str) -> list[str]:
+    """Lines of a text: a leading BOM dropped, CRLF and CR read as LF, no empty last line for a final newline."""
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def read_lines(path: str | Path, allow_empty: bool = False) -> list[str]:
+    """Decode a UTF-8 text file into lines (see ``split_lines``), or raise DataError."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -40,12 +50,8 @@ def read_lines(path: str | Path) -> list[str]:
         line = raw[:e.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); "
                         "convert the file to UTF-8") from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    if not any(line.strip() for line in lines):
+    lines = split_lines(text)
+    if not allow_empty and not any(line.strip() for line in lines):
         raise DataError(f"{path}: file is empty")
     return lines
 

@@ -187,3 +187,14 @@ def test_plot_attention_png_has_the_figure_size(tiny_run, tmp_path):
     width, height = png_size(out)
     assert width == round((0.3 * len(tr.src_tokens) + 2.2) * 120)      # figure inches x 120 dpi
     assert height == round((0.3 * len(tr.out_tokens) + 1.8) * 120)
+
+
+def test_translate_empty_file_and_crlf_stdin(tiny_run, tmp_path, monkeypatch, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    assert main(["translate", "--ckpt", str(tiny_run), "--input", str(empty)]) == 0
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\ufeff9/25/84\r\n\r\nJan 1, 2000\r\n"))
+    assert main(["translate", "--ckpt", str(tiny_run)]) == 0
+    out = capsys.readouterr().out.split("\n")
+    assert len(out) == 4 and out[1] == "" and "\r" not in "".join(out)
