@@ -319,7 +319,7 @@ class Dropout(Module):
             self.mask = None
             return x
         xp = get_array_module(x)
-        keep = self.rng.random(x.shape) >= self.p
+        keep = self.rng.random(x.shape, dtype=np.float32) >= self.p        # float32: no float64 draw
         self.mask = xp.asarray(keep, dtype=x.dtype) / x.dtype.type(1.0 - self.p)
         return x * self.mask
 

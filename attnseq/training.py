@@ -225,28 +225,31 @@ class Trainer:
         self.out = Path(cfg["out"])
         self.t_start = time.perf_counter()
         resume_from = self._prepare_out_dir(cfg)
-        if resume_from is not None:
-            ck = load_checkpoint(resume_from, device=cfg["device"], with_optimizer=True)
+        ck = None if resume_from is None else load_checkpoint(resume_from, device=cfg["device"], with_optimizer=True)
         self.cfg = cfg
         self.data = load_data(cfg)
         if cfg["data"] is None and cfg["valid"] is None:
             self.log(f"note: no --valid given; {len(self.data['valid'])} pairs of {cfg['train']} held out to validate")
-        if resume_from is not None:
+        if ck is not None:
             self.model, self.src_tok, self.tgt_tok = ck.model, ck.src_tok, ck.tgt_tok
         else:
-            self.src_tok, self.tgt_tok = build_tokenizers(cfg, self.data["train"])
-            self.model = AttentionSeq2seq(self.src_tok.vocab_size, self.tgt_tok.vocab_size, cfg["wordvec_size"],
-                                          cfg["hidden_size"], dropout=cfg["dropout"], init=cfg["init"],
-                                          dtype=cfg["dtype"], seed=cfg["seed"])
-            if cfg["device"] != "cpu":
-                self.model.to(cfg["device"])
+            self._new_model(cfg)
         self.sets = {name: self._encode(pairs, name) for name, pairs in self.data.items() if pairs}
         self.opt = make_optimizer(cfg, self.model)
         self.rng = np.random.default_rng(cfg["seed"])
         # best/ is chosen by valid exact match, ties broken by lower valid loss
         self.epoch, self.step, self.best, self.bad_epochs, self.skipped = 0, 0, [-1.0, -math.inf], 0, 0
-        if resume_from is not None:
+        if ck is not None:
             self._restore(ck)
+
+    def _new_model(self, cfg) -> None:
+        """Tokenizers trained on the training split, and a fresh model on cfg's device."""
+        self.src_tok, self.tgt_tok = build_tokenizers(cfg, self.data["train"])
+        self.model = AttentionSeq2seq(self.src_tok.vocab_size, self.tgt_tok.vocab_size, cfg["wordvec_size"],
+                                      cfg["hidden_size"], dropout=cfg["dropout"], init=cfg["init"],
+                                      dtype=cfg["dtype"], seed=cfg["seed"])
+        if cfg["device"] != "cpu":
+            self.model.to(cfg["device"])
 
     def _prepare_out_dir(self, cfg) -> Path | None:
         out = self.out
