@@ -20,6 +20,7 @@ from .backend import check_device
 from .batching import encode_pairs, take
 from .model import AttentionSeq2seq
 from .optim import Adam, ClipGradNorm
+from .parallel import for_training
 from .search import beam_search
 from .tokenizers import CharTokenizer
 
@@ -68,7 +69,8 @@ def peak_rss_mib() -> float:
 
 
 def run_bench(device: str = "cpu", batch_size: int = 128, hidden_size: int = 256, wordvec_size: int = 16,
-              iters: int = 20, warmup: int = 3, padded: bool = True, n_greedy: int = 5000, n_beam: int = 500) -> dict:
+              iters: int = 20, warmup: int = 3, padded: bool = True, n_greedy: int = 5000, n_beam: int = 500,
+              threads: int = 0) -> dict:
     from .training import load_data
     check_device(device)
     data = load_data(dict(data="date", train=None))
@@ -85,9 +87,13 @@ def run_bench(device: str = "cpu", batch_size: int = 128, hidden_size: int = 256
     n_batches = len(train) // batch_size
     batches = [take(train, rng.permutation(len(train))[:batch_size], pad_full=padded) for _ in range(warmup + iters)]
 
+    runner = for_training(model, threads, batch_size)
+    if runner is not model:
+        runner.trim = not padded                                    # the padded workload computes every column
+
     def step(b):
-        model.forward(*b)
-        model.backward()
+        runner.forward(*b)
+        runner.backward()
         opt.step()
 
     for b in batches[:warmup]:
@@ -100,6 +106,9 @@ def run_bench(device: str = "cpu", batch_size: int = 128, hidden_size: int = 256
         _sync(xp)
         times.append(time.perf_counter() - t)
     s_iter = statistics.median(times)
+    n_threads = getattr(runner, "threads", 1)
+    if runner is not model:
+        runner.close()
     Ts, To1 = batches[-1][0].shape[1], batches[-1][1].shape[1]
     flops = train_flops(batch_size, Ts, To1 - 1, wordvec_size, hidden_size, tgt_tok.vocab_size)
     useful = flops / s_iter / 1e9
@@ -111,7 +120,7 @@ def run_bench(device: str = "cpu", batch_size: int = 128, hidden_size: int = 256
     t_beam = _median_time(lambda: beam_search(model, beam_src, beam_size=5), 1, xp)
     out = dict(device=_device_name(device), workload=f"date classic: emb {wordvec_size}, hidden {hidden_size}, "
                f"batch {batch_size}, src {Ts}, tgt {To1 - 1}" + (" (padded)" if padded else ""),
-               train_s_per_iter=s_iter, train_s_per_epoch=s_iter * n_batches,
+               train_threads=n_threads, train_s_per_iter=s_iter, train_s_per_epoch=s_iter * n_batches,
                train_samples_per_s=batch_size / s_iter, greedy_sent_per_s=len(test) / t_greedy,
                greedy_s=t_greedy, greedy_n=len(test), beam5_sent_per_s=len(beam_src) / t_beam,
                peak_rss_mib=peak_rss_mib(), useful_gflops=useful, sgemm_gflops=sgemm, efficiency=useful / sgemm)
@@ -132,6 +141,8 @@ def _device_name(device: str) -> str:
 
 def format_table(r: dict) -> str:
     rows = [("device", r["device"]), ("workload", r["workload"]),
+            ("train threads", f"{r['train_threads']} x single-threaded BLAS" if r["train_threads"] > 1
+             else "1 (BLAS threads as numpy sets them)"),
             ("train s/iter (median)", f"{r['train_s_per_iter'] * 1000:.1f} ms"),
             ("train s/epoch", f"{r['train_s_per_epoch']:.1f} s"),
             ("train samples/s", f"{r['train_samples_per_s']:.0f}"),
@@ -149,7 +160,7 @@ def format_table(r: dict) -> str:
 
 def run_bench_command(args) -> int:
     r = run_bench(args.device, args.batch_size, args.hidden_size, args.wordvec_size, args.iters,
-                  padded=not args.bucketed)
+                  padded=not args.bucketed, threads=args.threads)
     print(json.dumps(r) if args.json else format_table(r))
     return 0
 
@@ -161,6 +172,7 @@ def add_bench_command(sub) -> None:
     b.add_argument("--hidden-size", type=int, default=256)
     b.add_argument("--wordvec-size", type=int, default=16)
     b.add_argument("--iters", type=int, default=20, help="timed training iterations (after 3 warm-up)")
+    b.add_argument("--threads", type=int, default=0, help="CPU training threads (0: one per core, >= 32 rows each)")
     b.add_argument("--bucketed", action="store_true", help="trim each batch to its own longest row instead")
     b.add_argument("--json", action="store_true", help="one JSON line instead of a table")
     b.set_defaults(func=run_bench_command)

@@ -80,6 +80,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    "valid exact match (3)")
     g.add_argument("--seed", type=int)
     g.add_argument("--device", metavar="cpu|gpu[:N]", help="cpu (default) or gpu, gpu:1 ...")
+    g.add_argument("--threads", type=int, metavar="N", help="CPU: train on N row shards of each batch in N "
+                   "threads (0, the default: one per core, at least 32 rows each; 1: off)")
     _switch(g, "--resume", help="continue the run in --out from last/")
     _switch(g, "--quick", help="fewer epochs, for a first look (2 on date, else 3)")
     _switch(g, "--skip-nonfinite", help="skip (and count) a batch whose loss or gradient is NaN/inf instead of stopping")

@@ -25,12 +25,13 @@ from .io import atomic_write_text, read_aligned, read_pairs
 from .layers import Dropout
 from .model import AttentionSeq2seq
 from .optim import OPTIMIZERS, ClipGradNorm, WeightDecay, global_norm
+from .parallel import for_training
 from .tokenizers import CharTokenizer, SentencePieceTokenizer, Tokenizer, WordTokenizer
 
 DEFAULTS = dict(
     data=None, train=None, valid=None, test=None, source_lang=None, target_lang=None, out=None,
     epochs=10, batch_size=128, wordvec_size=16, hidden_size=256, optimizer="adam", lr=1e-3,
-    clip=5.0, dropout=0.0, weight_decay=0.0, lr_decay=1.0, patience=3, seed=0, device="cpu",
+    clip=5.0, dropout=0.0, weight_decay=0.0, lr_decay=1.0, patience=3, seed=0, device="cpu", threads=0,
     dtype="float32", init="xavier", reverse_source=False, bucket=True, bucket_jitter=0.0, tokenizer=None,
     vocab_size=8000, shared_vocab=False, max_len=None, eval_batch_size=256, examples=3,
     skip_nonfinite=False, resume=False, quick=False, bleu=None, swap_sides=False,
@@ -76,6 +77,8 @@ def resolve_config(cfg: dict) -> dict:
     for key in ("epochs", "batch_size", "wordvec_size", "hidden_size", "eval_batch_size", "vocab_size"):
         if not isinstance(out[key], int) or out[key] < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be a positive integer, got {out[key]!r}")
+    if not isinstance(out["threads"], int) or out["threads"] < 0:
+        raise ConfigError(f"--threads must be 0 (one per core) or a positive integer, got {out['threads']!r}")
     if not (isinstance(out["lr"], (int, float)) and out["lr"] > 0):
         raise ConfigError(f"--lr must be positive, got {out['lr']!r}")
     if not 0 <= out["dropout"] < 1:
@@ -236,6 +239,7 @@ class Trainer:
             self._new_model(cfg)
         self.sets = {name: self._encode(pairs, name) for name, pairs in self.data.items() if pairs}
         self.opt = make_optimizer(cfg, self.model)
+        self.runner = for_training(self.model, cfg["threads"], cfg["batch_size"])    # the model, or row shards on threads
         self.rng = np.random.default_rng(cfg["seed"])
         # best/ is chosen by valid exact match, ties broken by lower valid loss
         self.epoch, self.step, self.best, self.bad_epochs, self.skipped = 0, 0, [-1.0, -math.inf], 0, 0
@@ -305,7 +309,7 @@ class Trainer:
                    dynamic_ncols=True, disable=None, mininterval=0.5)
         for idx in bar:
             src, tgt = take(data, idx)
-            loss = model.forward(src, tgt)
+            loss = self.runner.forward(src, tgt)
             self.step += 1
             faults.point("train-step")
             if not self._step(loss):
@@ -325,7 +329,7 @@ class Trainer:
         """Backward and update, unless the loss or the gradient norm is NaN/inf: then stop, or skip the batch."""
         loss_v = float(loss)
         if math.isfinite(loss_v):
-            self.model.backward()
+            self.runner.backward()
             try:
                 self.opt.step()                 # FiniteGuard raises before any parameter changes
                 return True
@@ -343,6 +347,13 @@ class Trainer:
 
     # -- epochs, evaluation, checkpoints ----------------------------------------------------
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            if self.runner is not self.model:
+                self.runner.close()
+
+    def _run(self) -> dict:
         cfg = self.cfg
         while self.epoch < cfg["epochs"]:
             stats = self.train_epoch()

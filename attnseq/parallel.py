@@ -1,0 +1,156 @@
+"""Data-parallel training on CPU cores: one batch, split by rows over threads.
+
+numpy's multi-threaded BLAS speeds up the matmuls, but the LSTM's gate
+arithmetic runs on one core, so on a CPU a second core idles for a third of
+each step. ``DataParallel`` splits every batch into K row shards and runs the
+whole forward and backward of each shard in its own thread, each with
+single-threaded BLAS. numpy releases the GIL inside matmuls and ufunc loops, so
+all K cores stay busy through both kinds of work.
+
+The K replicas share the model's parameter arrays (the optimizer updates them
+in place) and own their gradients, caches and buffers. ``backward`` sums the
+replicas' gradients into the model's, each weighted by its shard's share of the
+batch's real target tokens, so the result equals the single-thread gradient up
+to float rounding (tests check this). Shards are fixed by row order and summed in
+a fixed order, so a run is as deterministic as a single-thread one.
+
+Only numpy models: on a GPU the kernels are already parallel.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .layers import Dropout
+
+MIN_ROWS_PER_THREAD = 32        # below this the matmuls get too thin to pay for a thread
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_threads(batch_size: int) -> int:
+    """One thread per usable core, but at least ``MIN_ROWS_PER_THREAD`` rows each."""
+    return max(1, min(usable_cores(), batch_size // MIN_ROWS_PER_THREAD))
+
+
+def _blas_controller():
+    """threadpoolctl's controller when it can set this numpy's BLAS threads, else None."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    controller = ThreadpoolController()
+    return controller if controller.select(user_api="blas").lib_controllers else None
+
+
+def _trim(src, tgt, pad_id):
+    """Drop the columns that are padding in every row of this shard."""
+    ts = max(int((src != pad_id).sum(axis=1).max()), 1)
+    to = max(int((tgt != pad_id).sum(axis=1).max()), 2)
+    return src[:, :ts], tgt[:, :to]
+
+
+class DataParallel:
+    """Runs ``model``'s training forward/backward on ``threads`` row shards of each batch.
+
+    Use it where the model's own ``forward(src, tgt)`` and ``backward(dout)`` would go:
+    ``loss = dp.forward(src, tgt); dp.backward()`` leaves the batch gradient in
+    ``model``'s grads. ``trim`` drops each shard's all-padding columns. Build it after the model is on its device and loaded: the
+    replicas hold the model's parameter arrays. ``close()`` (or ``with``) stops the threads.
+    """
+
+    def __init__(self, model, threads: int, trim: bool = True):
+        if model.xp is not np:
+            raise ValueError("DataParallel is for numpy (CPU) models; a GPU parallelises by itself")
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        self.model, self.trim = model, trim
+        self.blas = _blas_controller() if threads > 1 else None
+        self.threads = threads if self.blas is not None else 1
+        self.replicas = [self._replica(model) for _ in range(self.threads)]
+        self.pool = ThreadPoolExecutor(self.threads - 1) if self.threads > 1 else None
+        self.shares = []
+
+    @staticmethod
+    def _replica(model):
+        rep = type(model).from_config(model.config)
+        for (_, mod, i), (_, src_mod, j) in zip(rep.named_parameters(), model.named_parameters()):
+            mod.params[i] = src_mod.params[j]
+        return rep
+
+    def _run(self, fn, n):
+        """fn(k) for k < n: shard 0 in this thread, the rest in the pool; single-threaded BLAS meanwhile."""
+        if n == 1:
+            return [fn(0)]
+        with self.blas.limit(limits=1, user_api="blas"):
+            futures = [self.pool.submit(fn, k) for k in range(1, n)]
+            first = fn(0)
+            return [first] + [f.result() for f in futures]
+
+    def _seed_dropout(self, n):
+        """Each replica's dropout draws from its own generator, seeded from the model's."""
+        drops = [m for _, m in self.model.named_modules() if isinstance(m, Dropout) and m.p > 0]
+        if not drops:
+            return
+        seeds = drops[0].rng.integers(2**63, size=n)
+        for rep, seed in zip(self.replicas, seeds):
+            rng = np.random.default_rng(seed)
+            for _, m in rep.named_modules():
+                if isinstance(m, Dropout):
+                    m.rng = rng
+
+    def forward(self, src, tgt):
+        """src (N, Ts), tgt (N, To + 1) -> mean cross-entropy per real target token (0-d array)."""
+        model = self.model
+        n = min(self.threads, len(src))
+        bounds = np.linspace(0, len(src), n + 1).astype(int)
+        shards = [(src[a:b], tgt[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        if self.trim:
+            shards = [_trim(s, t, model.pad_id) for s, t in shards]
+        counts = np.array([(t[:, 1:] != model.pad_id).sum() for _, t in shards], dtype=np.float64)
+        self.shares = counts / max(counts.sum(), 1.0)
+        for rep in self.replicas[:n]:
+            if rep.training != model.training:
+                rep.train(model.training)
+        self._seed_dropout(n)
+        losses = self._run(lambda k: self.replicas[k].forward(*shards[k]), n)
+        return np.asarray(sum(float(x) * w for x, w in zip(losses, self.shares)), dtype=model.dtype)
+
+    def backward(self, dout: float = 1.0) -> None:
+        """The batch gradient into the model's grads: sum over shards of their token-weighted gradients."""
+        n = len(self.shares)
+        self._run(lambda k: self.replicas[k].backward(dout * float(self.shares[k])), n)
+        grads = [rep.gradients() for rep in self.replicas[:n]]
+        for k, g in enumerate(self.model.gradients()):
+            np.copyto(g, grads[0][k])
+            for other in grads[1:]:
+                g += other[k]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def for_training(model, threads: int, batch_size: int):
+    """What to call forward/backward on: ``model`` itself, or a ``DataParallel`` over CPU threads.
+
+    threads 0 means ``default_threads(batch_size)``; GPU models are returned as they are.
+    """
+    if model.xp is not np:
+        return model
+    n = threads or default_threads(batch_size)
+    return DataParallel(model, n) if n > 1 else model

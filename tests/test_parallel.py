@@ -1,0 +1,150 @@
+"""Data-parallel CPU training computes the same loss and gradients as the model alone."""
+import numpy as np
+import pytest
+
+from attnseq.model import AttentionSeq2seq
+from attnseq.parallel import DataParallel, default_threads, for_training
+
+
+def _batch(seed=0, N=7, Ts=9, To=6, Vs=12, Vt=10):
+    """Random ids, right-padded with 0, rows of different lengths; tgt = [bos, ..., eos, pad]."""
+    rng = np.random.default_rng(seed)
+    src = rng.integers(4, Vs, size=(N, Ts))
+    tgt = rng.integers(4, Vt, size=(N, To + 1))
+    tgt[:, 0] = 1
+    for i in range(N):
+        ls, lt = rng.integers(1, Ts + 1), rng.integers(2, To + 2)
+        src[i, ls:] = 0
+        tgt[i, lt - 1], tgt[i, lt:] = 2, 0
+    return src, tgt
+
+
+def _model(dtype="float64", dropout=0.0):
+    return AttentionSeq2seq(12, 10, 6, 8, dtype=dtype, dropout=dropout, seed=3)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 7, 12])
+@pytest.mark.parametrize("trim", [True, False])
+def test_same_loss_and_gradients_as_one_model(threads, trim):
+    src, tgt = _batch()
+    ref = _model()
+    loss_ref = float(ref.forward(src, tgt))
+    ref.backward()
+    model = _model()
+    with DataParallel(model, threads, trim=trim) as dp:
+        loss = float(dp.forward(src, tgt))
+        dp.backward()
+        # a second batch reuses the replicas' buffers and must not see the first one's gradients
+        src2, tgt2 = _batch(seed=1)
+        ref.forward(src2, tgt2)
+        ref.backward()
+        loss2, loss2_ref = float(dp.forward(src2, tgt2)), float(ref.forward(src2, tgt2))
+        dp.backward()
+    assert loss == pytest.approx(loss_ref, rel=1e-12)
+    assert loss2 == pytest.approx(loss2_ref, rel=1e-12)
+    for (path, m, i), g_ref in zip(model.named_parameters(), ref.gradients()):
+        np.testing.assert_allclose(m.grads[i], g_ref, rtol=1e-9, atol=1e-12, err_msg=path)
+
+
+def test_float32_gradients_agree_and_stay_float32():
+    src, tgt = _batch(N=64, Ts=20, To=10)
+    ref = _model("float32")
+    ref.forward(src, tgt)
+    ref.backward()
+    model = _model("float32")
+    with DataParallel(model, 2) as dp:
+        loss = dp.forward(src, tgt)
+        dp.backward()
+    assert loss.dtype == np.float32
+    for g, g_ref in zip(model.gradients(), ref.gradients()):
+        assert g.dtype == np.float32
+        np.testing.assert_allclose(g, g_ref, rtol=2e-4, atol=2e-6)
+
+
+def test_replicas_follow_in_place_parameter_updates():
+    model = _model()
+    with DataParallel(model, 2) as dp:
+        for p in model.parameters():
+            p *= 0.5                                                # as every optimizer updates: in place
+        src, tgt = _batch()
+        loss = float(dp.forward(src, tgt))
+    assert loss == pytest.approx(float(model.forward(src, tgt)), rel=1e-12)
+
+
+def test_dropout_is_deterministic_and_differs_between_shards():
+    def grads_after_two_steps():
+        model = _model(dropout=0.3)
+        with DataParallel(model, 2) as dp:
+            for seed in (0, 1):
+                dp.forward(*_batch(seed))
+                dp.backward()
+            masks = [rep.decoder.drop_in.mask for rep in dp.replicas]
+        return [g.copy() for g in model.gradients()], masks
+
+    g1, masks = grads_after_two_steps()
+    g2, _ = grads_after_two_steps()
+    for a, b in zip(g1, g2):
+        np.testing.assert_array_equal(a, b)
+    # the shards draw from different generators, not the same mask twice
+    assert not np.array_equal(masks[0][:3], masks[1][:3])
+
+
+def test_blas_runs_single_threaded_inside_and_is_restored_after():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    model = _model()
+    seen = []
+    with DataParallel(model, 2) as dp:
+        if dp.threads == 1:
+            pytest.skip("this numpy's BLAS cannot be limited, so DataParallel runs one thread")
+        rep_forward = dp.replicas[1].forward
+
+        def spy(*a):
+            seen.append(threadpoolctl.threadpool_info())
+            return rep_forward(*a)
+
+        dp.replicas[1].forward = spy
+        before = threadpoolctl.threadpool_info()
+        dp.forward(*_batch())
+    assert seen and all(lib["num_threads"] == 1 for lib in seen[0] if lib["user_api"] == "blas")
+    assert threadpoolctl.threadpool_info() == before
+
+
+def test_errors_from_a_shard_reach_the_caller():
+    src, tgt = _batch()
+    src[5, 0] = 99                                                  # out of the source vocabulary, in shard 2
+    with DataParallel(_model(), 2) as dp, pytest.raises(ValueError, match="src"):
+        dp.forward(src, tgt)
+
+
+def test_for_training_choices():
+    model = _model()
+    assert for_training(model, 1, 128) is model
+    assert default_threads(16) == 1                                 # too few rows to split
+    assert default_threads(10**6) >= 1
+    dp = for_training(model, 2, 128)
+    try:
+        assert isinstance(dp, DataParallel) and dp.threads in (1, 2)
+    finally:
+        dp.close()
+    with pytest.raises(ValueError, match="threads"):
+        DataParallel(model, 0)
+
+
+def test_train_with_threads_matches_one_thread(tiny_data, tmp_path):
+    """Two threads train the same model as one, up to float rounding: same accuracy to the last pair."""
+    from attnseq.cli import main
+    from conftest import TINY
+    results = {}
+    for threads in (1, 2):
+        out = tmp_path / f"t{threads}"
+        assert main(["train", "--data", str(tiny_data), "--out", str(out), *TINY, "--threads", str(threads)]) == 0
+        results[threads] = [line for line in (out / "metrics.jsonl").read_text().splitlines()]
+    import json
+    r1, r2 = (json.loads(results[t][-1]) for t in (1, 2))
+    assert r1["train_loss"] == pytest.approx(r2["train_loss"], rel=1e-3)
+    assert r1["valid_loss"] == pytest.approx(r2["valid_loss"], rel=1e-2)
+
+
+def test_threads_flag_is_checked(tmp_path):
+    from attnseq.cli import main
+    assert main(["train", "--data", "date", "--out", str(tmp_path / "r"), "--threads", "-1"]) == 1
