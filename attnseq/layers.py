@@ -60,49 +60,54 @@ def tanh_(x, out):
     xp.multiply(x, -2.0, out=out)
     xp.exp(out, out=out)
     out += 1.0
-    xp.reciprocal(out, out=out)
-    out *= 2.0
+    xp.divide(2.0, out, out=out)                                    # divide beats reciprocal in numpy
     out -= 1.0
     return out
 
 
-def lstm_cell_(a, c_prev, c_out, tc_out, h_out, tmp, scale, d_out=None, p_out=None):
-    """One LSTM step on pre-activations ``a`` (N, 4H), gate order [i, f, o, g].
+def lstm_cell_(z, c_prev, c_out, tc_out, h_out, tmp, p_out=None):
+    """One LSTM step on scaled pre-activations ``z`` (N, 4H), gate order [i, f, o, g].
 
-    Activates ``a`` in place with a single exp over all four gates (sigmoid on
-    i, f, o; tanh on g as 2 sigmoid(2x) - 1), then writes the new cell state,
-    its tanh and the hidden state into the (N, H) outputs. ``tmp`` is (N, H)
-    scratch and ``scale`` comes from ``_gate_scale``. exp may overflow to inf
-    for very negative inputs; 1 / inf = 0 is the right sigmoid, so callers run
-    this under ``errstate(over="ignore")``.
+    ``z`` is ``scale * a`` with ``scale`` from ``_gate_scale``: -a for i, f, o and
+    -2a for g, which the LSTM gets for free by scaling copies of its weights. One exp
+    over all four gates then gives sigmoid on i, f, o and tanh on g (as 2 sigmoid(2a) - 1);
+    ``z`` is overwritten with the activated gates. The new cell state, its tanh and
+    the hidden state go into the (N, H) outputs; ``tmp`` is (N, H) scratch. exp may
+    overflow to inf for very negative a; 1 / inf = 0 is the right sigmoid, so callers
+    run this under ``ignore_overflow``.
 
-    For training, ``d_out`` (N, 4H) and ``p_out`` (N, H) receive the factors
-    backward needs, computed here while the gates are in cache:
-    d = [s(1-s) for i, f, o | 1 - g^2] and p = o (1 - tanh(c)^2).
+    For training, ``p_out`` (N, H) receives o (1 - tanh(c)^2), which backward needs.
     """
-    xp = get_array_module(a)
+    xp = get_array_module(z)
     H = c_prev.shape[1]
-    a *= scale
-    xp.exp(a, out=a)
-    a += 1.0
-    xp.reciprocal(a, out=a)                                         # sigmoid(a), sigmoid(2a) for g
-    g = a[:, 3 * H:]
+    xp.exp(z, out=z)
+    z += 1.0
+    xp.divide(1.0, z, out=z)                                        # sigmoid(a); sigmoid(2a) for g
+    g = z[:, 3 * H:]
     g *= 2.0
     g -= 1.0                                                        # tanh(a) for g
-    xp.multiply(a[:, H:2 * H], c_prev, out=c_out)                   # f * c_prev
-    xp.multiply(a[:, :H], g, out=tmp)                               # i * g
+    xp.multiply(z[:, H:2 * H], c_prev, out=c_out)                   # f * c_prev
+    xp.multiply(z[:, :H], g, out=tmp)                               # i * g
     c_out += tmp
     tanh_(c_out, tc_out)
-    o = a[:, 2 * H:3 * H]
+    o = z[:, 2 * H:3 * H]
     xp.multiply(o, tc_out, out=h_out)                               # o * tanh(c)
-    if d_out is not None:
-        xp.subtract(1.0, a, out=d_out)
-        d_out *= a
-        xp.multiply(g, g, out=d_out[:, 3 * H:])
-        xp.subtract(1.0, d_out[:, 3 * H:], out=d_out[:, 3 * H:])
+    if p_out is not None:
         xp.multiply(tc_out, tc_out, out=p_out)
         xp.subtract(1.0, p_out, out=p_out)
         p_out *= o
+
+
+def gate_derivatives_(gates, out):
+    """out (N, 4H) = d gates / d pre-activations: s (1 - s) for i, f, o and 1 - g^2 for g."""
+    xp = get_array_module(gates)
+    H = gates.shape[1] // 4
+    xp.subtract(1.0, gates, out=out)
+    out *= gates
+    g, dg = gates[:, 3 * H:], out[:, 3 * H:]
+    xp.multiply(g, g, out=dg)
+    xp.subtract(1.0, dg, out=dg)
+    return out
 
 
 class LSTM(Module):
@@ -143,12 +148,17 @@ class LSTM(Module):
         N, T, D = xs.shape
         H = self.hidden_size
         dt = xs.dtype
+        # scaled copies of the weights give the gates' exp arguments directly (see lstm_cell_)
+        scale = _gate_scale(xp, H, dt)
+        Wxs, Whs = self.buffer("Wxs", Wx.shape, dt, xp), self.buffer("Whs", Wh.shape, dt, xp)
+        xp.multiply(Wx, scale, out=Wxs)
+        xp.multiply(Wh, scale, out=Whs)
         X = self.buffer("X", (T, N, D), dt, xp)
         X[...] = xs.transpose(1, 0, 2)
         X = X.reshape(T * N, D)
-        A = self.buffer("A", (T, N, 4 * H), dt, xp)                 # (T, N, 4H) all input projections
-        xp.matmul(X, Wx, out=A.reshape(T * N, 4 * H))
-        A += b
+        A = self.buffer("A", (T, N, 4 * H), dt, xp)                 # (T, N, 4H) scaled input projections,
+        xp.matmul(X, Wxs, out=A.reshape(T * N, 4 * H))              # then the activated gates
+        A += b * scale
         Hs = self.buffer("Hs", (T + 1, N, H), dt, xp)               # Hs[0] = h0, Hs[t+1] = h_t
         Cs = self.buffer("Cs", (T + 1, N, H), dt, xp)
         TC = self.buffer("TC", (T, N, H), dt, xp)                   # tanh(c_t)
@@ -156,15 +166,13 @@ class LSTM(Module):
         Cs[0] = 0 if c0 is None else c0
         rec = self.buffer("rec", (N, 4 * H), dt, xp)
         tmp = self.buffer("tmp", (N, H), dt, xp)
-        scale = _gate_scale(xp, H, xs.dtype)
-        D = self.buffer("D", (T, N, 4 * H), dt, xp) if self.training else [None] * T
         P = self.buffer("P", (T, N, H), dt, xp) if self.training else [None] * T
         with ignore_overflow(xp):
             for t in range(T):
-                xp.matmul(Hs[t], Wh, out=rec)                       # (N, 4H)
+                xp.matmul(Hs[t], Whs, out=rec)                      # (N, 4H)
                 A[t] += rec
-                lstm_cell_(A[t], Cs[t], Cs[t + 1], TC[t], Hs[t + 1], tmp, scale, D[t], P[t])
-        self.cache = (X, A, Hs, Cs, TC, D, P, lengths) if self.training else None
+                lstm_cell_(A[t], Cs[t], Cs[t + 1], TC[t], Hs[t + 1], tmp, P[t])
+        self.cache = (X, A, Hs, Cs, TC, P, lengths) if self.training else None
         if lengths is None:
             self.h_final, self.c_final = Hs[T], Cs[T]
         else:
@@ -178,7 +186,7 @@ class LSTM(Module):
         dWx, dWh, db = self.grads
         if self.cache is None:
             raise RuntimeError("LSTM.backward needs a forward pass in training mode first")
-        X, A, Hs, Cs, TC, D, P, lengths = self.cache
+        X, A, Hs, Cs, TC, P, lengths = self.cache
         xp = get_array_module(dhs)
         T, N, H4 = A.shape
         H = H4 // 4
@@ -204,6 +212,7 @@ class LSTM(Module):
         if lengths is None and dC_in is not None:
             dc += dC_in
         t1 = self.buffer("t1", (N, H), dt, xp)
+        deriv = self.buffer("deriv", (N, H4), dt, xp)               # recomputed each step: stays in cache
         for t in range(T - 1, -1, -1):
             a, da = A[t], dA[t]
             dh += dH[t]                                             # (N, H)
@@ -215,7 +224,7 @@ class LSTM(Module):
             xp.multiply(dc, a[:, 3 * H:], out=da[:, :H])            # di = dc * g
             xp.multiply(dc, Cs[t], out=da[:, H:2 * H])              # df = dc * c_prev
             xp.multiply(dc, a[:, :H], out=da[:, 3 * H:])            # dg = dc * i
-            da *= D[t]                                              # through the activations
+            da *= gate_derivatives_(a, deriv)                       # through the activations
             dc *= a[:, H:2 * H]                                     # to c_{t-1}
             xp.matmul(da, Wh.T, out=dh)                             # to h_{t-1}
         dA2 = dA.reshape(T * N, H4)
@@ -231,9 +240,10 @@ class LSTM(Module):
         xp = get_array_module(xw)
         a = h @ Wh                                                  # (N, 4H)
         a += xw
+        a *= _gate_scale(xp, self.hidden_size, a.dtype)
         h_new, c_new, tc, tmp = (xp.empty_like(h) for _ in range(4))
         with ignore_overflow(xp):
-            lstm_cell_(a, c, c_new, tc, h_new, tmp, _gate_scale(xp, self.hidden_size, a.dtype))
+            lstm_cell_(a, c, c_new, tc, h_new, tmp)
         return h_new, c_new
 
 
