@@ -7,22 +7,26 @@ from .backend import to_numpy
 from .batching import Encoded, batch_order, take
 from .layers import SoftmaxCrossEntropy
 from .model import AttentionSeq2seq
+from .parallel import map_batches
 from .tokenizers import EOS_ID, PAD_ID, Tokenizer
 
 
 def greedy_decode(model: AttentionSeq2seq, src: np.ndarray, src_len: np.ndarray, batch_size: int = 256,
-                  max_len: int | None = None, with_weights: bool = False):
-    """Decode rows of a padded source matrix in length-sorted batches.
+                  max_len: int | None = None, with_weights: bool = False, threads: int = 0):
+    """Decode rows of a padded source matrix in length-sorted batches (on CPU, spread over threads).
 
     -> list of id arrays (each up to and including eos), and, with ``with_weights``,
     the list of (L, Ts_i) attention matrices trimmed to each row's real tokens.
     """
     M = len(src)
     outs, weights = [None] * M, [None] * M
-    for idx in batch_order(src_len, batch_size, None, bucket=True):
+    batches = batch_order(src_len, batch_size, None, bucket=True)
+
+    def run(m, idx):
         ts = int(src_len[idx].max())
-        ml = max_len or 2 * ts + 10
-        ids, w = model.generate(src[idx, :ts], ml)
+        return m.generate(src[idx, :ts], max_len or 2 * ts + 10)
+
+    for idx, (ids, w) in zip(batches, map_batches(model, run, batches, threads)):
         for k, row in enumerate(idx):
             r = ids[k]
             end = np.flatnonzero(r == EOS_ID)
@@ -58,26 +62,31 @@ def evaluate(model: AttentionSeq2seq, data: Encoded, tgt_tok: Tokenizer, batch_s
 
 
 def _decode_and_score(model, data: Encoded, tgt_tok: Tokenizer, batch_size: int):
-    """Per length-sorted batch: one encoder pass, then teacher forcing (loss, token accuracy) and greedy output."""
-    ce = SoftmaxCrossEntropy(ignore_index=PAD_ID)
+    """Per length-sorted batch (batches spread over CPU threads): one encoder pass, then teacher
+    forcing (loss, token accuracy) and greedy output."""
+    batches = batch_order(data.src_len, batch_size, None, bucket=True)
     nll = correct = tokens = 0.0
     preds = [None] * len(data)
-    for idx in batch_order(data.src_len, batch_size, None, bucket=True):
-        src, tgt = take(data, idx)
-        hs, state, mask = model.encode(src)
-        logits = model.decoder.forward(model.xp.asarray(tgt[:, :-1]), hs, state, mask)   # (B, To, V)
-        gold = model.xp.asarray(tgt[:, 1:])
-        real = gold != PAD_ID
-        n = float(real.sum())
-        nll += float(ce.forward(logits, gold)) * n
-        correct += float(((logits.argmax(-1) == gold) & real).sum())
-        tokens += n
-        ids, _ = model.decoder.generate(hs, state, mask, model.bos_id, model.eos_id, 2 * src.shape[1] + 10,
-                                        model.pad_id)
-        ids = to_numpy(ids)                                         # one device-to-host copy per batch
+    for idx, (b_nll, b_correct, n, ids) in zip(batches, map_batches(model, lambda m, idx: _score_batch(m, data, idx),
+                                                                      batches)):
+        nll, correct, tokens = nll + b_nll, correct + b_correct, tokens + n
         for k, row in enumerate(idx):
             preds[row] = tgt_tok.decode(ids[k])
     return nll, correct, tokens, preds
+
+
+def _score_batch(model, data: Encoded, idx):
+    """-> summed cross-entropy, correct tokens and real tokens of the batch, greedy ids on the host."""
+    src, tgt = take(data, idx)
+    hs, state, mask = model.encode(src)
+    logits = model.decoder.forward(model.xp.asarray(tgt[:, :-1]), hs, state, mask)   # (B, To, V)
+    gold = model.xp.asarray(tgt[:, 1:])
+    real = gold != PAD_ID
+    n = float(real.sum())
+    nll = float(SoftmaxCrossEntropy(ignore_index=PAD_ID).forward(logits, gold)) * n
+    correct = float(((logits.argmax(-1) == gold) & real).sum())
+    ids, _ = model.decoder.generate(hs, state, mask, model.bos_id, model.eos_id, 2 * src.shape[1] + 10, model.pad_id)
+    return nll, correct, n, to_numpy(ids)                           # one device-to-host copy per batch
 
 
 def bleu_chrf(hyps: list[str], refs: list[str]) -> dict:

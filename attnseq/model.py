@@ -38,7 +38,7 @@ class AttentionSeq2seq(Module):
         kw = dict(rng=rng, init=init, dtype=dtype, dropout=dropout)
         self.add_module("encoder", Encoder(src_vocab_size, wordvec_size, hidden_size, **kw))
         self.add_module("decoder", AttentionDecoder(tgt_vocab_size, wordvec_size, hidden_size, **kw))
-        self.loss_layer = SoftmaxCrossEntropy(ignore_index=pad_id)
+        self.add_module("loss_layer", SoftmaxCrossEntropy(ignore_index=pad_id))
         self.config = dict(src_vocab_size=int(src_vocab_size), tgt_vocab_size=int(tgt_vocab_size),
                            wordvec_size=int(wordvec_size), hidden_size=int(hidden_size),
                            dropout=float(dropout), init=init, dtype=dtype.name, seed=int(seed),

@@ -8,6 +8,8 @@ a path such as ``decoder.lstm.Wh``: the key used in checkpoint ``.npz`` files.
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from .backend import get_array_module, to_device, use_device
@@ -101,6 +103,18 @@ class Module:
             mod.params[:] = [to_device(p, device) for p in mod.params]
             mod.grads[:] = [to_device(g, device) for g in mod.grads]
         return self
+
+    def replica(self) -> "Module":
+        """A copy of this module tree that shares its parameter arrays (so in-place updates show in
+        both) but owns its gradients, buffers and caches: one per thread when running on several."""
+        new = copy.copy(self)
+        new.params = list(self.params)
+        new.grads = [get_array_module(g).zeros_like(g) for g in self.grads]
+        new.param_names = list(self.param_names)
+        new._buffers, new._children = {}, {}
+        for name, child in self._children.items():
+            new.add_module(name, child.replica())
+        return new
 
     def zero_grad(self) -> None:
         for g in self.gradients():

@@ -1,4 +1,4 @@
-"""Data-parallel training on CPU cores: one batch, split by rows over threads.
+"""Data-parallel CPU work: one batch split by rows over threads (training), or batches over threads (decoding).
 
 numpy's multi-threaded BLAS speeds up the matmuls, but the LSTM's gate
 arithmetic runs on one core, so on a CPU a second core idles for a third of
@@ -14,11 +14,15 @@ batch's real target tokens, so the result equals the single-thread gradient up
 to float rounding (tests check this). Shards are fixed by row order and summed in
 a fixed order, so a run is as deterministic as a single-thread one.
 
+``map_batches`` does the same for inference: whole batches go to threads, each
+with its own replica, and the results come back in order.
+
 Only numpy models: on a GPU the kernels are already parallel.
 """
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -74,16 +78,9 @@ class DataParallel:
         self.model, self.trim = model, trim
         self.blas = _blas_controller() if threads > 1 else None
         self.threads = threads if self.blas is not None else 1
-        self.replicas = [self._replica(model) for _ in range(self.threads)]
+        self.replicas = [model.replica() for _ in range(self.threads)]
         self.pool = ThreadPoolExecutor(self.threads - 1) if self.threads > 1 else None
         self.shares = []
-
-    @staticmethod
-    def _replica(model):
-        rep = type(model).from_config(model.config)
-        for (_, mod, i), (_, src_mod, j) in zip(rep.named_parameters(), model.named_parameters()):
-            mod.params[i] = src_mod.params[j]
-        return rep
 
     def _run(self, fn, n):
         """fn(k) for k < n: shard 0 in this thread, the rest in the pool; single-threaded BLAS meanwhile."""
@@ -154,3 +151,34 @@ def for_training(model, threads: int, batch_size: int):
         return model
     n = threads or default_threads(batch_size)
     return DataParallel(model, n) if n > 1 else model
+
+
+def map_batches(model, fn, batches: list, threads: int = 0) -> list:
+    """``[fn(m, b) for b in batches]`` with ``m`` a replica of ``model``, over CPU threads.
+
+    Each thread takes the next batch not yet taken, on its own replica (the first
+    thread uses ``model``), with single-threaded BLAS meanwhile; ``fn`` must only read
+    the parameters. Results come back in the order of ``batches``. threads 0: one per
+    core. GPU models, one thread or one batch: a plain loop here.
+    """
+    n = min(threads or usable_cores(), len(batches))
+    blas = _blas_controller() if n > 1 and model.xp is np else None
+    if blas is None:
+        return [fn(model, b) for b in batches]
+    results = [None] * len(batches)
+    order, lock = iter(range(len(batches))), threading.Lock()
+
+    def worker(m):
+        while True:
+            with lock:
+                k = next(order, None)
+            if k is None:
+                return
+            results[k] = fn(m, batches[k])
+
+    with blas.limit(limits=1, user_api="blas"), ThreadPoolExecutor(n - 1) as pool:
+        futures = [pool.submit(worker, model.replica()) for _ in range(n - 1)]
+        worker(model)
+        for f in futures:
+            f.result()
+    return results

@@ -148,3 +148,53 @@ def test_train_with_threads_matches_one_thread(tiny_data, tmp_path):
 def test_threads_flag_is_checked(tmp_path):
     from attnseq.cli import main
     assert main(["train", "--data", "date", "--out", str(tmp_path / "r"), "--threads", "-1"]) == 1
+
+
+def test_replica_shares_parameters_and_owns_the_rest():
+    model = _model()
+    rep = model.replica()
+    for (path, m, i), (_, r, j) in zip(model.named_parameters(), rep.named_parameters()):
+        assert r.params[j] is m.params[i], path
+        assert r.grads[j] is not m.grads[i], path
+    assert rep.loss_layer is not model.loss_layer and rep.decoder.lstm is not model.decoder.lstm
+    src, tgt = _batch()
+    rep.forward(src, tgt)
+    rep.backward()
+    assert all(float(abs(g).sum()) == 0 for g in model.gradients())      # the original's grads untouched
+    assert any(float(abs(g).sum()) > 0 for g in rep.gradients())
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_map_batches_keeps_order_and_matches_a_loop(threads):
+    from attnseq.parallel import map_batches
+    model = _model()
+    batches = [_batch(seed)[0] for seed in range(7)]
+    got = map_batches(model, lambda m, src: m.generate(src, 5), batches, threads)
+    for src, (ids, w) in zip(batches, got):
+        ids_ref, w_ref = model.generate(src, 5)
+        np.testing.assert_array_equal(ids, ids_ref)
+        np.testing.assert_allclose(w, w_ref, rtol=1e-12, atol=1e-15)
+
+
+def test_map_batches_passes_errors_on():
+    from attnseq.parallel import map_batches
+
+    def fn(m, k):
+        if k == 5:
+            raise ValueError("batch 5 is bad")
+        return k
+    with pytest.raises(ValueError, match="batch 5"):
+        map_batches(_model(), fn, list(range(8)), 2)
+
+
+def test_greedy_decode_same_on_threads(tiny_run):
+    from attnseq.checkpoint import load_checkpoint
+    from attnseq.evaluate import greedy_decode
+    ck = load_checkpoint(tiny_run)
+    rng = np.random.default_rng(0)
+    src = rng.integers(4, ck.model.config["src_vocab_size"], size=(300, 12))
+    src_len = rng.integers(3, 13, size=300)
+    src[np.arange(12)[None, :] >= src_len[:, None]] = 0
+    one = greedy_decode(ck.model, src, src_len, 64, threads=1)
+    two = greedy_decode(ck.model, src, src_len, 64, threads=2)
+    assert all(np.array_equal(a, b) for a, b in zip(one, two))

@@ -112,14 +112,17 @@ def test_object_array_is_refused(tiny_run, tmp_path):
 
 
 def poison_loss(monkeypatch, trainer, calls_to_poison, factor):
-    """Multiply the loss by ``factor`` (nan, inf) on the given forward calls (1-based)."""
-    real_forward, calls = trainer.model.forward, {"n": 0}
+    """Multiply the loss by ``factor`` (nan, inf) on the given forward calls (1-based).
+
+    ``trainer.runner`` is what training calls: the model, or its data-parallel wrapper.
+    """
+    real_forward, calls = trainer.runner.forward, {"n": 0}
 
     def poisoned(src, tgt):
         calls["n"] += 1
         loss = real_forward(src, tgt)
         return loss * np.float32(factor) if calls["n"] in calls_to_poison else loss
-    monkeypatch.setattr(trainer.model, "forward", poisoned)
+    monkeypatch.setattr(trainer.runner, "forward", poisoned)
 
 
 def test_nan_loss_stops_with_step_and_keeps_checkpoint(tiny_data, tmp_path, monkeypatch):

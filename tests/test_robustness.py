@@ -140,13 +140,13 @@ def test_nan_gradient_is_caught(tiny_data, tmp_path, monkeypatch, clip):
     cfg = resolve_config(dict(data=str(tiny_data), out=str(tmp_path / "g"), epochs=1, hidden_size=16,
                               wordvec_size=8, batch_size=64, tokenizer="char", examples=0, clip=clip))
     trainer = Trainer(cfg, log=lambda *a: None)
-    real = trainer.model.backward
+    real = trainer.runner.backward                                  # the model, or its data-parallel wrapper
 
     def poisoned(*a):
         real(*a)
         if trainer.step == 3:
             trainer.model.decoder.lstm.grads[1][0, 0] = np.nan
-    monkeypatch.setattr(trainer.model, "backward", poisoned)
+    monkeypatch.setattr(trainer.runner, "backward", poisoned)
     with pytest.raises(NonFiniteError, match="step 3 .* gradient norm is nan"):
         trainer.run()
     assert not (tmp_path / "g" / "last").exists()
