@@ -114,11 +114,11 @@ def run_bench(device: str = "cpu", batch_size: int = 128, hidden_size: int = 256
     useful = flops / s_iter / 1e9
     sgemm = sgemm_gflops(batch_size, hidden_size, xp)
 
-    from .evaluate import greedy_decode
+    from .evaluate import EVAL_BATCH_SIZE, greedy_decode
     # decoding runs the target's length (10 characters + eos), where a trained model stops; the
     # barely trained model here would otherwise run on to the 2 Ts + 10 cap
     steps = To1 - 1
-    t_greedy = _median_time(lambda: greedy_decode(model, test.src, test.src_len, 256, max_len=steps), 3, xp)
+    t_greedy = _median_time(lambda: greedy_decode(model, test.src, test.src_len, EVAL_BATCH_SIZE, max_len=steps), 3, xp)
     beam_src = test.src[:n_beam, :int(test.src_len[:n_beam].max())]
     t_beam = _median_time(lambda: beam_search(model, beam_src, beam_size=5, max_len=steps), 1, xp)
     out = dict(device=_device_name(device), workload=f"date classic: emb {wordvec_size}, hidden {hidden_size}, "

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 from .errors import AttnseqError, ConfigError
+from .evaluate import EVAL_BATCH_SIZE
 
 TRAIN_HELP = """\
 Train an attention seq2seq model and save checkpoints in --out (best/ and last/),
@@ -85,7 +86,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     _switch(g, "--resume", help="continue the run in --out from last/")
     _switch(g, "--quick", help="fewer epochs, for a first look (2 on date, else 3)")
     _switch(g, "--skip-nonfinite", help="skip (and count) a batch whose loss or gradient is NaN/inf instead of stopping")
-    g.add_argument("--eval-batch-size", type=int, metavar="N")
+    g.add_argument("--eval-batch-size", type=int, metavar="N", help=f"rows per decoding batch ({EVAL_BATCH_SIZE}; "
+                   "per thread on a CPU)")
     g.add_argument("--examples", type=int, metavar="N", help="example outputs printed per epoch (3)")
     g.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True,
                    help="write RUN_DIR/attention.png at the end (default on)")
@@ -167,7 +169,7 @@ def build_parser() -> Parser:
     e.add_argument("--ckpt", required=True, metavar="RUN", help="run dir (its best/) or checkpoint dir")
     e.add_argument("--data", required=True, metavar="FILE", help="TSV or question_answer pairs")
     e.add_argument("--output", metavar="FILE", help="also write one prediction per line here")
-    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE)
     e.add_argument("--device", default="cpu")
     e.set_defaults(func=cmd_eval)
 

@@ -10,8 +10,11 @@ from .model import AttentionSeq2seq
 from .parallel import map_batches
 from .tokenizers import EOS_ID, PAD_ID, Tokenizer
 
+# Rows per decoding batch (per thread on a CPU): speed is flat from here up, memory is not.
+EVAL_BATCH_SIZE = 128
 
-def greedy_decode(model: AttentionSeq2seq, src: np.ndarray, src_len: np.ndarray, batch_size: int = 256,
+
+def greedy_decode(model: AttentionSeq2seq, src: np.ndarray, src_len: np.ndarray, batch_size: int = EVAL_BATCH_SIZE,
                   max_len: int | None = None, with_weights: bool = False, threads: int = 0):
     """Decode rows of a padded source matrix in length-sorted batches (on CPU, spread over threads).
 
@@ -37,7 +40,7 @@ def greedy_decode(model: AttentionSeq2seq, src: np.ndarray, src_len: np.ndarray,
     return (outs, weights) if with_weights else outs
 
 
-def evaluate(model: AttentionSeq2seq, data: Encoded, tgt_tok: Tokenizer, batch_size: int = 256,
+def evaluate(model: AttentionSeq2seq, data: Encoded, tgt_tok: Tokenizer, batch_size: int = EVAL_BATCH_SIZE,
              bleu: bool = False) -> dict:
     """Metrics on an encoded dataset, as fractions in 0..1 (BLEU and chrF on sacrebleu's 0..100).
 

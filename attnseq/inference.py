@@ -13,7 +13,7 @@ import numpy as np
 
 from .batching import encode_pairs, encode_sources, pad_rows
 from .checkpoint import load_checkpoint
-from .evaluate import evaluate, greedy_decode
+from .evaluate import EVAL_BATCH_SIZE, evaluate, greedy_decode
 from .io import atomic_write_text, read_lines, read_pairs, split_lines
 from .search import beam_search
 from .tokenizers import UNK_ID
@@ -41,7 +41,7 @@ class Translator:
         self.max_input_len = max_input_len or train.get("max_len") or DEFAULT_MAX_INPUT
 
     def translate(self, texts: list[str], beam: int = 1, n_best: int = 1, alpha: float = 0.0,
-                  batch_size: int = 256, max_len: int | None = None, first_line: int = 1) -> list[Translation]:
+                  batch_size: int = EVAL_BATCH_SIZE, max_len: int | None = None, first_line: int = 1) -> list[Translation]:
         src_tok, tgt_tok = self.ck.src_tok, self.ck.tgt_tok
         rows = encode_sources(texts, src_tok, self.reverse, self.max_input_len, what="input", first_line=first_line)
         blank = [not t.strip() for t in texts]       # blank in, blank out (decoded from a lone <unk>)
@@ -66,7 +66,7 @@ class Translator:
         return out
 
 
-def evaluate_file(ckpt: str, data: str, device: str = "cpu", batch_size: int = 256,
+def evaluate_file(ckpt: str, data: str, device: str = "cpu", batch_size: int = EVAL_BATCH_SIZE,
                   output: str | None = None) -> dict:
     """Metrics of a checkpoint on a TSV/question_answer file; BLEU and chrF included."""
     ck = load_checkpoint(ckpt, device=device)
@@ -140,7 +140,7 @@ def add_translate_command(sub) -> None:
     t.add_argument("--beam", type=int, default=1, metavar="K", help="beam size (1 = greedy)")
     t.add_argument("--n-best", type=int, default=1, metavar="N", help="print the N best, tab-separated, with scores")
     t.add_argument("--alpha", type=float, default=0.0, help="GNMT length penalty alpha for beam search (0 = off)")
-    t.add_argument("--batch-size", type=int, default=256, metavar="B")
+    t.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, metavar="B")
     t.add_argument("--max-len", type=int, metavar="N", help="longest output in tokens (default 2 * input + 10)")
     t.add_argument("--max-input-len", type=int, metavar="N",
                    help="longer inputs are truncated with a warning (default: the run's --max-len, else 200)")

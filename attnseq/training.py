@@ -20,7 +20,7 @@ from .batching import Encoded, batch_order, encode_pairs, padding_fraction, take
 from .checkpoint import check_arrays, load_checkpoint, load_checkpoint_config, resolve, save_checkpoint
 from .datasets import DEFAULT_SEED, GENERATORS
 from .errors import CheckpointError, ConfigError, DataError, NonFiniteError
-from .evaluate import evaluate
+from .evaluate import EVAL_BATCH_SIZE, evaluate
 from .io import atomic_write_text, read_aligned, read_pairs
 from .layers import Dropout
 from .model import AttentionSeq2seq
@@ -33,7 +33,7 @@ DEFAULTS = dict(
     epochs=10, batch_size=128, wordvec_size=16, hidden_size=256, optimizer="adam", lr=1e-3,
     clip=5.0, dropout=0.0, weight_decay=0.0, lr_decay=1.0, patience=3, seed=0, device="cpu", threads=0,
     dtype="float32", init="xavier", reverse_source=False, bucket=True, bucket_jitter=0.0, tokenizer=None,
-    vocab_size=8000, shared_vocab=False, max_len=None, eval_batch_size=256, examples=3,
+    vocab_size=8000, shared_vocab=False, max_len=None, eval_batch_size=EVAL_BATCH_SIZE, examples=3,
     skip_nonfinite=False, resume=False, quick=False, bleu=None, swap_sides=False,
 )
 # What a built-in task changes; `quick` trades epochs for a newcomer's first few minutes.

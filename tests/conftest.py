@@ -29,7 +29,7 @@ def device(request):
 
 
 TINY = ["--tokenizer", "char", "--epochs", "2", "--hidden-size", "32", "--wordvec-size", "8", "--batch-size", "64", "--lr", "0.01",
-        "--eval-batch-size", "256", "--examples", "1", "--no-plot"]
+        "--eval-batch-size", "128", "--examples", "1", "--no-plot"]
 
 
 @pytest.fixture(scope="session")
