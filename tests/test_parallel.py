@@ -198,3 +198,17 @@ def test_greedy_decode_same_on_threads(tiny_run):
     one = greedy_decode(ck.model, src, src_len, 64, threads=1)
     two = greedy_decode(ck.model, src, src_len, 64, threads=2)
     assert all(np.array_equal(a, b) for a, b in zip(one, two))
+
+
+def test_without_threadpoolctl_it_runs_one_thread(monkeypatch):
+    """BLAS that cannot be limited would oversubscribe the cores: fall back to one thread, same results."""
+    import sys
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)         # import fails
+    model = _model()
+    src, tgt = _batch()
+    with DataParallel(model, 2) as dp:
+        assert dp.threads == 1
+        loss = float(dp.forward(src, tgt))
+    assert loss == pytest.approx(float(_model().forward(src, tgt)), rel=1e-12)
+    from attnseq.parallel import map_batches
+    assert map_batches(model, lambda m, k: k * 2, [1, 2, 3], 2) == [2, 4, 6]
