@@ -21,7 +21,7 @@ from .batching import encode_pairs, take
 from .model import AttentionSeq2seq
 from .optim import Adam, ClipGradNorm
 from .parallel import for_training
-from .search import beam_search
+from .search import beam_decode
 from .tokenizers import CharTokenizer
 
 
@@ -119,8 +119,9 @@ def run_bench(device: str = "cpu", batch_size: int = 128, hidden_size: int = 256
     # barely trained model here would otherwise run on to the 2 Ts + 10 cap
     steps = To1 - 1
     t_greedy = _median_time(lambda: greedy_decode(model, test.src, test.src_len, EVAL_BATCH_SIZE, max_len=steps), 3, xp)
-    beam_src = test.src[:n_beam, :int(test.src_len[:n_beam].max())]
-    t_beam = _median_time(lambda: beam_search(model, beam_src, beam_size=5, max_len=steps), 1, xp)
+    beam_src, beam_len = test.src[:n_beam], test.src_len[:n_beam]
+    t_beam = _median_time(lambda: beam_decode(model, beam_src, beam_len, beam_size=5, max_len=steps,
+                                              batch_size=EVAL_BATCH_SIZE), 1, xp)
     out = dict(device=_device_name(device), workload=f"date classic: emb {wordvec_size}, hidden {hidden_size}, "
                f"batch {batch_size}, src {Ts}, tgt {To1 - 1}" + (" (padded)" if padded else ""),
                train_threads=n_threads, train_s_per_iter=s_iter, train_s_per_epoch=s_iter * n_batches,

@@ -15,7 +15,7 @@ from .batching import encode_pairs, encode_sources, pad_rows
 from .checkpoint import load_checkpoint
 from .evaluate import EVAL_BATCH_SIZE, evaluate, greedy_decode
 from .io import atomic_write_text, read_lines, read_pairs, split_lines
-from .search import beam_search
+from .search import beam_decode
 from .tokenizers import UNK_ID
 
 DEFAULT_MAX_INPUT = 200
@@ -47,14 +47,15 @@ class Translator:
         blank = [not t.strip() for t in texts]       # blank in, blank out (decoded from a lone <unk>)
         rows = [[UNK_ID] if b else r for b, r in zip(blank, rows)]
         out: list[Translation | None] = [None] * len(texts)
-        for start in range(0, len(rows), batch_size):
-            idx = np.arange(start, min(start + batch_size, len(rows)))
+        chunk = batch_size * 8                          # several batches at a time for the threads to share
+        for start in range(0, len(rows), chunk):
+            idx = np.arange(start, min(start + chunk, len(rows)))
             src, src_len = pad_rows([rows[i] for i in idx])
             if beam <= 1 and n_best <= 1:
                 ids_list, w_list = greedy_decode(self.model, src, src_len, batch_size, max_len, with_weights=True)
                 hyps = [[(ids, w, None)] for ids, w in zip(ids_list, w_list)]
             else:
-                found = beam_search(self.model, src, beam, alpha, max_len, n_best)
+                found = beam_decode(self.model, src, src_len, beam, alpha, max_len, n_best, batch_size)
                 hyps = [[(np.array(h.ids), h.weights[:, :src_len[j]], h.score) for h in f] for j, f in enumerate(found)]
             for j, i in enumerate(idx):
                 ids, w, _ = hyps[j][0]

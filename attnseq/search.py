@@ -21,6 +21,8 @@ import numpy as np
 
 from .attention import mask_bias
 from .backend import get_array_module, to_numpy
+from .batching import batch_order
+from .parallel import map_batches
 
 
 @dataclass
@@ -129,3 +131,19 @@ def beam_search(model, src, beam_size: int = 5, alpha: float = 0.0, max_len: int
                                 max_len or 2 * Ts + 10, n_best, xp)
     finally:
         model.train(was_training)
+
+
+def beam_decode(model, src, src_len, beam_size: int = 5, alpha: float = 0.0, max_len: int | None = None,
+                n_best: int = 1, batch_size: int = 128, threads: int = 0) -> list[list[Hypothesis]]:
+    """Beam search over the rows of a padded source matrix src (M, Ts), in length-sorted batches
+    (on a CPU spread over threads). -> per row, its ``n_best`` hypotheses, best first."""
+    out = [None] * len(src)
+    batches = batch_order(src_len, batch_size, None, bucket=True)
+
+    def run(m, idx):
+        return beam_search(m, src[idx, :int(src_len[idx].max())], beam_size, alpha, max_len, n_best)
+
+    for idx, found in zip(batches, map_batches(model, run, batches, threads)):
+        for row, hyps in zip(idx, found):
+            out[row] = hyps
+    return out
