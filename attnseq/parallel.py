@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -66,8 +66,9 @@ class DataParallel:
 
     Use it where the model's own ``forward(src, tgt)`` and ``backward(dout)`` would go:
     ``loss = dp.forward(src, tgt); dp.backward()`` leaves the batch gradient in
-    ``model``'s grads. ``trim`` drops each shard's all-padding columns. Build it after the model is on its device and loaded: the
-    replicas hold the model's parameter arrays. ``close()`` (or ``with``) stops the threads.
+    ``model``'s grads. ``trim`` drops each shard's all-padding columns. Build it after
+    the model is on its device and loaded: the replicas hold the model's parameter
+    arrays. ``close()`` (or ``with``) stops the threads.
     """
 
     def __init__(self, model, threads: int, trim: bool = True):
@@ -88,7 +89,10 @@ class DataParallel:
             return [fn(0)]
         with self.blas.limit(limits=1, user_api="blas"):
             futures = [self.pool.submit(fn, k) for k in range(1, n)]
-            first = fn(0)
+            try:
+                first = fn(0)
+            finally:                                                # no shard outlives the BLAS limit
+                wait(futures)
             return [first] + [f.result() for f in futures]
 
     def _seed_dropout(self, n):
@@ -166,15 +170,19 @@ def map_batches(model, fn, batches: list, threads: int = 0) -> list:
     if blas is None:
         return [fn(model, b) for b in batches]
     results = [None] * len(batches)
-    order, lock = iter(range(len(batches))), threading.Lock()
+    order, lock, failed = iter(range(len(batches))), threading.Lock(), threading.Event()
 
     def worker(m):
-        while True:
-            with lock:
-                k = next(order, None)
-            if k is None:
-                return
-            results[k] = fn(m, batches[k])
+        try:
+            while not failed.is_set():
+                with lock:
+                    k = next(order, None)
+                if k is None:
+                    return
+                results[k] = fn(m, batches[k])
+        except BaseException:
+            failed.set()                                            # the others stop taking batches
+            raise
 
     with blas.limit(limits=1, user_api="blas"), ThreadPoolExecutor(n - 1) as pool:
         futures = [pool.submit(worker, model.replica()) for _ in range(n - 1)]

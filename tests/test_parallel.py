@@ -176,15 +176,21 @@ def test_map_batches_keeps_order_and_matches_a_loop(threads):
         np.testing.assert_allclose(w, w_ref, rtol=1e-12, atol=1e-15)
 
 
-def test_map_batches_passes_errors_on():
+@pytest.mark.parametrize("bad", [0, 1, 5])
+def test_map_batches_passes_errors_on_and_stops(bad):
+    import time
     from attnseq.parallel import map_batches
+    calls = []
 
     def fn(m, k):
-        if k == 5:
-            raise ValueError("batch 5 is bad")
+        calls.append(k)
+        if k == bad:
+            raise ValueError(f"batch {bad} is bad")
+        time.sleep(0.005)
         return k
-    with pytest.raises(ValueError, match="batch 5"):
-        map_batches(_model(), fn, list(range(8)), 2)
+    with pytest.raises(ValueError, match=f"batch {bad}"):
+        map_batches(_model(), fn, list(range(60)), 2)
+    assert len(calls) < 20                                          # the other thread stopped taking batches
 
 
 def test_greedy_decode_same_on_threads(tiny_run):
