@@ -87,9 +87,7 @@ def run_bench(device: str = "cpu", batch_size: int = 128, hidden_size: int = 256
     n_batches = len(train) // batch_size
     batches = [take(train, rng.permutation(len(train))[:batch_size], pad_full=padded) for _ in range(warmup + iters)]
 
-    runner = for_training(model, threads, batch_size)
-    if runner is not model:
-        runner.trim = not padded                                    # the padded workload computes every column
+    runner = for_training(model, threads, batch_size, trim=not padded)   # padded: every column is computed
 
     def step(b):
         runner.forward(*b)

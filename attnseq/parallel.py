@@ -21,6 +21,7 @@ Only numpy models: on a GPU the kernels are already parallel.
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -44,8 +45,9 @@ def default_threads(batch_size: int) -> int:
     return max(1, min(usable_cores(), batch_size // MIN_ROWS_PER_THREAD))
 
 
+@functools.cache
 def _blas_controller():
-    """threadpoolctl's controller when it can set this numpy's BLAS threads, else None."""
+    """threadpoolctl's controller when it can set this numpy's BLAS threads, else None (looked up once)."""
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:
@@ -82,6 +84,11 @@ class DataParallel:
         self.replicas = [model.replica() for _ in range(self.threads)]
         self.pool = ThreadPoolExecutor(self.threads - 1) if self.threads > 1 else None
         self.shares = []
+        # dropout: the model's generator seeds one generator per replica and batch
+        drops = [m for _, m in model.named_modules() if isinstance(m, Dropout) and m.p > 0]
+        self.dropout_rng = drops[0].rng if drops else None
+        self.replica_dropouts = [[m for _, m in rep.named_modules() if isinstance(m, Dropout)]
+                                 for rep in self.replicas]
 
     def _run(self, fn, n):
         """fn(k) for k < n: shard 0 in this thread, the rest in the pool; single-threaded BLAS meanwhile."""
@@ -97,15 +104,12 @@ class DataParallel:
 
     def _seed_dropout(self, n):
         """Each replica's dropout draws from its own generator, seeded from the model's."""
-        drops = [m for _, m in self.model.named_modules() if isinstance(m, Dropout) and m.p > 0]
-        if not drops:
+        if self.dropout_rng is None:
             return
-        seeds = drops[0].rng.integers(2**63, size=n)
-        for rep, seed in zip(self.replicas, seeds):
+        for drops, seed in zip(self.replica_dropouts, self.dropout_rng.integers(2**63, size=n)):
             rng = np.random.default_rng(seed)
-            for _, m in rep.named_modules():
-                if isinstance(m, Dropout):
-                    m.rng = rng
+            for m in drops:
+                m.rng = rng
 
     def forward(self, src, tgt):
         """src (N, Ts), tgt (N, To + 1) -> mean cross-entropy per real target token (0-d array)."""
@@ -146,15 +150,17 @@ class DataParallel:
         self.close()
 
 
-def for_training(model, threads: int, batch_size: int):
+def for_training(model, threads: int, batch_size: int, trim: bool = True):
     """What to call forward/backward on: ``model`` itself, or a ``DataParallel`` over CPU threads.
 
     threads 0 means ``default_threads(batch_size)``; GPU models are returned as they are.
     """
+    if threads < 0:
+        raise ValueError(f"threads must be 0 (one per core) or a positive integer, got {threads}")
     if model.xp is not np:
         return model
     n = threads or default_threads(batch_size)
-    return DataParallel(model, n) if n > 1 else model
+    return DataParallel(model, n, trim) if n > 1 else model
 
 
 def map_batches(model, fn, batches: list, threads: int = 0) -> list:

@@ -22,6 +22,7 @@ import numpy as np
 from .attention import mask_bias
 from .backend import get_array_module, to_numpy
 from .batching import batch_order
+from .evaluate import EVAL_BATCH_SIZE
 from .parallel import map_batches
 
 
@@ -134,7 +135,7 @@ def beam_search(model, src, beam_size: int = 5, alpha: float = 0.0, max_len: int
 
 
 def beam_decode(model, src, src_len, beam_size: int = 5, alpha: float = 0.0, max_len: int | None = None,
-                n_best: int = 1, batch_size: int = 128, threads: int = 0) -> list[list[Hypothesis]]:
+                n_best: int = 1, batch_size: int = EVAL_BATCH_SIZE, threads: int = 0) -> list[list[Hypothesis]]:
     """Beam search over the rows of a padded source matrix src (M, Ts), in length-sorted batches
     (on a CPU spread over threads). -> per row, its ``n_best`` hypotheses, best first."""
     out = [None] * len(src)

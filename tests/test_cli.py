@@ -141,6 +141,15 @@ def test_bench_json_has_the_documented_keys(capsys):
     assert 0 < r["efficiency"] < 2 and r["workload"].endswith("(padded)")
 
 
+def test_bench_threads_flag(capsys):
+    assert main(["bench", "--json", "--hidden-size", "16", "--wordvec-size", "8", "--iters", "2", "--threads", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["train_threads"] == 1
+    assert main(["bench", "--json", "--hidden-size", "16", "--wordvec-size", "8", "--iters", "2", "--threads", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["train_threads"] == 2      # threadpoolctl is a dependency
+    assert main(["bench", "--threads", "-1"]) == 1
+    assert "threads must be 0" in capsys.readouterr().err
+
+
 def test_bench_table_and_gpu_without_gpu(capsys):
     from attnseq.backend import gpu_available
     assert main(["bench", "--hidden-size", "16", "--wordvec-size", "8", "--iters", "2", "--bucketed"]) == 0

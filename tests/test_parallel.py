@@ -206,10 +206,13 @@ def test_greedy_decode_same_on_threads(tiny_run):
     assert all(np.array_equal(a, b) for a, b in zip(one, two))
 
 
-def test_without_threadpoolctl_it_runs_one_thread(monkeypatch):
+def test_without_threadpoolctl_it_runs_one_thread(monkeypatch, request):
     """BLAS that cannot be limited would oversubscribe the cores: fall back to one thread, same results."""
     import sys
+    from attnseq.parallel import _blas_controller
     monkeypatch.setitem(sys.modules, "threadpoolctl", None)         # import fails
+    _blas_controller.cache_clear()                                  # looked up once per process: look again
+    request.addfinalizer(_blas_controller.cache_clear)
     model = _model()
     src, tgt = _batch()
     with DataParallel(model, 2) as dp:
