@@ -240,7 +240,8 @@ class LSTM(Module):
         xp = get_array_module(xw)
         a = h @ Wh                                                  # (N, 4H)
         a += xw
-        a *= _gate_scale(xp, self.hidden_size, a.dtype)
+        a *= -1.0                                                   # the gate scale of lstm_cell_, in place:
+        a[:, 3 * self.hidden_size:] *= 2.0                          # -a for i, f, o and -2a for g
         h_new, c_new, tc, tmp = (xp.empty_like(h) for _ in range(4))
         with ignore_overflow(xp):
             lstm_cell_(a, c, c_new, tc, h_new, tmp)
