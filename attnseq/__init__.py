@@ -1,15 +1,15 @@
 """attnseq: sequence-to-sequence with attention on numpy and cupy, no autograd."""
-from .attention import Attention, AttentionWeights, WeightedSum
-from .backend import get_array_module, gpu_available, to_device, to_numpy
-from .decoders import AttentionDecoder
-from .encoders import Encoder
+from .nn.attention import Attention, AttentionWeights, WeightedSum
+from .nn.backend import get_array_module, gpu_available, to_device, to_numpy
+from .nn.decoders import AttentionDecoder
+from .nn.encoders import Encoder
 from .errors import AttnseqError, CheckpointError, ConfigError, DataError, DeviceError, NonFiniteError
-from .layers import LSTM, Dropout, Embedding, Linear, SoftmaxCrossEntropy
-from .model import AttentionSeq2seq
-from .module import Module
+from .nn.layers import LSTM, Dropout, Embedding, Linear, SoftmaxCrossEntropy
+from .nn.model import AttentionSeq2seq
+from .nn.module import Module
 from .plotting import plot_attention
-from .search import beam_search
-from .optim import SGD, AdaGrad, Adam, ClipGradNorm, Momentum, Nesterov, Optimizer, RMSProp, WeightDecay
+from .run.decoding import beam_search
+from .nn.optim import SGD, AdaGrad, Adam, ClipGradNorm, Momentum, Nesterov, Optimizer, RMSProp, WeightDecay
 
 __version__ = "0.1.0"
 

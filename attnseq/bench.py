@@ -16,13 +16,13 @@ import time
 
 import numpy as np
 
-from .backend import check_device
-from .batching import encode_pairs, take
-from .model import AttentionSeq2seq
-from .optim import Adam, ClipGradNorm
-from .parallel import for_training
-from .search import beam_decode
-from .tokenizers import CharTokenizer
+from .nn.backend import check_device
+from .data.batching import encode_pairs, take
+from .nn.model import AttentionSeq2seq
+from .nn.optim import Adam, ClipGradNorm
+from .run.parallel import for_training
+from .run.decoding import beam_decode
+from .data.tokenizers import CharTokenizer
 
 
 def _sync(xp):
@@ -71,7 +71,7 @@ def peak_rss_mib() -> float:
 def run_bench(device: str = "cpu", batch_size: int = 128, hidden_size: int = 256, wordvec_size: int = 16,
               iters: int = 20, warmup: int = 3, padded: bool = True, n_greedy: int = 5000, n_beam: int = 500,
               threads: int = 0) -> dict:
-    from .training import load_data
+    from .data.corpus import load_data
     check_device(device)
     data = load_data(dict(data="date", train=None))
     src_tok = CharTokenizer.build(s for s, _ in data["train"])
@@ -112,7 +112,7 @@ def run_bench(device: str = "cpu", batch_size: int = 128, hidden_size: int = 256
     useful = flops / s_iter / 1e9
     sgemm = sgemm_gflops(batch_size, hidden_size, xp)
 
-    from .evaluate import EVAL_BATCH_SIZE, greedy_decode
+    from .run.evaluation import EVAL_BATCH_SIZE, greedy_decode
     # decoding runs the target's length (10 characters + eos), where a trained model stops; the
     # barely trained model here would otherwise run on to the 2 Ts + 10 cap
     steps = To1 - 1

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from .errors import AttnseqError, ConfigError
-from .evaluate import EVAL_BATCH_SIZE
+from .run.evaluation import EVAL_BATCH_SIZE
 
 TRAIN_HELP = """\
 Train an attention seq2seq model and save checkpoints in --out (best/ and last/),
@@ -106,7 +106,7 @@ def load_toml(path: str) -> dict:
 
 
 def train_config(args: argparse.Namespace) -> dict:
-    from .training import DEFAULTS
+    from .run.training import DEFAULTS
     cfg = {k: v for k, v in vars(args).items() if k in DEFAULTS}
     if args.config:
         file_cfg = load_toml(args.config)
@@ -118,7 +118,7 @@ def train_config(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .training import train
+    from .run.training import train
     result = train(train_config(args))
     if args.plot:
         from .plotting import plot_texts
@@ -130,7 +130,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .inference import evaluate_file
+    from .run.inference import evaluate_file
     result = evaluate_file(args.ckpt, args.data, device=args.device, batch_size=args.batch_size,
                            output=args.output)
     print(json.dumps(result))
@@ -138,7 +138,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_make_data(args) -> int:
-    from .datasets import DEFAULT_SEED, write_splits
+    from .data.datasets import DEFAULT_SEED, write_splits
     out = args.out or Path("data") / args.name
     paths = write_splits(args.name, out, args.seed if args.seed is not None else DEFAULT_SEED)
     for split, path in paths.items():
@@ -189,7 +189,8 @@ def build_parser() -> Parser:
 
 def _add_later_commands(sub) -> None:
     """translate, plot-attention and bench define their own flags, beside their code."""
-    from . import bench, inference, plotting
+    from . import bench, plotting
+    from .run import inference
     inference.add_translate_command(sub)
     plotting.add_plot_attention_command(sub)
     bench.add_bench_command(sub)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError
-from .io import atomic_write_bytes, read_pairs
+from .data.io import atomic_write_bytes, read_pairs
 
 ANNOTATE_MAX_CELLS = 160
 
@@ -148,7 +148,7 @@ def examples_from_translations(texts, translations, refs=None) -> list[dict]:
 
 
 def plot_texts(ckpt, texts: list[str], out, refs=None, device: str = "cpu", beam: int = 1) -> Path:
-    from .inference import Translator
+    from .run.inference import Translator
     tr = Translator(ckpt, device)
     results = tr.translate(texts, beam=beam)
     return save_figure(plot_attention_grid(examples_from_translations(texts, results, refs)), out)
@@ -194,7 +194,7 @@ def run_plot_attention(args) -> int:
     if args.data:
         pairs = read_pairs(args.data)
         if args.wrong_only:
-            from .inference import Translator
+            from .run.inference import Translator
             tr = Translator(args.ckpt, args.device)
             outs = tr.translate([s for s, _ in pairs])
             pairs = [p for p, o in zip(pairs, outs) if o.text != p[1]]

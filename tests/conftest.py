@@ -35,7 +35,7 @@ TINY = ["--tokenizer", "char", "--epochs", "2", "--hidden-size", "32", "--wordve
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """A small date dataset directory (train 1500 / valid 200 / test 200 pairs)."""
-    from attnseq.datasets import GENERATORS
+    from attnseq.data.datasets import GENERATORS
     d = tmp_path_factory.mktemp("tiny_date")
     splits = GENERATORS["date"](99)
     for name, n in (("train", 1500), ("valid", 200), ("test", 200)):

@@ -1,7 +1,7 @@
 """Shared test helpers: centred finite differences in float64."""
 import numpy as np
 
-from attnseq.backend import to_numpy
+from attnseq.nn.backend import to_numpy
 
 
 def numerical_grad(f, x, eps=1e-5):

@@ -115,7 +115,7 @@ def test_cli_errors_are_one_line_without_traceback(argv, message, tmp_path, caps
 
 
 def test_gpu_without_cupy_is_one_line(tmp_path, capsys):
-    from attnseq.backend import gpu_available
+    from attnseq.nn.backend import gpu_available
     if gpu_available():
         pytest.skip("a GPU is present")
     rc = main(["train", "--data", "date", "--out", str(tmp_path / "r"), "--device", "gpu"])
@@ -151,7 +151,7 @@ def test_bench_threads_flag(capsys):
 
 
 def test_bench_table_and_gpu_without_gpu(capsys):
-    from attnseq.backend import gpu_available
+    from attnseq.nn.backend import gpu_available
     assert main(["bench", "--hidden-size", "16", "--wordvec-size", "8", "--iters", "2", "--bucketed"]) == 0
     assert "efficiency" in capsys.readouterr().out
     if not gpu_available():
@@ -188,7 +188,7 @@ def test_translate_prompts_in_a_terminal(tiny_run):
 
 
 def test_plot_attention_png_has_the_figure_size(tiny_run, tmp_path):
-    from attnseq.inference import Translator
+    from attnseq.run.inference import Translator
     text = "Sept 25, 1984"
     tr = Translator(str(tiny_run)).translate([text])[0]
     out = tmp_path / "one.png"

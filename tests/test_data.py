@@ -4,12 +4,12 @@ import re
 
 import pytest
 
-from attnseq.datasets import (DATE_STYLES, GENERATORS, MONTHS, WEEKDAYS, WEEKDAYS_ABBR, date_pair,
+from attnseq.data.datasets import (DATE_STYLES, GENERATORS, MONTHS, WEEKDAYS, WEEKDAYS_ABBR, date_pair,
                               make_splits, write_splits, yy_to_year)
 from attnseq.errors import DataError
-from attnseq.io import read_aligned, read_pairs, read_question_answer, read_tsv
-from attnseq.tokenizers import CharTokenizer, WordTokenizer, load_tokenizer
-from attnseq.training import shipped_dir
+from attnseq.data.io import read_aligned, read_pairs, read_question_answer, read_tsv
+from attnseq.data.tokenizers import CharTokenizer, WordTokenizer, load_tokenizer
+from attnseq.data.corpus import shipped_dir
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_word_tokenizer(tmp_path):
 def test_bucket_jitter_mixes_nearby_lengths():
     import numpy as np
 
-    from attnseq.batching import batch_order
+    from attnseq.data.batching import batch_order
     lengths = np.repeat(np.arange(5, 25), 64)                        # 20 lengths, 64 rows each
     rng = np.random.default_rng(0)
     pure = batch_order(lengths, 64, rng, bucket=True)

@@ -4,7 +4,7 @@ import pytest
 from helpers import WORST, numerical_grad, random_like, record, rel_error
 
 from attnseq import LSTM, Attention, AttentionSeq2seq, Embedding, Linear, SoftmaxCrossEntropy
-from attnseq.attention import AttentionWeights, WeightedSum
+from attnseq.nn.attention import AttentionWeights, WeightedSum
 
 TOL = 1e-6
 N, T, D, H = 3, 5, 4, 3

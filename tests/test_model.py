@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from attnseq import Adam, AttentionDecoder, AttentionSeq2seq, ClipGradNorm, DeviceError, Encoder
-from attnseq.model import BOS_ID, EOS_ID
+from attnseq.nn.model import BOS_ID, EOS_ID
 
 
 def reverse_task(rng, n, lo=3, hi=7):
@@ -111,7 +111,7 @@ def test_unknown_device_is_a_clear_error():
 
 
 def test_gpu_without_gpu_names_what_is_missing():
-    from attnseq.backend import gpu_available
+    from attnseq.nn.backend import gpu_available
     if gpu_available():
         pytest.skip("a GPU is present")
     with pytest.raises(DeviceError, match="cupy|GPU"):

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from attnseq.model import AttentionSeq2seq
-from attnseq.parallel import DataParallel, default_threads, for_training
+from attnseq.nn.model import AttentionSeq2seq
+from attnseq.run.parallel import DataParallel, default_threads, for_training
 
 
 def _batch(seed=0, N=7, Ts=9, To=6, Vs=12, Vt=10):
@@ -166,7 +166,7 @@ def test_replica_shares_parameters_and_owns_the_rest():
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_map_batches_keeps_order_and_matches_a_loop(threads):
-    from attnseq.parallel import map_batches
+    from attnseq.run.parallel import map_batches
     model = _model()
     batches = [_batch(seed)[0] for seed in range(7)]
     got = map_batches(model, lambda m, src: m.generate(src, 5), batches, threads)
@@ -179,7 +179,7 @@ def test_map_batches_keeps_order_and_matches_a_loop(threads):
 @pytest.mark.parametrize("bad", [0, 1, 5])
 def test_map_batches_passes_errors_on_and_stops(bad):
     import time
-    from attnseq.parallel import map_batches
+    from attnseq.run.parallel import map_batches
     calls = []
 
     def fn(m, k):
@@ -194,8 +194,8 @@ def test_map_batches_passes_errors_on_and_stops(bad):
 
 
 def test_greedy_decode_same_on_threads(tiny_run):
-    from attnseq.checkpoint import load_checkpoint
-    from attnseq.evaluate import greedy_decode
+    from attnseq.run.checkpoint import load_checkpoint
+    from attnseq.run.evaluation import greedy_decode
     ck = load_checkpoint(tiny_run)
     rng = np.random.default_rng(0)
     src = rng.integers(4, ck.model.config["src_vocab_size"], size=(300, 12))
@@ -209,7 +209,7 @@ def test_greedy_decode_same_on_threads(tiny_run):
 def test_without_threadpoolctl_it_runs_one_thread(monkeypatch, request):
     """BLAS that cannot be limited would oversubscribe the cores: fall back to one thread, same results."""
     import sys
-    from attnseq.parallel import _blas_controller
+    from attnseq.run.parallel import _blas_controller
     monkeypatch.setitem(sys.modules, "threadpoolctl", None)         # import fails
     _blas_controller.cache_clear()                                  # looked up once per process: look again
     request.addfinalizer(_blas_controller.cache_clear)
@@ -219,5 +219,5 @@ def test_without_threadpoolctl_it_runs_one_thread(monkeypatch, request):
         assert dp.threads == 1
         loss = float(dp.forward(src, tgt))
     assert loss == pytest.approx(float(_model().forward(src, tgt)), rel=1e-12)
-    from attnseq.parallel import map_batches
+    from attnseq.run.parallel import map_batches
     assert map_batches(model, lambda m, k: k * 2, [1, 2, 3], 2) == [2, 4, 6]

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from conftest import TINY
 
-from attnseq.checkpoint import load_checkpoint, save_checkpoint
+from attnseq.run.checkpoint import load_checkpoint, save_checkpoint
 from attnseq.cli import main
 from attnseq.errors import CheckpointError, NonFiniteError
-from attnseq.training import Trainer, resolve_config
+from attnseq.run.training import Trainer, resolve_config
 
 
 def test_train_writes_run_dir(tiny_run):
@@ -173,7 +173,7 @@ def test_config_file_and_flags(tiny_data, tmp_path):
 
 def test_reverse_source_is_undone_for_display(tiny_data, tmp_path):
     """Trained on reversed sources, translate still shows the source in reading order, weights aligned to it."""
-    from attnseq.inference import Translator
+    from attnseq.run.inference import Translator
     out = tmp_path / "rev"
     assert main(["train", "--data", str(tiny_data), "--out", str(out), *TINY, "--epochs", "1", "--reverse-source"]) == 0
     tr = Translator(str(out))
@@ -219,7 +219,7 @@ def test_training_flags_reach_the_run(tiny_data, tmp_path, capsys):
 
 
 def test_patience_stops_early(tiny_data, tmp_path, monkeypatch):
-    import attnseq.training as training
+    import attnseq.run.training as training
     real = training.evaluate
 
     def flat(model, data, *a, **k):  # the same score every epoch: never an improvement after the first

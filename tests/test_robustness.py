@@ -15,12 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attnseq.checkpoint import load_checkpoint
+from attnseq.run.checkpoint import load_checkpoint
 from attnseq.cli import main
 from attnseq.errors import CheckpointError, DataError, NonFiniteError
-from attnseq.io import read_aligned, read_pairs, read_question_answer, read_tsv
-from attnseq.tokenizers import CharTokenizer, SentencePieceTokenizer, WordTokenizer
-from attnseq.training import Trainer, resolve_config
+from attnseq.data.io import read_aligned, read_pairs, read_question_answer, read_tsv
+from attnseq.data.tokenizers import CharTokenizer, SentencePieceTokenizer, WordTokenizer
+from attnseq.run.training import Trainer, resolve_config
 
 KILL_ARGS = ["--tokenizer", "char", "--epochs", "12", "--hidden-size", "16", "--wordvec-size", "8",
              "--batch-size", "64", "--lr", "0.01", "--dropout", "0.1", "--no-plot", "--examples", "0", "--patience", "9"]
@@ -86,7 +86,7 @@ def test_full_disk_at_save_keeps_previous_checkpoint(tiny_data, tmp_path, monkey
     cfg = resolve_config(dict(data=str(tiny_data), out=str(out), epochs=2, hidden_size=16, wordvec_size=8,
                               batch_size=64, tokenizer="char", examples=0))
     trainer = Trainer(cfg, log=lambda *a: None)
-    import attnseq.checkpoint as ckmod
+    import attnseq.run.checkpoint as ckmod
     real = ckmod.atomic_write_bytes
     calls = {"n": 0}
 
@@ -246,7 +246,7 @@ def test_fuzz_tokenizers(tokenizers, text):
 
 @pytest.fixture(scope="module")
 def translator(tiny_run):
-    from attnseq.inference import Translator
+    from attnseq.run.inference import Translator
     return Translator(str(tiny_run), max_input_len=64)
 
 

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnseq.checkpoint import load_checkpoint
-from attnseq.search import beam_search, beam_search_core, length_penalty
+from attnseq.run.checkpoint import load_checkpoint
+from attnseq.run.decoding import beam_search, beam_search_core, length_penalty
 
 BOS, EOS = 1, 2
 
@@ -90,8 +90,8 @@ def test_wide_beam_matches_exhaustive_search_under_length_penalty(seed, alpha):
 
 def test_k1_equals_greedy(tiny_run, tiny_data):
     ck = load_checkpoint(tiny_run)
-    from attnseq.batching import encode_pairs
-    from attnseq.io import read_tsv
+    from attnseq.data.batching import encode_pairs
+    from attnseq.data.io import read_tsv
     enc = encode_pairs(read_tsv(tiny_data / "test.tsv")[:64], ck.src_tok, ck.tgt_tok)
     src = enc.src[:, :int(enc.src_len.max())]
     g_ids, g_w = ck.model.generate(src)
@@ -104,8 +104,8 @@ def test_k1_equals_greedy(tiny_run, tiny_data):
 
 def test_results_do_not_depend_on_batch_size(tiny_run, tiny_data):
     ck = load_checkpoint(tiny_run)
-    from attnseq.batching import encode_pairs
-    from attnseq.io import read_tsv
+    from attnseq.data.batching import encode_pairs
+    from attnseq.data.io import read_tsv
     enc = encode_pairs(read_tsv(tiny_data / "test.tsv")[:12], ck.src_tok, ck.tgt_tok)
     src = enc.src[:, :int(enc.src_len.max())]
     together = beam_search(ck.model, src, beam_size=4, alpha=0.6, n_best=3)
@@ -127,9 +127,9 @@ def test_n_best_is_sorted_and_bounded():
 @pytest.mark.parametrize("threads", [1, 2])
 def test_beam_decode_matches_beam_search_row_by_row(tiny_run, tiny_data, threads):
     """Length-sorted batches over threads give each row what beam search gives it alone, in row order."""
-    from attnseq.batching import encode_pairs
-    from attnseq.io import read_tsv
-    from attnseq.search import beam_decode
+    from attnseq.data.batching import encode_pairs
+    from attnseq.data.io import read_tsv
+    from attnseq.run.decoding import beam_decode
     ck = load_checkpoint(tiny_run)
     enc = encode_pairs(read_tsv(tiny_data / "test.tsv")[:23], ck.src_tok, ck.tgt_tok)
     found = beam_decode(ck.model, enc.src, enc.src_len, beam_size=3, alpha=0.6, max_len=14, n_best=2,

@@ -4,12 +4,12 @@ import json
 import pytest
 
 from attnseq.cli import main
-from attnseq.evaluate import bleu_chrf
+from attnseq.run.evaluation import bleu_chrf
 from attnseq.plotting import readable, romanize_hangul
-from attnseq.tokenizers import SentencePieceTokenizer, load_tokenizer
-from attnseq.toy_translation import (MAX_TRAIN_WORDS, INTRANSITIVE, MOTION, TRANSITIVE, Verb, has_batchim,
+from attnseq.data.tokenizers import SentencePieceTokenizer, load_tokenizer
+from attnseq.data.toy_translation import (MAX_TRAIN_WORDS, INTRANSITIVE, MOTION, TRANSITIVE, Verb, has_batchim,
                                      make_splits, particle)
-from attnseq.training import shipped_dir
+from attnseq.data.corpus import shipped_dir
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,7 @@ def test_shared_vocabulary(user_corpus, tmp_path):
                  "--wordvec-size", "8", "--no-plot", "--examples", "0"]) == 0
     best = run / "best"
     assert (best / "src_vocab.spm.model").read_bytes() == (best / "tgt_vocab.spm.model").read_bytes()
-    from attnseq.checkpoint import load_checkpoint
+    from attnseq.run.checkpoint import load_checkpoint
     ck = load_checkpoint(run)
     assert ck.model.config["src_vocab_size"] == ck.model.config["tgt_vocab_size"] == ck.src_tok.vocab_size
     assert ck.src_tok.encode("고양이") == ck.tgt_tok.encode("고양이")

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import to_numpy
-from .batching import Encoded, batch_order, take
-from .layers import SoftmaxCrossEntropy
-from .model import AttentionSeq2seq
+from ..nn.backend import to_numpy
+from ..data.batching import Encoded, batch_order, take
+from ..nn.layers import SoftmaxCrossEntropy
+from ..nn.model import AttentionSeq2seq
 from .parallel import map_batches
-from .tokenizers import EOS_ID, PAD_ID, Tokenizer
+from ..data.tokenizers import EOS_ID, PAD_ID, Tokenizer
 
 # Rows per decoding batch (per thread on a CPU): speed is flat from here up, memory is not.
 EVAL_BATCH_SIZE = 128

@@ -9,7 +9,7 @@ from .decoders import AttentionDecoder
 from .encoders import Encoder
 from .layers import INIT_SCHEMES, SoftmaxCrossEntropy
 from .module import Module
-from .tokenizers import BOS_ID, EOS_ID, PAD_ID
+from ..data.tokenizers import BOS_ID, EOS_ID, PAD_ID
 
 
 class AttentionSeq2seq(Module):

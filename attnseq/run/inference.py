@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .batching import encode_pairs, encode_sources, pad_rows
+from ..data.batching import encode_pairs, encode_sources, pad_rows
 from .checkpoint import load_checkpoint
-from .evaluate import EVAL_BATCH_SIZE, evaluate, greedy_decode
-from .io import atomic_write_text, read_lines, read_pairs, split_lines
-from .search import beam_decode
-from .tokenizers import UNK_ID
+from .evaluation import EVAL_BATCH_SIZE, evaluate, greedy_decode
+from ..data.io import atomic_write_text, read_lines, read_pairs, split_lines
+from .decoding import beam_decode
+from ..data.tokenizers import UNK_ID
 
 DEFAULT_MAX_INPUT = 200
 

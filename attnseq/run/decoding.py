@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .attention import mask_bias
-from .backend import get_array_module, to_numpy
-from .batching import batch_order
-from .evaluate import EVAL_BATCH_SIZE
+from ..nn.attention import mask_bias
+from ..nn.backend import get_array_module, to_numpy
+from ..data.batching import batch_order
+from .evaluation import EVAL_BATCH_SIZE
 from .parallel import map_batches
 
 

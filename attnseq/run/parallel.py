@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
-from .layers import Dropout
+from ..nn.layers import Dropout
 
 MIN_ROWS_PER_THREAD = 32        # below this the matmuls get too thin to pay for a thread
 

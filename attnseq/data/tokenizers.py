@@ -15,7 +15,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from .errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError
 from .io import atomic_write_bytes, atomic_write_text
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"

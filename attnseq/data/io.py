@@ -20,7 +20,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import DataError
+from ..errors import DataError
 
 
 def split_lines(text: str) -> list[str]:

@@ -10,7 +10,7 @@ import functools
 
 import numpy as np
 
-from .errors import DeviceError
+from ..errors import DeviceError
 
 
 @functools.lru_cache(maxsize=None)

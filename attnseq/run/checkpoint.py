@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from . import faults
-from .backend import to_numpy
-from .errors import CheckpointError
-from .io import atomic_write_bytes, atomic_write_text
-from .model import AttentionSeq2seq
-from .tokenizers import Tokenizer, load_tokenizer
+from ..nn.backend import to_numpy
+from ..errors import CheckpointError
+from ..data.io import atomic_write_bytes, atomic_write_text
+from ..nn.model import AttentionSeq2seq
+from ..data.tokenizers import Tokenizer, load_tokenizer
 
 FORMAT_VERSION = 1
 
