@@ -4,7 +4,8 @@ from .nn.backend import get_array_module, gpu_available, to_device, to_numpy
 from .nn.decoders import AttentionDecoder
 from .nn.encoders import Encoder
 from .errors import AttnseqError, CheckpointError, ConfigError, DataError, DeviceError, NonFiniteError
-from .nn.layers import LSTM, Dropout, Embedding, Linear, SoftmaxCrossEntropy
+from .nn.layers import Dropout, Embedding, Linear, SoftmaxCrossEntropy
+from .nn.lstm import LSTM
 from .nn.model import AttentionSeq2seq
 from .nn.module import Module
 from .plotting import plot_attention

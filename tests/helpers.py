@@ -25,19 +25,6 @@ def rel_error(analytic, numeric) -> float:
     return float(np.linalg.norm(a - n) / denom)
 
 
-def weighted_loss(out, R):
-    """A scalar loss sum(out * R) whose gradient w.r.t. out is R."""
-    return float((out * R).sum())
-
-
 def random_like(xp, shape, seed=0):
     return xp.asarray(np.random.default_rng(seed).standard_normal(shape))
 
-
-WORST = {"rel_error": 0.0, "where": ""}
-
-
-def record(where: str, err: float) -> float:
-    if err > WORST["rel_error"]:
-        WORST.update(rel_error=err, where=where)
-    return err

@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 
 from attnseq import Adam, AttentionDecoder, AttentionSeq2seq, ClipGradNorm, DeviceError, Encoder
+from attnseq.nn.attention import mask_bias
+from attnseq.nn.backend import to_numpy
 from attnseq.nn.model import BOS_ID, EOS_ID
 
 
@@ -27,6 +29,7 @@ def exact_match(pred, tgt):
     return ok / len(pred)
 
 
+@pytest.mark.slow
 def test_learns_to_reverse_held_out():
     rng = np.random.default_rng(0)
     src, tgt = reverse_task(rng, 4000)
@@ -155,3 +158,49 @@ def test_module_helpers():
     expected = 14 * 4 + 12 * 4 + 2 * (4 * 32 + 8 * 32 + 32) + 16 * 12 + 12
     assert model.num_parameters() == expected
     assert list(model.state_dict())[:3] == ["encoder.embed.W", "encoder.lstm.Wx", "encoder.lstm.Wh"]
+
+
+def decoder_case(xp, seed=0):
+    """A float64 AttentionDecoder in eval mode (its dropout off) and random encoder output,
+    hs (3, 4, H) with source lengths 4, 2, 1, and a start state."""
+    rng = np.random.default_rng(seed)
+    V, D, H, N, Ts = 9, 4, 5, 3, 4
+    dec = AttentionDecoder(V, D, H, rng=rng, dtype=np.float64, dropout=0.3).to("cpu" if xp is np else "gpu").eval()
+    hs = xp.asarray(rng.standard_normal((N, Ts, H)))
+    state = (xp.asarray(rng.standard_normal((N, H))), xp.asarray(rng.standard_normal((N, H))))
+    mask = xp.asarray(np.arange(Ts)[None, :] < np.array([4, 2, 1])[:, None])
+    return dec, hs, state, mask, rng
+
+
+@pytest.mark.parametrize("with_table", [True, False])
+def test_decoder_step_reproduces_teacher_forcing(xp, with_table):
+    """Fed the teacher-forced tokens one at a time, step gives forward's logits and attention weights."""
+    dec, hs, state, mask, rng = decoder_case(xp)
+    tgt_in = xp.asarray(rng.integers(0, dec.vocab_size, (hs.shape[0], 6)))
+    logits = to_numpy(dec.forward(tgt_in, hs, state, mask))        # (N, To, V)
+    weights = to_numpy(dec.attention_weights)                       # (N, To, Ts)
+    bias = mask_bias(mask, hs.dtype)
+    table = dec.input_table() if with_table else None
+    for t in range(tgt_in.shape[1]):
+        step_logits, state, a = dec.step(tgt_in[:, t], state, hs, bias, table)
+        np.testing.assert_allclose(to_numpy(step_logits), logits[:, t], rtol=1e-10, atol=1e-12, err_msg=f"t={t}")
+        np.testing.assert_allclose(to_numpy(a), weights[:, t], rtol=1e-10, atol=1e-12, err_msg=f"t={t}")
+        assert float(abs(a[~mask]).max()) == 0.0                    # padding gets weight exactly 0
+
+
+def test_generate_agrees_with_teacher_forcing_on_its_own_output(xp):
+    """Greedy ids are the argmax of forward's logits when forward reads [bos, ids...] (up to eos)."""
+    dec, hs, state, mask, _ = decoder_case(xp, seed=1)
+    bos = 1
+    free = to_numpy(dec.generate(hs, state, mask, bos, -1, max_len=7)[0])   # no eos: runs to max_len
+    eos = int(free[0, 1])                                           # so row 0 ends by its second token
+    ids, weights = dec.generate(hs, state, mask, bos, eos, max_len=7)
+    ids, weights = to_numpy(ids), to_numpy(weights)
+    tgt_in = np.concatenate([np.full((len(ids), 1), bos), ids[:, :-1]], axis=1)
+    logits = to_numpy(dec.forward(xp.asarray(tgt_in), hs, state, mask))
+    forced = to_numpy(dec.attention_weights)
+    for n, row in enumerate(ids):
+        L = list(row).index(eos) + 1 if eos in row else len(row)   # positions up to and including eos
+        np.testing.assert_array_equal(logits[n, :L].argmax(-1), row[:L])
+        np.testing.assert_allclose(weights[n, :L], forced[n, :L], rtol=1e-10, atol=1e-12)
+        assert not weights[n, L:].any()                             # zeros after eos

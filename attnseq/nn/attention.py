@@ -5,8 +5,12 @@ then a softmax over source positions with padding masked out (weight exactly 0).
 ``WeightedSum``: the context vector, the weighted sum of the encoder states.
 Both run over all decoder steps at once with batched matmul.
 
+Each piece's ``apply`` is its computation without a cache: ``forward`` (teacher
+forcing, all To steps) and the decoder's ``step`` (one step, To = 1) both use it.
+
 Shapes: hs (N, Ts, H) encoder states, hd (N, To, H) decoder states,
-a (N, To, Ts) weights, mask (N, Ts) True at real source tokens.
+a (N, To, Ts) weights, mask (N, Ts) True at real source tokens,
+bias (N, 1, Ts) from ``mask_bias``: the mask as it enters the softmax.
 """
 from __future__ import annotations
 
@@ -34,16 +38,20 @@ def masked_softmax(scores, bias):
 
 
 class AttentionWeights(Module):
-    """hd (N, To, H), hs (N, Ts, H), mask (N, Ts) -> a (N, To, Ts), rows summing to 1."""
+    """hd (N, To, H), hs (N, Ts, H), mask (N, Ts) -> a (N, To, Ts), rows summing to 1, 0 at padding."""
 
     def __init__(self):
         super().__init__()
         self.cache = None
 
+    @staticmethod
+    def apply(hd, hs, bias=None):
+        """Scores hd . hs, then the masked softmax over Ts; bias (N, 1, Ts) or None. No cache."""
+        scores = get_array_module(hd).matmul(hd, hs.transpose(0, 2, 1))   # (N, To, Ts)
+        return masked_softmax(scores, bias)
+
     def forward(self, hd, hs, mask=None):
-        xp = get_array_module(hd)
-        scores = xp.matmul(hd, hs.transpose(0, 2, 1))               # (N, To, Ts)
-        a = masked_softmax(scores, None if mask is None else mask_bias(mask, hd.dtype))
+        a = self.apply(hd, hs, None if mask is None else mask_bias(mask, hd.dtype))
         self.cache = (hd, hs, a)
         return a
 
@@ -65,9 +73,14 @@ class WeightedSum(Module):
         super().__init__()
         self.cache = None
 
+    @staticmethod
+    def apply(hs, a):
+        """The context a @ hs (N, To, H). No cache."""
+        return get_array_module(hs).matmul(a, hs)
+
     def forward(self, hs, a):
         self.cache = (hs, a)
-        return get_array_module(hs).matmul(a, hs)
+        return self.apply(hs, a)
 
     def backward(self, dc):
         """dc (N, To, H) -> dhs (N, Ts, H), da (N, To, Ts)."""
@@ -84,6 +97,12 @@ class Attention(Module):
         self.add_module("weight", AttentionWeights())
         self.add_module("wsum", WeightedSum())
         self.weights = None
+
+    def apply(self, hd, hs, bias=None):
+        """hd (N, To, H), hs (N, Ts, H), bias (N, 1, Ts) or None -> context (N, To, H), a (N, To, Ts).
+        No cache, no ``weights`` kept: for decoding step by step."""
+        a = self.weight.apply(hd, hs, bias)
+        return self.wsum.apply(hs, a), a
 
     def forward(self, hd, hs, mask=None):
         """-> context (N, To, H)."""

@@ -3,19 +3,28 @@
 An LSTM started from the encoder's final state; for every decoder state h_t,
 dot-product attention over the encoder states ``hs`` (padding masked) gives a
 context c_t; [c_t, h_t] goes through a linear layer to vocabulary logits.
+
+``forward`` does this for all To steps at once (teacher forcing, with caches for
+``backward``); ``step`` does one step for decoding through the same layers'
+cache-free pieces (``LSTM.step``, ``Attention.apply``, ``Linear.apply``).
+Shapes: N batch, Ts source length, To target length, H hidden size, V vocabulary.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .attention import Attention, mask_bias, masked_softmax
+from .attention import Attention, mask_bias
 from .backend import get_array_module
-from .layers import LSTM, Dropout, Embedding, Linear
+from .layers import Dropout, Embedding, Linear
+from .lstm import LSTM
 from .module import Module
 
 
 class AttentionDecoder(Module):
-    """forward(tgt_in (N, To), hs (N, Ts, H), state (h, c), src_mask (N, Ts)) -> logits (N, To, V)."""
+    """forward(tgt_in (N, To), hs (N, Ts, H), state (h, c), src_mask (N, Ts)) -> logits (N, To, V).
+
+    src_mask is True at real source tokens; attention gives padding weight 0.
+    """
 
     def __init__(self, vocab_size: int, wordvec_size: int, hidden_size: int, *,
                  rng: np.random.Generator, init: str = "xavier", dtype=np.float32, dropout: float = 0.0):
@@ -56,10 +65,9 @@ class AttentionDecoder(Module):
 
     # -- decoding ------------------------------------------------------------
     def input_table(self):
-        """(V, 4H): every token's embedding already projected by the LSTM's Wx, plus b."""
-        W, = self.embed.params
-        Wx, _, b = self.lstm.params
-        return W @ Wx + b
+        """(V, 4H): every token's embedding already projected by the LSTM (x @ Wx + b)."""
+        W, = self.embed.params                                      # (V, D): row v embeds token v
+        return self.lstm.project(W)
 
     def step(self, tokens, state, hs, bias, table=None):
         """One decoding step, no cache.
@@ -71,11 +79,8 @@ class AttentionDecoder(Module):
         xp = get_array_module(hs)
         table = self.input_table() if table is None else table
         h, c = self.lstm.step(table[tokens], *state)                # (N, H)
-        scores = xp.matmul(hs, h[:, :, None]).transpose(0, 2, 1)    # (N, 1, Ts)
-        a = masked_softmax(scores, bias)
-        context = xp.matmul(a, hs)[:, 0]                            # (N, H)
-        Wo, bo = self.out.params
-        logits = xp.concatenate([context, h], axis=1) @ Wo + bo     # (N, V)
+        context, a = self.attention.apply(h[:, None], hs, bias)     # (N, 1, H), (N, 1, Ts)
+        logits = self.out.apply(xp.concatenate([context[:, 0], h], axis=1))   # (N, V)
         return logits, (h, c), a[:, 0]
 
     def generate(self, hs, state, src_mask, bos_id: int, eos_id: int, max_len: int, pad_id: int = 0):

@@ -1,9 +1,10 @@
-"""The LSTM encoder: token ids -> all hidden states and the final state."""
+"""The LSTM encoder: token ids (N, Ts) -> all hidden states hs (N, Ts, H) and the final state (h, c) (N, H)."""
 from __future__ import annotations
 
 import numpy as np
 
-from .layers import LSTM, Dropout, Embedding
+from .layers import Dropout, Embedding
+from .lstm import LSTM
 from .module import Module
 
 

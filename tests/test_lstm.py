@@ -1,0 +1,168 @@
+"""The fast LSTM against the reference cell (the book's LSTM, one step), float64.
+
+``reference_forward``/``reference_backward`` are plain loops over
+``lstm_cell_reference``/``lstm_cell_reference_backward``: fresh arrays every step,
+the weight products one step at a time. The fast ``forward``, ``backward`` and
+``step`` must equal them to ~1e-10, with and without padding, for N = 1 and for
+H not a multiple of 8.
+"""
+import numpy as np
+import pytest
+from helpers import numerical_grad, random_like, rel_error
+
+from attnseq import LSTM
+from attnseq.nn.backend import get_array_module, to_numpy
+from attnseq.nn.lstm import lstm_cell_reference, lstm_cell_reference_backward, sigmoid
+
+T, D = 5, 4
+CASES = [  # N, H, lengths
+    (3, 5, None),
+    (3, 5, [5, 3, 1]),
+    (1, 3, None),
+    (1, 3, [2]),
+    (4, 8, [5, 5, 4, 2]),
+    (2, 11, [1, 4]),
+]
+
+
+def close(actual, desired, what=""):
+    np.testing.assert_allclose(to_numpy(actual), to_numpy(desired), rtol=1e-10, atol=1e-12, err_msg=what)
+
+
+def make(xp, N, H, seed=0):
+    """An LSTM in float64 on xp's device, inputs xs (N, T, D) and a start state (N, H)."""
+    lstm = LSTM(D, H, np.random.default_rng(seed), dtype=np.float64).to("cpu" if xp is np else "gpu")
+    lstm.params[2][...] = random_like(xp, (4 * H,), seed + 1)      # a random bias, not just the forget 1s
+    return lstm, random_like(xp, (N, T, D), seed + 2), random_like(xp, (N, H), seed + 3), random_like(xp, (N, H), seed + 4)
+
+
+def reference_forward(lstm, xs, h0, c0, lengths):
+    """-> hs (N, T, H), h_final, c_final, and each step's (x, h_prev, c_prev, c, gates) for the backward."""
+    xp = get_array_module(xs)
+    Wx, Wh, b = lstm.params
+    h, c, hs, cs, steps = h0, c0, [h0], [c0], []
+    for t in range(xs.shape[1]):
+        h_new, c_new, gates = lstm_cell_reference(xs[:, t] @ Wx + h @ Wh + b, c)
+        steps.append((xs[:, t], h, c, c_new, gates))
+        h, c = h_new, c_new
+        hs.append(h)
+        cs.append(c)
+    last = np.full(xs.shape[0], xs.shape[1]) if lengths is None else np.asarray(lengths)
+    rows = np.arange(xs.shape[0])
+    h_final = xp.stack([hs[last[n]][n] for n in rows])
+    c_final = xp.stack([cs[last[n]][n] for n in rows])
+    return xp.stack(hs[1:], axis=1), h_final, c_final, steps
+
+
+def reference_backward(lstm, steps, dhs, dh_final, dc_final, lengths):
+    """-> (dWx, dWh, db), dxs (N, T, D), dh0, dc0: the book's backward, step by step."""
+    xp = get_array_module(dhs)
+    Wx, Wh, b = lstm.params
+    N, T, _ = dhs.shape
+    dWx, dWh, db = xp.zeros_like(Wx), xp.zeros_like(Wh), xp.zeros_like(b)
+    dxs = xp.zeros((N, T, Wx.shape[0]))
+    dh, dc = xp.zeros_like(dh_final), xp.zeros_like(dc_final)
+    last = np.full(N, T - 1) if lengths is None else np.asarray(lengths) - 1
+    for t in reversed(range(T)):
+        ends = xp.asarray(last == t)[:, None]                       # rows whose final state is step t
+        dh = dh + dhs[:, t] + xp.where(ends, dh_final, 0.0)
+        dc = dc + xp.where(ends, dc_final, 0.0)
+        x, h_prev, c_prev, c, gates = steps[t]
+        da, dc = lstm_cell_reference_backward(dh, dc, c_prev, c, gates)
+        dWx += x.T @ da
+        dWh += h_prev.T @ da
+        db += da.sum(axis=0)
+        dxs[:, t] = da @ Wx.T
+        dh = da @ Wh.T
+    return (dWx, dWh, db), dxs, dh, dc
+
+
+@pytest.mark.parametrize("N, H, lengths", CASES)
+def test_forward_equals_reference(xp, N, H, lengths):
+    lstm, xs, h0, c0 = make(xp, N, H)
+    hs_ref, h_ref, c_ref, _ = reference_forward(lstm, xs, h0, c0, lengths)
+    for training in (True, False):                                  # buffers kept / fresh
+        lstm.train(training)
+        hs = lstm.forward(xs, h0, c0, None if lengths is None else xp.asarray(lengths))
+        close(hs, hs_ref, f"hs (training={training})")
+        close(lstm.h_final, h_ref, "h_final")
+        close(lstm.c_final, c_ref, "c_final")
+
+
+def test_forward_zero_start_state(xp):
+    lstm, xs, h0, _ = make(xp, 3, 5)
+    zeros = xp.zeros_like(h0)
+    close(lstm.forward(xs), reference_forward(lstm, xs, zeros, zeros, None)[0])
+
+
+@pytest.mark.parametrize("N, H, lengths", CASES)
+@pytest.mark.parametrize("final_grads", [True, False])
+def test_backward_equals_reference(xp, N, H, lengths, final_grads):
+    lstm, xs, h0, c0 = make(xp, N, H)
+    dhs = random_like(xp, (N, T, H), 10)                            # nonzero at padded steps too
+    dh_final, dc_final = random_like(xp, (N, H), 11), random_like(xp, (N, H), 12)
+    if not final_grads:
+        dh_final, dc_final = xp.zeros_like(dh_final), xp.zeros_like(dc_final)
+    _, _, _, steps = reference_forward(lstm, xs, h0, c0, lengths)
+    grads_ref, dxs_ref, dh0_ref, dc0_ref = reference_backward(lstm, steps, dhs, dh_final, dc_final, lengths)
+    lstm.forward(xs, h0, c0, None if lengths is None else xp.asarray(lengths))
+    if final_grads:
+        dxs, dh0, dc0 = lstm.backward(dhs, dh_final, dc_final)
+    else:
+        dxs, dh0, dc0 = lstm.backward(dhs)
+    for name, g, g_ref in zip(lstm.param_names, lstm.grads, grads_ref):
+        close(g, g_ref, f"d{name}")
+    close(dxs, dxs_ref, "dxs")
+    close(dh0, dh0_ref, "dh0")
+    close(dc0, dc0_ref, "dc0")
+
+
+@pytest.mark.parametrize("N, H", [(3, 5), (1, 3), (2, 11)])
+def test_step_equals_forward_at_every_position(xp, N, H):
+    lstm, xs, h0, c0 = make(xp, N, H)
+    hs_ref, _, _, steps = reference_forward(lstm, xs, h0, c0, None)
+    lstm.eval()
+    hs = lstm.forward(xs, h0, c0)
+    h, c = h0, c0
+    for t in range(T):
+        h, c = lstm.step(lstm.project(xs[:, t]), h, c)
+        close(h, hs[:, t], f"h at step {t}")
+        close(c, steps[t][3], f"c at step {t}")
+    close(hs, hs_ref, "forward")
+
+
+def test_reference_backward_matches_numerical_gradients():
+    """The oracle itself: the reference cell's backward against finite differences."""
+    N, H = 2, 3
+    a, c_prev = random_like(np, (N, 4 * H), 1), random_like(np, (N, H), 2)
+    Rh, Rc = random_like(np, (N, H), 3), random_like(np, (N, H), 4)
+
+    def loss():
+        h, c, _ = lstm_cell_reference(a, c_prev)
+        return (h * Rh).sum() + (c * Rc).sum()
+
+    _, c, gates = lstm_cell_reference(a, c_prev)
+    da, dc_prev = lstm_cell_reference_backward(Rh, Rc, c_prev, c, gates)
+    assert rel_error(da, numerical_grad(loss, a)) < 1e-8
+    assert rel_error(dc_prev, numerical_grad(loss, c_prev)) < 1e-8
+
+
+def test_gate_order_maps_from_the_book():
+    """The book's cell, gates [f, g, i, o], equals ours after taking its blocks in the order (2, 0, 3, 1)."""
+    N, H = 2, 3
+    a_book, c_prev = random_like(np, (N, 4 * H), 1), random_like(np, (N, H), 2)
+    f, g, i, o = (a_book[:, k * H:(k + 1) * H] for k in range(4))
+    f, g, i, o = sigmoid(f), np.tanh(g), sigmoid(i), sigmoid(o)   # the book's LSTM.forward
+    c_book = f * c_prev + g * i
+    h_book = o * np.tanh(c_book)
+    a_ours = np.concatenate([a_book[:, k * H:(k + 1) * H] for k in (2, 0, 3, 1)], axis=1)
+    h, c, _ = lstm_cell_reference(a_ours, c_prev)
+    np.testing.assert_allclose(h, h_book, rtol=1e-14)
+    np.testing.assert_allclose(c, c_book, rtol=1e-14)
+
+
+def test_forget_bias_starts_at_one_on_the_f_block():
+    H = 5
+    b = LSTM(D, H, np.random.default_rng(0)).params[2]
+    np.testing.assert_array_equal(b[H:2 * H], 1.0)
+    np.testing.assert_array_equal(np.delete(b, np.s_[H:2 * H]), 0.0)
