@@ -1,4 +1,4 @@
-"""``attnseq bench``: training and decoding speed, against this machine's own sgemm.
+"""Training and decoding speed, against this machine's own sgemm (``attnseq bench`` in ``cli``).
 
 The default workload is the classic date model (embedding 16, hidden 256, batch
 128) on the shipped date data with every batch padded to the longest source (29)
@@ -8,7 +8,6 @@ useful GFLOP/s over sgemm GFLOP/s) holds on a noisy machine.
 """
 from __future__ import annotations
 
-import json
 import resource
 import statistics
 import sys
@@ -16,13 +15,13 @@ import time
 
 import numpy as np
 
-from .nn.backend import check_device
 from .data.batching import encode_pairs, take
+from .data.tokenizers import CharTokenizer
+from .nn.backend import check_device
 from .nn.model import AttentionSeq2seq
 from .nn.optim import Adam, ClipGradNorm
+from .run.decoding import EVAL_BATCH_SIZE, beam_decode, greedy_decode
 from .run.parallel import for_training
-from .run.decoding import beam_decode
-from .data.tokenizers import CharTokenizer
 
 
 def _sync(xp):
@@ -112,9 +111,8 @@ def run_bench(device: str = "cpu", batch_size: int = 128, hidden_size: int = 256
     useful = flops / s_iter / 1e9
     sgemm = sgemm_gflops(batch_size, hidden_size, xp)
 
-    from .run.evaluation import EVAL_BATCH_SIZE, greedy_decode
     # decoding runs the target's length (10 characters + eos), where a trained model stops; the
-    # barely trained model here would otherwise run on to the 2 Ts + 10 cap
+    # barely trained model here would otherwise run on to the default_max_len cap (2 Ts + 10)
     steps = To1 - 1
     t_greedy = _median_time(lambda: greedy_decode(model, test.src, test.src_len, EVAL_BATCH_SIZE, max_len=steps), 3, xp)
     beam_src, beam_len = test.src[:n_beam], test.src_len[:n_beam]
@@ -158,23 +156,3 @@ def format_table(r: dict) -> str:
         rows.append(("peak device memory", f"{r['peak_device_mib']:.0f} MiB"))
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
-
-
-def run_bench_command(args) -> int:
-    r = run_bench(args.device, args.batch_size, args.hidden_size, args.wordvec_size, args.iters,
-                  padded=not args.bucketed, threads=args.threads)
-    print(json.dumps(r) if args.json else format_table(r))
-    return 0
-
-
-def add_bench_command(sub) -> None:
-    b = sub.add_parser("bench", help="measure training and decoding speed (classic date workload)")
-    b.add_argument("--device", default="cpu")
-    b.add_argument("--batch-size", type=int, default=128)
-    b.add_argument("--hidden-size", type=int, default=256)
-    b.add_argument("--wordvec-size", type=int, default=16)
-    b.add_argument("--iters", type=int, default=20, help="timed training iterations (after 3 warm-up)")
-    b.add_argument("--threads", type=int, default=0, help="CPU training threads (0: one per core, >= 32 rows each)")
-    b.add_argument("--bucketed", action="store_true", help="trim each batch to its own longest row instead")
-    b.add_argument("--json", action="store_true", help="one JSON line instead of a table")
-    b.set_defaults(func=run_bench_command)

@@ -13,15 +13,14 @@ import warnings
 from pathlib import Path
 
 from .errors import AttnseqError, ConfigError
-from .run.evaluation import EVAL_BATCH_SIZE
+from .run.decoding import EVAL_BATCH_SIZE
 
 TRAIN_HELP = """\
 Train an attention seq2seq model and save checkpoints in --out (best/ and last/),
 metrics in --out/metrics.jsonl, and an attention heatmap in --out/attention.png.
 
-Defaults (a built-in task may change some; see README):
-  epochs 10, batch-size 128, wordvec-size 16, hidden-size 256, optimizer adam,
-  lr 1e-3, clip 5, dropout 0, patience 3. date: epochs 6, lr 3e-3, bucket-jitter 8.
+Each flag's help ends with its default, then what a built-in task sets instead
+(date, addition, toy-en-ko; corpus: any other --data DIR or --train FILE).
 Every flag can also be set in --config FILE.toml, with the flag's name as key
 (batch_size = 64 or "batch-size" = 64); flags on the command line win.
 """
@@ -34,86 +33,17 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _switch(group, name: str, help: str) -> None:
-    """A --name/--no-name flag that is None unless given, so a config file or task default can decide."""
-    group.add_argument(name, action=argparse.BooleanOptionalAction, default=None, help=help)
-
-
 def _train_args(p: argparse.ArgumentParser) -> None:
-    a = p.add_argument
-    a("--config", metavar="FILE.toml", help="read options from a TOML file (flags given here override it)")
-    g = p.add_argument_group("data")
-    g.add_argument("--data", metavar="NAME|DIR", help="built-in dataset (date, addition, toy-en-ko) or a "
-                   "directory with train.tsv, valid.tsv and test.tsv")
-    g.add_argument("--train", metavar="FILE", help="training pairs: TSV or question_answer "
-                   "(or, with --source-lang/--target-lang, the prefix of FILE.SRC and FILE.TGT)")
-    g.add_argument("--valid", metavar="FILE", help="validation pairs (with --train; if left out, 5%% of "
-                   "--train, at most 2000 pairs, is held out)")
-    g.add_argument("--test", metavar="FILE", help="test pairs (optional)")
-    g.add_argument("--source-lang", metavar="EXT", help="aligned files: source suffix, e.g. en")
-    g.add_argument("--target-lang", metavar="EXT", help="aligned files: target suffix, e.g. fr")
-    _switch(g, "--swap-sides", help="train the reverse direction: targets become sources (e.g. Korean -> English)")
-    _switch(g, "--reverse-source", help="feed each source reversed (real tokens only); default off")
-    _switch(g, "--bucket", help="batch sources of similar length together; default on")
-    g.add_argument("--bucket-jitter", type=float, metavar="TOKENS",
-                   help="with --bucket, sort by length plus noise up to TOKENS, mixing nearby lengths (date: 8)")
-    g.add_argument("--tokenizer", choices=["char", "word", "sentencepiece"],
-                   help="default char for date and addition, sentencepiece for translation data")
-    g.add_argument("--vocab-size", type=int, metavar="N", help="word/sentencepiece vocabulary size (8000)")
-    _switch(g, "--shared-vocab", help="one vocabulary for both sides")
-    g.add_argument("--max-len", type=int, metavar="N", help="leave out training pairs longer than N tokens")
-    g = p.add_argument_group("model")
-    g.add_argument("--wordvec-size", type=int, metavar="D", help="embedding size (16)")
-    g.add_argument("--hidden-size", type=int, metavar="H", help="LSTM hidden size (256)")
-    g.add_argument("--dropout", type=float, metavar="P", help="dropout on embeddings and outputs (0)")
-    g.add_argument("--init", choices=["xavier", "he"], help="weight initialisation (xavier)")
-    g.add_argument("--dtype", choices=["float32", "float64"], help="float32 (default) or float64")
-    g = p.add_argument_group("training")
-    g.add_argument("--out", metavar="RUN_DIR", help="run directory (required)")
-    g.add_argument("--epochs", type=int, metavar="N")
-    g.add_argument("--batch-size", type=int, metavar="N")
-    g.add_argument("--optimizer", choices=["adam", "sgd", "momentum", "nesterov", "adagrad", "rmsprop"])
-    g.add_argument("--lr", type=float, metavar="LR")
-    g.add_argument("--clip", type=float, metavar="NORM", help="clip gradients to this global norm (5; 0 = off)")
-    g.add_argument("--weight-decay", type=float, metavar="W", help="L2 weight decay on weight matrices (0)")
-    g.add_argument("--lr-decay", type=float, metavar="G", help="multiply lr by G after every epoch (1 = off)")
-    g.add_argument("--patience", type=int, metavar="N", help="early stop after N epochs without a better "
-                   "valid exact match (3)")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--device", metavar="cpu|gpu[:N]", help="cpu (default) or gpu, gpu:1 ...")
-    g.add_argument("--threads", type=int, metavar="N", help="CPU: train on N row shards of each batch in N "
-                   "threads (0, the default: one per core, at least 32 rows each; 1: off)")
-    _switch(g, "--resume", help="continue the run in --out from last/")
-    _switch(g, "--quick", help="fewer epochs, for a first look (2 on date, else 3)")
-    _switch(g, "--skip-nonfinite", help="skip (and count) a batch whose loss or gradient is NaN/inf instead of stopping")
-    g.add_argument("--eval-batch-size", type=int, metavar="N", help=f"rows per decoding batch ({EVAL_BATCH_SIZE}; "
-                   "per thread on a CPU)")
-    g.add_argument("--examples", type=int, metavar="N", help="example outputs printed per epoch (3)")
-    g.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True,
-                   help="write RUN_DIR/attention.png at the end (default on)")
-
-
-def load_toml(path: str) -> dict:
-    import tomllib
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"--config {path}: not valid TOML ({e})") from None
-    return {k.replace("-", "_"): v for k, v in raw.items()}
+    from .run.config import add_flags
+    add_flags(p)
 
 
 def train_config(args: argparse.Namespace) -> dict:
-    from .run.training import DEFAULTS
-    cfg = {k: v for k, v in vars(args).items() if k in DEFAULTS}
+    """The train options given on the command line, over those of --config FILE.toml."""
+    from .run.config import from_args, read_toml
+    cfg = from_args(args)
     if args.config:
-        file_cfg = load_toml(args.config)
-        unknown = sorted(set(file_cfg) - set(DEFAULTS))
-        if unknown:
-            raise ConfigError(f"--config {args.config}: unknown key(s) {', '.join(unknown)}")
-        cfg = {**file_cfg, **{k: v for k, v in cfg.items() if v is not None}}
+        cfg = {**read_toml(args.config), **{k: v for k, v in cfg.items() if v is not None}}
     return cfg
 
 
@@ -121,10 +51,10 @@ def cmd_train(args) -> int:
     from .run.training import train
     result = train(train_config(args))
     if args.plot:
-        from .plotting import plot_texts
+        from .run.inference import Translator
         out = Path(result["run"]) / "attention.png"
         srcs, refs = zip(*result["examples"])
-        plot_texts(result["run"], list(srcs), out, refs=list(refs))
+        plot_translations(Translator(result["run"]), list(srcs), out, refs=list(refs))
         print(f"attention heatmap: {out}")
     return 0
 
@@ -149,8 +79,111 @@ def cmd_make_data(args) -> int:
 def cmd_plot_curves(args) -> int:
     from .plotting import plot_curves
     out = args.out or Path(args.run) / "curves.png"
-    plot_curves(args.run, out)
+    plot_curves(read_epochs(args.run), out, title=str(args.run))
     print(out)
+    return 0
+
+
+def read_epochs(run) -> list[dict]:
+    """The per-epoch rows of RUN/metrics.jsonl."""
+    path = Path(run) / "metrics.jsonl"
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (is {run} a run directory?)") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: malformed line ({e})") from None
+    rows = [r for r in rows if "epoch" in r]
+    if not rows:
+        raise ConfigError(f"{path}: no epochs recorded yet")
+    return rows
+
+
+def cmd_translate(args) -> int:
+    from .data.io import atomic_write_text, read_lines, split_lines
+    from .run.inference import Translator
+    tr = Translator(args.ckpt, args.device, args.max_input_len)
+    interactive = args.input is None and sys.stdin.isatty()
+    kw = dict(beam=args.beam, n_best=args.n_best, alpha=args.alpha, batch_size=args.batch_size, max_len=args.max_len)
+    if interactive:
+        print("attnseq translate: type a line, Ctrl-D to quit", file=sys.stderr)
+        lineno = 0
+        while True:
+            print("> ", end="", file=sys.stderr, flush=True)   # the prompt stays off stdout
+            line = sys.stdin.readline()
+            if not line:
+                print(file=sys.stderr)
+                return 0
+            line = line.rstrip("\r\n")
+            lineno += 1
+            _print_translations(tr.translate([line], first_line=lineno, **kw), args, sys.stdout)
+            sys.stdout.flush()
+    if args.input:
+        lines = read_lines(args.input, allow_empty=True)
+    else:
+        lines = split_lines(sys.stdin.read())
+    results = tr.translate(lines, **kw)
+    if args.output:
+        import io
+        buf = io.StringIO()
+        _print_translations(results, args, buf)
+        atomic_write_text(args.output, buf.getvalue())
+    else:
+        _print_translations(results, args, sys.stdout)
+    return 0
+
+
+def _print_translations(results, args, f) -> None:
+    from .run.inference import format_alignment
+    for r in results:
+        if args.n_best > 1:
+            f.write("\t".join(f"{text} ({score:.3f})" if score is not None else text for text, score in r.nbest) + "\n")
+        else:
+            f.write(r.text + "\n")
+        if args.show_attention:
+            print(format_alignment(r), file=sys.stderr)
+
+
+def cmd_plot_attention(args) -> int:
+    from .data.io import read_pairs
+    from .run.inference import Translator
+    texts, refs, tr = list(args.text or []), None, None
+    if args.data:
+        pairs = read_pairs(args.data)
+        if args.wrong_only:
+            tr = Translator(args.ckpt, args.device)
+            outs = tr.translate([s for s, _ in pairs])
+            pairs = [p for p, o in zip(pairs, outs) if o.text != p[1]]
+            if not pairs:
+                print(f"attnseq plot-attention: every example in {args.data} is right; nothing to plot")
+                return 0
+        pairs = pairs[:args.n]
+        texts += [s for s, _ in pairs]
+        refs = None if args.text else [t for _, t in pairs]
+    if not texts:
+        raise ConfigError("give --text \"...\" (repeatable) or --data FILE")
+    out = plot_translations(tr or Translator(args.ckpt, args.device), texts, args.out, refs, args.beam)
+    print(out)
+    return 0
+
+
+def plot_translations(tr, texts: list[str], out, refs: list[str] | None = None, beam: int = 1) -> Path:
+    """Translate texts with a ``Translator`` and save their attention heatmaps as one grid figure;
+    with refs, each title marks the output right (✓) or wrong (✗, with the wanted text)."""
+    from .plotting import plot_attention_grid, readable, save_figure
+    examples = []
+    for k, (text, r) in enumerate(zip(texts, tr.translate(texts, beam=beam))):
+        mark = "" if refs is None else "  ✓" if r.text == refs[k] else f"  ✗ (want {refs[k]})"
+        examples.append(dict(weights=r.weights, src_tokens=r.src_tokens, tgt_tokens=r.out_tokens,
+                             title=f"{readable(text)} → {readable(r.text)}{mark}"))
+    return save_figure(plot_attention_grid(examples), out)
+
+
+def cmd_bench(args) -> int:
+    from .bench import format_table, run_bench
+    r = run_bench(args.device, args.batch_size, args.hidden_size, args.wordvec_size, args.iters,
+                  padded=not args.bucketed, threads=args.threads)
+    print(json.dumps(r) if args.json else format_table(r))
     return 0
 
 
@@ -183,17 +216,44 @@ def build_parser() -> Parser:
     c.add_argument("run", metavar="RUN")
     c.add_argument("--out", metavar="FILE", help="default RUN/curves.png")
     c.set_defaults(func=cmd_plot_curves)
-    _add_later_commands(sub)
+
+    t = sub.add_parser("translate", help="translate lines from stdin, --input FILE or a terminal prompt")
+    t.add_argument("--ckpt", required=True, metavar="RUN", help="run dir (its best/) or checkpoint dir")
+    t.add_argument("--input", metavar="FILE", help="read lines from FILE (default stdin)")
+    t.add_argument("--output", metavar="FILE", help="write outputs to FILE (default stdout)")
+    t.add_argument("--beam", type=int, default=1, metavar="K", help="beam size (1 = greedy)")
+    t.add_argument("--n-best", type=int, default=1, metavar="N", help="print the N best, tab-separated, with scores")
+    t.add_argument("--alpha", type=float, default=0.0, help="GNMT length penalty alpha for beam search (0 = off)")
+    t.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, metavar="B")
+    t.add_argument("--max-len", type=int, metavar="N", help="longest output in tokens (default 2 * input + 10)")
+    t.add_argument("--max-input-len", type=int, metavar="N",
+                   help="longer inputs are truncated with a warning (default: the run's --max-len, else 200)")
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--show-attention", action="store_true", help="print a text alignment per line on stderr")
+    t.set_defaults(func=cmd_translate)
+
+    a = sub.add_parser("plot-attention", help="draw attention heatmaps for texts or examples from a data file")
+    a.add_argument("--ckpt", required=True, metavar="RUN")
+    a.add_argument("--text", action="append", metavar="TEXT", help="a source text (repeatable)")
+    a.add_argument("--data", metavar="FILE", help="take examples from a TSV/question_answer file")
+    a.add_argument("--n", type=int, default=6, help="how many examples from --data (6)")
+    a.add_argument("--wrong-only", action="store_true", help="only examples the model gets wrong")
+    a.add_argument("--out", required=True, metavar="FILE.png|.svg|.pdf")
+    a.add_argument("--beam", type=int, default=1)
+    a.add_argument("--device", default="cpu")
+    a.set_defaults(func=cmd_plot_attention)
+
+    b = sub.add_parser("bench", help="measure training and decoding speed (classic date workload)")
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--batch-size", type=int, default=128)
+    b.add_argument("--hidden-size", type=int, default=256)
+    b.add_argument("--wordvec-size", type=int, default=16)
+    b.add_argument("--iters", type=int, default=20, help="timed training iterations (after 3 warm-up)")
+    b.add_argument("--threads", type=int, default=0, help="CPU training threads (0: one per core, >= 32 rows each)")
+    b.add_argument("--bucketed", action="store_true", help="trim each batch to its own longest row instead")
+    b.add_argument("--json", action="store_true", help="one JSON line instead of a table")
+    b.set_defaults(func=cmd_bench)
     return p
-
-
-def _add_later_commands(sub) -> None:
-    """translate, plot-attention and bench define their own flags, beside their code."""
-    from . import bench, plotting
-    from .run import inference
-    inference.add_translate_command(sub)
-    plotting.add_plot_attention_command(sub)
-    bench.add_bench_command(sub)
 
 
 def main(argv=None) -> int:

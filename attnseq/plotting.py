@@ -1,5 +1,7 @@
 """Attention heatmaps and learning curves, drawn with matplotlib's Agg backend into files.
 
+Everything here draws from arrays, tokens and metric rows it is given; loading a
+checkpoint, translating or reading a run's files is the caller's part (``cli``).
 ``plot_attention(weights, src_tokens, tgt_tokens, ax=None)`` is the notebook
 API; ``attnseq plot-attention`` and the end of ``attnseq train`` use the grid
 version. Nothing opens a window.
@@ -7,14 +9,13 @@ version. Nothing opens a window.
 from __future__ import annotations
 
 import io
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from .data.io import atomic_write_bytes
 from .errors import ConfigError
-from .data.io import atomic_write_bytes, read_pairs
 
 ANNOTATE_MAX_CELLS = 160
 
@@ -136,36 +137,10 @@ def save_figure(fig, out: str | Path) -> Path:
     return out
 
 
-def examples_from_translations(texts, translations, refs=None) -> list[dict]:
-    out = []
-    for k, (text, tr) in enumerate(zip(texts, translations)):
-        mark = ""
-        if refs is not None:
-            mark = "  ✓" if tr.text == refs[k] else f"  ✗ (want {refs[k]})"
-        out.append(dict(weights=tr.weights, src_tokens=tr.src_tokens, tgt_tokens=tr.out_tokens,
-                        title=f"{readable(text)} → {readable(tr.text)}{mark}"))
-    return out
-
-
-def plot_texts(ckpt, texts: list[str], out, refs=None, device: str = "cpu", beam: int = 1) -> Path:
-    from .run.inference import Translator
-    tr = Translator(ckpt, device)
-    results = tr.translate(texts, beam=beam)
-    return save_figure(plot_attention_grid(examples_from_translations(texts, results, refs)), out)
-
-
-def plot_curves(run, out) -> Path:
-    """Loss and accuracy per epoch from RUN/metrics.jsonl."""
-    path = Path(run) / "metrics.jsonl"
-    try:
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file (is {run} a run directory?)") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: malformed line ({e})") from None
-    rows = [r for r in rows if "epoch" in r]
+def plot_curves(rows: list[dict], out, title: str = "") -> Path:
+    """Loss and accuracy per epoch from metric rows (one dict per epoch, as in RUN/metrics.jsonl)."""
     if not rows:
-        raise ConfigError(f"{path}: no epochs recorded yet")
+        raise ValueError("no epochs to plot")
     plt = _plt()
     ep = [r["epoch"] for r in rows]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -184,41 +159,6 @@ def plot_curves(run, out) -> Path:
     a2.set_xlabel("epoch")
     a2.set_ylabel("%")
     a2.legend()
-    fig.suptitle(str(run))
+    fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, out)
-
-
-def run_plot_attention(args) -> int:
-    texts, refs = list(args.text or []), None
-    if args.data:
-        pairs = read_pairs(args.data)
-        if args.wrong_only:
-            from .run.inference import Translator
-            tr = Translator(args.ckpt, args.device)
-            outs = tr.translate([s for s, _ in pairs])
-            pairs = [p for p, o in zip(pairs, outs) if o.text != p[1]]
-            if not pairs:
-                print(f"attnseq plot-attention: every example in {args.data} is right; nothing to plot")
-                return 0
-        pairs = pairs[:args.n]
-        texts += [s for s, _ in pairs]
-        refs = [None] * len(args.text or []) + [t for _, t in pairs] if not args.text else None
-    if not texts:
-        raise ConfigError("give --text \"...\" (repeatable) or --data FILE")
-    out = plot_texts(args.ckpt, texts, args.out, refs, args.device, args.beam)
-    print(out)
-    return 0
-
-
-def add_plot_attention_command(sub) -> None:
-    p = sub.add_parser("plot-attention", help="draw attention heatmaps for texts or examples from a data file")
-    p.add_argument("--ckpt", required=True, metavar="RUN")
-    p.add_argument("--text", action="append", metavar="TEXT", help="a source text (repeatable)")
-    p.add_argument("--data", metavar="FILE", help="take examples from a TSV/question_answer file")
-    p.add_argument("--n", type=int, default=6, help="how many examples from --data (6)")
-    p.add_argument("--wrong-only", action="store_true", help="only examples the model gets wrong")
-    p.add_argument("--out", required=True, metavar="FILE.png|.svg|.pdf")
-    p.add_argument("--beam", type=int, default=1)
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=run_plot_attention)

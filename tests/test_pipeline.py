@@ -10,7 +10,8 @@ from conftest import TINY
 from attnseq.run.checkpoint import load_checkpoint, save_checkpoint
 from attnseq.cli import main
 from attnseq.errors import CheckpointError, NonFiniteError
-from attnseq.run.training import Trainer, resolve_config
+from attnseq.run.config import resolve_config
+from attnseq.run.training import Trainer
 
 
 def test_train_writes_run_dir(tiny_run):

@@ -20,7 +20,8 @@ from attnseq.cli import main
 from attnseq.errors import CheckpointError, DataError, NonFiniteError
 from attnseq.data.io import read_aligned, read_pairs, read_question_answer, read_tsv
 from attnseq.data.tokenizers import CharTokenizer, SentencePieceTokenizer, WordTokenizer
-from attnseq.run.training import Trainer, resolve_config
+from attnseq.run.config import resolve_config
+from attnseq.run.training import Trainer
 
 KILL_ARGS = ["--tokenizer", "char", "--epochs", "12", "--hidden-size", "16", "--wordvec-size", "8",
              "--batch-size", "64", "--lr", "0.01", "--dropout", "0.1", "--no-plot", "--examples", "0", "--patience", "9"]
@@ -45,6 +46,7 @@ def _metrics(run):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
+@pytest.mark.slow
 def test_sigkill_at_many_points_then_resume_matches_uninterrupted(tiny_data, tmp_path):
     ref = tmp_path / "ref"
     p = _train_proc(tiny_data, ref)

@@ -86,6 +86,7 @@ def test_wide_beam_matches_exhaustive_search_under_length_penalty(seed, alpha):
     hyp = run_core(table, k=27, alpha=alpha, max_len=max_len)[0]
     want_score, want_ids = exhaustive_best(table, alpha, max_len)
     assert hyp.score == pytest.approx(want_score, rel=1e-9)
+    assert hyp.ids == want_ids
 
 
 def test_k1_equals_greedy(tiny_run, tiny_data):

@@ -148,6 +148,7 @@ def test_aligned_files_through_the_cli(tmp_path, toy):
                  "--out", str(tmp_path / "r2"), "--no-plot"]) == 1
 
 
+@pytest.mark.slow
 def test_train_on_user_corpus_reaches_bleu_well_above_chance(user_corpus, tmp_path, capsys):
     run = tmp_path / "kor"
     assert main(["train", "--train", str(user_corpus / "kor.txt"), "--valid", str(user_corpus / "valid.txt"),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import get_array_module, to_numpy
+from .backend import get_array_module
 from .checks import check_ids, check_mask
 from .decoders import AttentionDecoder
 from .encoders import Encoder
@@ -97,14 +97,8 @@ class AttentionSeq2seq(Module):
     def generate(self, src, max_len: int | None = None):
         """Greedy decoding: src (N, Ts) -> ids (N, L), attention weights (N, L, Ts), on the host.
 
-        ids hold ``pad_id`` after each row's eos. ``max_len`` defaults to 2 * Ts + 10.
+        ids hold ``pad_id`` after each row's eos. ``max_len`` defaults to
+        ``attnseq.run.decoding.default_max_len(Ts)``; the search itself is ``greedy_batch`` there.
         """
-        max_len = max_len or 2 * src.shape[1] + 10
-        was_training = self.training
-        self.eval()                                                 # no dropout, no backward caches
-        try:
-            hs, state, mask = self.encode(src)
-            ids, weights = self.decoder.generate(hs, state, mask, self.bos_id, self.eos_id, max_len, self.pad_id)
-        finally:
-            self.train(was_training)
-        return to_numpy(ids), to_numpy(weights)
+        from ..run.decoding import greedy_batch                     # here, not at the top: run/ imports nn/
+        return greedy_batch(self, src, max_len)

@@ -8,6 +8,7 @@ a path such as ``decoder.lstm.Wh``: the key used in checkpoint ``.npz`` files.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import numpy as np
@@ -127,6 +128,17 @@ class Module:
 
     def eval(self) -> "Module":
         return self.train(False)
+
+    @contextlib.contextmanager
+    def eval_mode(self):
+        """``with model.eval_mode():`` the whole tree in eval mode (no dropout, fresh buffers), and on
+        leaving, also by an exception, back to the training flag this module had before."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield self
+        finally:
+            self.train(was_training)
 
     def num_parameters(self) -> int:
         return int(sum(p.size for p in self.parameters()))

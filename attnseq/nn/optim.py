@@ -227,3 +227,36 @@ class Adam(Optimizer):
 
 OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "nesterov": Nesterov,
               "adagrad": AdaGrad, "rmsprop": RMSProp, "adam": Adam}
+
+
+# -- building one for a run --------------------------------------------------------
+class NonFiniteGradient(FloatingPointError):
+    """Raised by ``FiniteGuard`` before any parameter changes; ``args[0]`` is the norm (nan or inf)."""
+
+
+class FiniteGuard:
+    """Optimizer hook, run last: stops the update when the global gradient norm is NaN or inf.
+
+    It reuses the norm ``clip`` just computed (or computes it when there is no clipping), so the
+    check costs one host synchronisation per step and no extra pass over the gradients.
+    """
+
+    def __init__(self, clip: ClipGradNorm | None = None):
+        self.clip = clip
+
+    def __call__(self, params, grads):
+        norm = self.clip.last_norm if self.clip is not None else global_norm(grads)
+        if not math.isfinite(float(norm)):
+            raise NonFiniteGradient(float(norm))
+
+
+def build_optimizer(name: str, model: Module, lr: float, clip: float = 0.0, weight_decay: float = 0.0) -> Optimizer:
+    """``OPTIMIZERS[name]`` on ``model`` with its hooks, in order: weight decay (when > 0), clipping
+    to global norm ``clip`` (when > 0), then ``FiniteGuard``. A NaN/inf gradient makes ``step()``
+    raise ``NonFiniteGradient`` with every parameter untouched."""
+    hooks = [WeightDecay(weight_decay)] if weight_decay else []
+    clipper = ClipGradNorm(clip) if clip and clip > 0 else None
+    if clipper is not None:
+        hooks.append(clipper)
+    hooks.append(FiniteGuard(clipper))
+    return OPTIMIZERS[name](model, lr=lr, hooks=hooks)

@@ -12,6 +12,9 @@ Arrays load with ``allow_pickle=False``; names, shapes and dtypes are checked
 against the model the config describes, and the vocabularies against the
 embedding sizes. A directory is written complete under a temporary name and
 then swapped in by rename, so ``best/`` and ``last/`` are never half-written.
+
+A run directory (``RunDir``) holds ``best/``, ``last/``, ``metrics.jsonl`` and ``result.json``;
+the trainer reaches all of them through it.
 """
 from __future__ import annotations
 
@@ -20,14 +23,14 @@ import json
 import os
 import shutil
 import zipfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import faults
 from ..nn.backend import to_numpy
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..data.io import atomic_write_bytes, atomic_write_text
 from ..nn.model import AttentionSeq2seq
 from ..data.tokenizers import Tokenizer, load_tokenizer
@@ -174,7 +177,11 @@ def load_checkpoint(path: str | Path, device: str = "cpu", with_optimizer: bool 
                     prefer: str = "best") -> Checkpoint:
     """Load and verify a checkpoint (or a run dir's best/). Raises CheckpointError naming the problem."""
     ckpt = resolve(path, prefer)
-    config = _read_json(ckpt / "config.json")
+    return _load(ckpt, load_checkpoint_config(ckpt), device, with_optimizer)
+
+
+def _load(ckpt: Path, config: dict, device: str, with_optimizer: bool) -> Checkpoint:
+    """The checkpoint in directory ``ckpt`` whose config.json, already parsed, is ``config``."""
     if config.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{ckpt / 'config.json'}: format_version {config.get('format_version')!r}, "
                               f"this attnseq reads {FORMAT_VERSION}")
@@ -198,3 +205,157 @@ def load_checkpoint(path: str | Path, device: str = "cpu", with_optimizer: bool 
     if device != "cpu":
         model.to(device)
     return Checkpoint(model, src_tok, tgt_tok, config, state, optimizer, ckpt)
+
+
+# -- a run directory -------------------------------------------------------------------------------
+@dataclass
+class TrainState:
+    """state.json: where a run stands after an epoch.
+
+    ``best`` is [valid exact match, -valid loss] of best/ (compared as a list: exact match first);
+    ``rng`` and ``dropout_rng`` are the bit generator states of the batch order and of dropout.
+    """
+    epoch: int
+    step: int
+    best: list
+    bad_epochs: int
+    nonfinite_skipped: int
+    rng: dict
+    dropout_rng: dict
+
+    @classmethod
+    def from_json(cls, st: dict, path: Path) -> "TrainState":
+        """Checked field by field; a missing or malformed one is a CheckpointError naming it."""
+        values = {}
+        for name, parse in _STATE_FIELDS.items():
+            if name not in st and name not in _STATE_OPTIONAL:
+                raise CheckpointError(f"{path}: missing or malformed field {name!r} (not there); "
+                                      "cannot resume from it")
+            try:
+                values[name] = parse(st.get(name, _STATE_OPTIONAL.get(name)))
+            except (TypeError, ValueError) as e:
+                raise CheckpointError(f"{path}: missing or malformed field {name!r} ({e}); "
+                                      "cannot resume from it") from None
+        return cls(**values)
+
+
+def _score(value) -> list:
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(x, (int, float)) for x in value)):
+        raise ValueError(f"expected [exact match, -loss], got {value!r}")
+    return list(value)
+
+
+def _rng_state(value) -> dict:
+    np.random.PCG64().state = value         # what default_rng() takes, or TypeError/ValueError
+    return value
+
+
+_STATE_FIELDS = dict(epoch=int, step=int, best=_score, bad_epochs=int, nonfinite_skipped=int,
+                     rng=_rng_state, dropout_rng=_rng_state)
+_STATE_OPTIONAL = dict(nonfinite_skipped=0)     # absent from state.json written before it existed
+
+
+class RunDir:
+    """A run directory: ``best/`` and ``last/`` checkpoints, ``metrics.jsonl`` and ``result.json``.
+
+    Everything the trainer reads or writes there goes through here: ``prepare`` (refuse to
+    overwrite a run, check it can be written, remove temporaries a killed run left), the checkpoint
+    to resume from (``resume_config``, ``load_last``, ``restore``), ``save``, ``append_metrics``,
+    ``write_result`` and ``load_best``. A checkpoint swap cut short leaves only ``NAME.old``:
+    ``resolve`` reads it in ``NAME``'s place and the next ``save_checkpoint`` renames it back.
+    """
+    CHECKPOINTS = ("last", "best")
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._resume_from: Path | None = None
+        self._config: dict | None = None
+
+    def holds_run(self) -> bool:
+        return any((self.path / n / "config.json").exists()
+                   for name in self.CHECKPOINTS for n in (name, f"{name}.old"))
+
+    def prepare(self, resume: bool) -> bool:
+        """Create the directory and get it ready; True when it holds a checkpoint to resume from.
+
+        Without ``resume``, a directory that holds a run is refused (ConfigError); so is one that
+        cannot be written, before any training.
+        """
+        has_run = self.holds_run()
+        if has_run and not resume:
+            raise ConfigError(f"{self.path} already holds a run; pass --resume to continue it or choose another --out")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as e:
+            raise ConfigError(f"--out {self.path}: cannot write there ({e.strerror or e})") from None
+        self._remove_temporaries()
+        return has_run and resume
+
+    def _remove_temporaries(self) -> None:
+        """Checkpoints (``.NAME.tmp-PID/``) and files (``.NAME.XXXX.tmp``) that a killed run was writing."""
+        for stale in [*self.path.glob(".*.tmp-*"), *self.path.glob(".*.tmp")]:
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+    # -- resuming ------------------------------------------------------------------------
+    def resume_config(self) -> dict:
+        """config.json of the checkpoint a resume continues from (last/, else best/), read once."""
+        if self._config is None:
+            ckpt = resolve(self.path, prefer="last")
+            self._config = load_checkpoint_config(ckpt)
+            self._resume_from = ckpt
+        return self._config
+
+    def load_last(self, device: str = "cpu") -> Checkpoint:
+        """The checkpoint to resume from, verified, with its optimizer arrays (not yet checked: ``restore``)."""
+        config = self.resume_config()
+        return _load(self._resume_from, config, device, with_optimizer=True)
+
+    @staticmethod
+    def restore(ck: Checkpoint, optimizer) -> TrainState:
+        """Load ``ck``'s optimizer.npz into ``optimizer`` (names, shapes and dtypes checked against
+        ``optimizer.expected_arrays()``) and return its checked state.json."""
+        check_arrays(ck.path / "optimizer.npz", ck.optimizer, optimizer.expected_arrays())
+        optimizer.load_state_dict(ck.optimizer)
+        return TrainState.from_json(ck.state, ck.path / "state.json")
+
+    def load_best(self, device: str = "cpu") -> Checkpoint:
+        return load_checkpoint(self.path, device=device, prefer="best")
+
+    # -- writing ---------------------------------------------------------------------------
+    def save(self, model, optimizer, src_tok: Tokenizer, tgt_tok: Tokenizer, train_config: dict,
+             state: TrainState, best: bool) -> None:
+        """Save last/ (and first best/, when ``best``). A failure is a CheckpointError; the previous
+        checkpoints stay intact."""
+        args = (model, optimizer, src_tok, tgt_tok, train_config, asdict(state))
+        try:  # best first: a kill in between leaves last/ behind, so the epoch is redone and best/ saved again
+            if best:
+                save_checkpoint(self.path / "best", *args)
+                faults.point("between-best-and-last")
+            save_checkpoint(self.path / "last", *args)
+        except OSError as e:
+            raise CheckpointError(f"could not save a checkpoint in {self.path}: {e.strerror or e}. "
+                                  "The previous checkpoint is intact.") from None
+
+    def append_metrics(self, row: dict) -> None:
+        """Rewrite metrics.jsonl with ``row`` added (atomically); rows of the epochs being redone are dropped."""
+        path = self.path / "metrics.jsonl"
+        rows = []
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    old = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if old.get("epoch", 0) < row["epoch"]:
+                    rows.append(line)
+        rows.append(json.dumps(row))
+        atomic_write_text(path, "\n".join(rows) + "\n")
+
+    def write_result(self, result: dict) -> None:
+        atomic_write_text(self.path / "result.json", json.dumps(result, indent=2) + "\n")

@@ -1,43 +1,16 @@
-"""Batched evaluation: teacher-forced loss and token accuracy, greedy exact match, BLEU/chrF."""
+"""Metrics: teacher-forced loss and token accuracy, greedy exact match, BLEU/chrF.
+
+Greedy outputs come from ``decoding``; each batch is encoded once for both the
+teacher-forced scores and the greedy search.
+"""
 from __future__ import annotations
 
-import numpy as np
-
+from ..data.batching import Encoded, take
+from ..data.tokenizers import PAD_ID, Tokenizer
 from ..nn.backend import to_numpy
-from ..data.batching import Encoded, batch_order, take
 from ..nn.layers import SoftmaxCrossEntropy
 from ..nn.model import AttentionSeq2seq
-from .parallel import map_batches
-from ..data.tokenizers import EOS_ID, PAD_ID, Tokenizer
-
-# Rows per decoding batch (per thread on a CPU): speed is flat from here up, memory is not.
-EVAL_BATCH_SIZE = 128
-
-
-def greedy_decode(model: AttentionSeq2seq, src: np.ndarray, src_len: np.ndarray, batch_size: int = EVAL_BATCH_SIZE,
-                  max_len: int | None = None, with_weights: bool = False, threads: int = 0):
-    """Decode rows of a padded source matrix in length-sorted batches (on CPU, spread over threads).
-
-    -> list of id arrays (each up to and including eos), and, with ``with_weights``,
-    the list of (L, Ts_i) attention matrices trimmed to each row's real tokens.
-    """
-    M = len(src)
-    outs, weights = [None] * M, [None] * M
-    batches = batch_order(src_len, batch_size, None, bucket=True)
-
-    def run(m, idx):
-        ts = int(src_len[idx].max())
-        return m.generate(src[idx, :ts], max_len or 2 * ts + 10)
-
-    for idx, (ids, w) in zip(batches, map_batches(model, run, batches, threads)):
-        for k, row in enumerate(idx):
-            r = ids[k]
-            end = np.flatnonzero(r == EOS_ID)
-            n = int(end[0]) + 1 if end.size else len(r)
-            outs[row] = r[:n]
-            if with_weights:
-                weights[row] = w[k, :n, :int(src_len[row])]
-    return (outs, weights) if with_weights else outs
+from .decoding import EVAL_BATCH_SIZE, greedy_encoded, map_sorted_batches
 
 
 def evaluate(model: AttentionSeq2seq, data: Encoded, tgt_tok: Tokenizer, batch_size: int = EVAL_BATCH_SIZE,
@@ -48,12 +21,7 @@ def evaluate(model: AttentionSeq2seq, data: Encoded, tgt_tok: Tokenizer, batch_s
     token_accuracy: share of real target tokens (eos included) whose argmax is right;
     exact_match: share of greedy outputs equal to the target text.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        nll, correct, tokens, preds = _decode_and_score(model, data, tgt_tok, batch_size)
-    finally:
-        model.train(was_training)
+    nll, correct, tokens, preds = _score_and_decode(model, data, tgt_tok, batch_size)
     refs = [t for _, t in data.pairs]
     refs_norm = [tgt_tok.decode(tgt_tok.encode(t)) for t in refs]
     exact = sum(p == r for p, r in zip(preds, refs_norm)) / len(refs)
@@ -64,14 +32,13 @@ def evaluate(model: AttentionSeq2seq, data: Encoded, tgt_tok: Tokenizer, batch_s
     return out
 
 
-def _decode_and_score(model, data: Encoded, tgt_tok: Tokenizer, batch_size: int):
-    """Per length-sorted batch (batches spread over CPU threads): one encoder pass, then teacher
-    forcing (loss, token accuracy) and greedy output."""
-    batches = batch_order(data.src_len, batch_size, None, bucket=True)
+def _score_and_decode(model, data: Encoded, tgt_tok: Tokenizer, batch_size: int):
+    """Over length-sorted batches (spread over CPU threads, in eval mode): summed cross-entropy,
+    correct and real target tokens, and the greedy output text of every row, in row order."""
     nll = correct = tokens = 0.0
     preds = [None] * len(data)
-    for idx, (b_nll, b_correct, n, ids) in zip(batches, map_batches(model, lambda m, idx: _score_batch(m, data, idx),
-                                                                      batches)):
+    for idx, (b_nll, b_correct, n, ids) in map_sorted_batches(model, lambda m, idx: _score_batch(m, data, idx),
+                                                              data.src_len, batch_size):
         nll, correct, tokens = nll + b_nll, correct + b_correct, tokens + n
         for k, row in enumerate(idx):
             preds[row] = tgt_tok.decode(ids[k])
@@ -79,16 +46,17 @@ def _decode_and_score(model, data: Encoded, tgt_tok: Tokenizer, batch_size: int)
 
 
 def _score_batch(model, data: Encoded, idx):
-    """-> summed cross-entropy, correct tokens and real tokens of the batch, greedy ids on the host."""
+    """One encoder pass, then teacher forcing and greedy search from it.
+    -> summed cross-entropy, correct tokens and real tokens of the batch, greedy ids (B, L) on the host."""
     src, tgt = take(data, idx)
     hs, state, mask = model.encode(src)
     logits = model.decoder.forward(model.xp.asarray(tgt[:, :-1]), hs, state, mask)   # (B, To, V)
-    gold = model.xp.asarray(tgt[:, 1:])
+    gold = model.xp.asarray(tgt[:, 1:])                                               # (B, To)
     real = gold != PAD_ID
     n = float(real.sum())
     nll = float(SoftmaxCrossEntropy(ignore_index=PAD_ID).forward(logits, gold)) * n
     correct = float(((logits.argmax(-1) == gold) & real).sum())
-    ids, _ = model.decoder.generate(hs, state, mask, model.bos_id, model.eos_id, 2 * src.shape[1] + 10, model.pad_id)
+    ids, _ = greedy_encoded(model, hs, state, mask)
     return nll, correct, n, to_numpy(ids)                           # one device-to-host copy per batch
 
 

@@ -1,22 +1,21 @@
 """Using a trained checkpoint: translate text, evaluate a data file.
 
 ``Translator`` wraps a checkpoint with its tokenizers: texts in, texts out,
-with the attention weights of each chosen output. ``attnseq translate`` and
-``attnseq eval`` are thin layers over it.
+with the attention weights of each chosen output. ``attnseq translate``,
+``attnseq eval`` and ``attnseq plot-attention`` (in ``cli``) are thin layers over these.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..data.batching import encode_pairs, encode_sources, pad_rows
-from .checkpoint import load_checkpoint
-from .evaluation import EVAL_BATCH_SIZE, evaluate, greedy_decode
-from ..data.io import atomic_write_text, read_lines, read_pairs, split_lines
-from .decoding import beam_decode
+from ..data.io import atomic_write_text, read_pairs
 from ..data.tokenizers import UNK_ID
+from .checkpoint import load_checkpoint
+from .decoding import EVAL_BATCH_SIZE, beam_decode, greedy_decode
+from .evaluation import evaluate
 
 DEFAULT_MAX_INPUT = 200
 
@@ -42,6 +41,8 @@ class Translator:
 
     def translate(self, texts: list[str], beam: int = 1, n_best: int = 1, alpha: float = 0.0,
                   batch_size: int = EVAL_BATCH_SIZE, max_len: int | None = None, first_line: int = 1) -> list[Translation]:
+        """One Translation per text; greedy unless beam or n_best > 1. Outputs stop at eos or at ``max_len``
+        tokens (default ``decoding.default_max_len`` of each batch's longest input)."""
         src_tok, tgt_tok = self.ck.src_tok, self.ck.tgt_tok
         rows = encode_sources(texts, src_tok, self.reverse, self.max_input_len, what="input", first_line=first_line)
         blank = [not t.strip() for t in texts]       # blank in, blank out (decoded from a lone <unk>)
@@ -89,62 +90,3 @@ def format_alignment(tr: Translation) -> str:
         j = int(tr.weights[t].argmax())
         lines.append(f"  {piece!s:>8} <- {tr.src_tokens[j]!s:<8} {tr.weights[t, j]:.2f}")
     return "\n".join(lines)
-
-
-def run_translate(args) -> int:
-    tr = Translator(args.ckpt, args.device, args.max_input_len)
-    interactive = args.input is None and sys.stdin.isatty()
-    kw = dict(beam=args.beam, n_best=args.n_best, alpha=args.alpha, batch_size=args.batch_size, max_len=args.max_len)
-    if interactive:
-        print("attnseq translate: type a line, Ctrl-D to quit", file=sys.stderr)
-        lineno = 0
-        while True:
-            print("> ", end="", file=sys.stderr, flush=True)   # the prompt stays off stdout
-            line = sys.stdin.readline()
-            if not line:
-                print(file=sys.stderr)
-                return 0
-            line = line.rstrip("\r\n")
-            lineno += 1
-            _print_translations(tr.translate([line], first_line=lineno, **kw), args, sys.stdout)
-            sys.stdout.flush()
-    if args.input:
-        lines = read_lines(args.input, allow_empty=True)
-    else:
-        lines = split_lines(sys.stdin.read())
-    results = tr.translate(lines, **kw)
-    if args.output:
-        import io
-        buf = io.StringIO()
-        _print_translations(results, args, buf)
-        atomic_write_text(args.output, buf.getvalue())
-    else:
-        _print_translations(results, args, sys.stdout)
-    return 0
-
-
-def _print_translations(results, args, f) -> None:
-    for r in results:
-        if args.n_best > 1:
-            f.write("\t".join(f"{text} ({score:.3f})" if score is not None else text for text, score in r.nbest) + "\n")
-        else:
-            f.write(r.text + "\n")
-        if args.show_attention:
-            print(format_alignment(r), file=sys.stderr)
-
-
-def add_translate_command(sub) -> None:
-    t = sub.add_parser("translate", help="translate lines from stdin, --input FILE or a terminal prompt")
-    t.add_argument("--ckpt", required=True, metavar="RUN", help="run dir (its best/) or checkpoint dir")
-    t.add_argument("--input", metavar="FILE", help="read lines from FILE (default stdin)")
-    t.add_argument("--output", metavar="FILE", help="write outputs to FILE (default stdout)")
-    t.add_argument("--beam", type=int, default=1, metavar="K", help="beam size (1 = greedy)")
-    t.add_argument("--n-best", type=int, default=1, metavar="N", help="print the N best, tab-separated, with scores")
-    t.add_argument("--alpha", type=float, default=0.0, help="GNMT length penalty alpha for beam search (0 = off)")
-    t.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, metavar="B")
-    t.add_argument("--max-len", type=int, metavar="N", help="longest output in tokens (default 2 * input + 10)")
-    t.add_argument("--max-input-len", type=int, metavar="N",
-                   help="longer inputs are truncated with a warning (default: the run's --max-len, else 200)")
-    t.add_argument("--device", default="cpu")
-    t.add_argument("--show-attention", action="store_true", help="print a text alignment per line on stderr")
-    t.set_defaults(func=run_translate)

@@ -1,0 +1,344 @@
+"""The options of ``attnseq train``: one table, and everything derived from it.
+
+Each row of ``OPTIONS`` is one option: its config key (``batch_size``; the flag is ``--batch-size``),
+type, default, choices, help, and whether ``--resume`` may change it. From the table come
+
+- the ``attnseq train`` flags and their help, defaults shown (``add_flags``);
+- the ``--config FILE.toml`` reader: unknown keys and wrong types name the key (``read_toml``);
+- the full config of a run (``resolve_config``): the table's default, then the built-in task's
+  (``TASK_DEFAULTS``), then the user's; each value checked; on ``--resume`` the options left out
+  come from the run's config.json and the ones marked not resumable must agree with it.
+
+Adding an option is adding a row. A config is a plain dict keyed by the rows' names; what it
+holds is what config.json's "train" section holds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..data.datasets import GENERATORS
+from ..data.tokenizers import TOKENIZERS
+from ..errors import CheckpointError, ConfigError
+from ..nn.backend import check_device
+from ..nn.layers import INIT_SCHEMES
+from ..nn.optim import OPTIMIZERS
+from .checkpoint import RunDir
+from .decoding import EVAL_BATCH_SIZE
+
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class Check:
+    """A value test beyond type and choices; a failure reads ``--FLAG must be {must}, got VALUE``.
+
+    ``ok`` may raise an ``AttnseqError`` of its own instead (the device check does).
+    """
+    ok: Callable[[Any], bool]
+    must: str
+
+
+POSITIVE_INT = Check(lambda v: v >= 1, "a positive integer")
+POSITIVE = Check(lambda v: v > 0, "positive")
+NON_NEGATIVE = Check(lambda v: v >= 0, ">= 0")
+DEVICE = Check(lambda v: check_device(v) is not None, "cpu, gpu or gpu:N")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One row of the table.
+
+    ``type`` is int, float, str or bool (a ``--x/--no-x`` switch). ``default`` None means unset
+    (``unset`` says how that reads in the help). ``flag``: an ``attnseq train`` flag; ``saved``: a
+    config key (TOML, ``train(cfg)``, config.json) -- ``--config`` and ``--plot`` are flags only,
+    ``bleu`` a key only. ``resumable``: ``--resume`` may give a value other than the run's.
+    """
+    name: str
+    type: type
+    default: Any = None
+    help: str = ""
+    choices: tuple | None = None
+    metavar: str | None = None
+    group: str | None = None
+    resumable: bool = True
+    check: Check | None = None
+    unset: str = ""
+    flag: bool = True
+    saved: bool = True
+
+    @property
+    def flag_name(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+# What a built-in task changes; "corpus" is any other data (--data DIR or --train FILE).
+TASK_DEFAULTS = {
+    # date: lengths track the date's style, so pure length buckets hold one style each; jitter mixes them
+    "date": dict(epochs=6, lr=3e-3, tokenizer="char", bleu=False, bucket_jitter=8.0),
+    "addition": dict(epochs=30, lr=3e-3, lr_decay=0.95, batch_size=64, patience=6, tokenizer="char", bleu=False),
+    "toy-en-ko": dict(epochs=8, tokenizer="sentencepiece", vocab_size=1000, wordvec_size=128,
+                      lr=2e-3, batch_size=64, patience=3, bleu=True, max_len=60),
+    # any other parallel corpus (--data DIR or --train FILE): subwords, BLEU
+    "corpus": dict(epochs=20, tokenizer="sentencepiece", vocab_size=8000, wordvec_size=128, lr=2e-3,
+                   batch_size=64, patience=4, bleu=True, max_len=100),
+}
+QUICK_EPOCHS = {"date": 2}      # --quick: a newcomer's first look
+QUICK_OTHER = 3                 # --quick elsewhere
+
+
+def _quick_help() -> str:
+    per_task = ", ".join(f"{n} on {task}" for task, n in QUICK_EPOCHS.items())
+    return f"fewer epochs, for a first look: {per_task}, else {QUICK_OTHER}"
+
+
+O = Option
+OPTIONS: tuple[Option, ...] = (
+    O("config", str, metavar="FILE.toml", saved=False,
+      help="read options from a TOML file (flags given here override it)"),
+    # -- data
+    O("data", str, group="data", metavar="NAME|DIR", resumable=False,
+      help=f"built-in dataset ({', '.join(GENERATORS)}) or a directory with train.tsv, valid.tsv and test.tsv"),
+    O("train", str, group="data", metavar="FILE", resumable=False,
+      help="training pairs: TSV or question_answer (or, with --source-lang/--target-lang, the prefix of "
+           "FILE.SRC and FILE.TGT)"),
+    O("valid", str, group="data", metavar="FILE", resumable=False,
+      help="validation pairs (with --train; if left out, 5% of --train, at most 2000 pairs, is held out)"),
+    O("test", str, group="data", metavar="FILE", resumable=False, help="test pairs (optional)"),
+    O("source_lang", str, group="data", metavar="EXT", help="aligned files: source suffix, e.g. en"),
+    O("target_lang", str, group="data", metavar="EXT", help="aligned files: target suffix, e.g. fr"),
+    O("swap_sides", bool, False, group="data", resumable=False,
+      help="train the reverse direction, targets becoming sources: Korean -> English, say"),
+    O("reverse_source", bool, False, group="data", resumable=False,
+      help="feed each source reversed, real tokens only"),
+    O("bucket", bool, True, group="data", help="batch sources of similar length together"),
+    O("bucket_jitter", float, 0.0, group="data", metavar="TOKENS", check=NON_NEGATIVE,
+      help="with --bucket, sort by length plus noise up to TOKENS, mixing nearby lengths"),
+    O("tokenizer", str, choices=tuple(TOKENIZERS), group="data", resumable=False,
+      help="how text is cut into tokens"),
+    O("vocab_size", int, 8000, group="data", metavar="N", resumable=False, check=POSITIVE_INT,
+      help="word/sentencepiece vocabulary size"),
+    O("shared_vocab", bool, False, group="data", resumable=False, help="one vocabulary for both sides"),
+    O("max_len", int, group="data", metavar="N", resumable=False, check=POSITIVE_INT, unset="no limit",
+      help="leave out training pairs longer than N tokens"),
+    # -- model
+    O("wordvec_size", int, 16, group="model", metavar="D", resumable=False, check=POSITIVE_INT,
+      help="embedding size"),
+    O("hidden_size", int, 256, group="model", metavar="H", resumable=False, check=POSITIVE_INT,
+      help="LSTM hidden size"),
+    O("dropout", float, 0.0, group="model", metavar="P", check=Check(lambda v: 0 <= v < 1, "in [0, 1)"),
+      help="dropout on embeddings and outputs"),
+    O("init", str, "xavier", choices=INIT_SCHEMES, group="model", resumable=False, help="weight initialisation"),
+    O("dtype", str, "float32", choices=DTYPES, group="model", resumable=False,
+      help="float type of the parameters and activations"),
+    # -- training
+    O("out", str, group="training", metavar="RUN_DIR", help="run directory (required)"),
+    O("epochs", int, 10, group="training", metavar="N", check=POSITIVE_INT, help="passes over the training data"),
+    O("batch_size", int, 128, group="training", metavar="N", check=POSITIVE_INT, help="pairs per training batch"),
+    O("optimizer", str, "adam", choices=tuple(OPTIMIZERS), group="training", resumable=False,
+      help="update rule"),
+    O("lr", float, 1e-3, group="training", metavar="LR", check=POSITIVE, help="learning rate"),
+    O("clip", float, 5.0, group="training", metavar="NORM", check=NON_NEGATIVE,
+      help="clip gradients to this global norm; 0 = off"),
+    O("weight_decay", float, 0.0, group="training", metavar="W", check=NON_NEGATIVE,
+      help="L2 weight decay on weight matrices"),
+    O("lr_decay", float, 1.0, group="training", metavar="G", check=POSITIVE,
+      help="multiply lr by G after every epoch; 1 = off"),
+    O("patience", int, 3, group="training", metavar="N", check=POSITIVE_INT,
+      help="early stop after N epochs without a better valid exact match"),
+    O("seed", int, 0, group="training", resumable=False, check=NON_NEGATIVE,
+      help="seeds the weights, batch order, dropout and hold-out split"),
+    O("device", str, "cpu", group="training", metavar="cpu|gpu[:N]", check=DEVICE, help="cpu or gpu, gpu:1 ..."),
+    O("threads", int, 0, group="training", metavar="N",
+      check=Check(lambda v: v >= 0, "0 (one per core) or a positive integer"),
+      help="CPU: train on N row shards of each batch in N threads; 0: one per core, at least 32 rows each; 1: off"),
+    O("resume", bool, False, group="training", help="continue the run in --out from last/"),
+    O("quick", bool, False, group="training", help=_quick_help()),
+    O("skip_nonfinite", bool, False, group="training",
+      help="skip (and count) a batch whose loss or gradient is NaN/inf instead of stopping"),
+    O("eval_batch_size", int, EVAL_BATCH_SIZE, group="training", metavar="N", check=POSITIVE_INT,
+      help="rows per decoding batch, per thread on a CPU"),
+    O("examples", int, 3, group="training", metavar="N", check=NON_NEGATIVE, help="example outputs printed per epoch"),
+    O("plot", bool, True, group="training", saved=False, help="write RUN_DIR/attention.png at the end"),
+    O("bleu", bool, flag=False, help="validation BLEU and chrF (config key only; set by the task)"),
+)
+del O
+
+
+def config_keys(options=OPTIONS) -> dict[str, Option]:
+    """Name -> row, for the rows a config holds (TOML keys, ``train(cfg)`` keys, config.json)."""
+    return {o.name: o for o in options if o.saved}
+
+
+# -- help --------------------------------------------------------------------------------------
+def _show(v) -> str:
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def default_text(opt: Option, tasks: dict = TASK_DEFAULTS) -> str:
+    """"(default 10; date 6, addition 30 ...)": the row's default, then each task's own."""
+    parts = []
+    if opt.default is not None or opt.unset:
+        parts.append("default " + (_show(opt.default) if opt.default is not None else opt.unset))
+    per_task = [f"{task} {_show(d[opt.name])}" for task, d in tasks.items()
+                if opt.name in d and d[opt.name] != opt.default]
+    if per_task:
+        parts.append(", ".join(per_task))
+    return f"({'; '.join(parts)})" if parts else ""
+
+
+def add_flags(parser: argparse.ArgumentParser, options=OPTIONS) -> None:
+    """One argparse flag per row, in the table's groups and order. A config option's flag is None
+    unless given, so a config file, the run being resumed or a task default can decide."""
+    groups: dict[str | None, Any] = {None: parser}
+    for opt in options:
+        if not opt.flag:
+            continue
+        if opt.group not in groups:
+            groups[opt.group] = parser.add_argument_group(opt.group)
+        help = " ".join(filter(None, (opt.help, default_text(opt)))).replace("%", "%%")
+        default = None if opt.saved else opt.default
+        if opt.type is bool:
+            groups[opt.group].add_argument(opt.flag_name, action=argparse.BooleanOptionalAction,
+                                           default=default, help=help)
+        else:
+            groups[opt.group].add_argument(opt.flag_name, type=None if opt.type is str else opt.type,
+                                           choices=opt.choices, metavar=opt.metavar, default=default, help=help)
+
+
+def from_args(args: argparse.Namespace, options=OPTIONS) -> dict:
+    """The config options given as flags (None where not given)."""
+    return {o.name: getattr(args, o.name) for o in options if o.flag and o.saved}
+
+
+# -- checking values -----------------------------------------------------------------------------
+def problem(opt: Option, value) -> str | None:
+    """What is wrong with ``value`` for ``opt`` ("must be an integer"), or None."""
+    if opt.type is bool:
+        ok, need = isinstance(value, bool), "true or false"
+    elif opt.type is int:
+        ok, need = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif opt.type is float:
+        ok, need = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    else:
+        ok, need = isinstance(value, str), "a string"
+    if not ok:
+        return f"must be {need}"
+    if opt.choices is not None and value not in opt.choices:
+        return f"must be one of {', '.join(opt.choices)}"
+    if opt.check is not None and not opt.check.ok(value):
+        return f"must be {opt.check.must}"
+    return None
+
+
+def _check_values(cfg: dict, keys: dict[str, Option]) -> None:
+    for name, value in cfg.items():
+        if value is not None:
+            msg = problem(keys[name], value)
+            if msg:
+                raise ConfigError(f"{keys[name].flag_name} {msg}, got {value!r}")
+
+
+def _check_combination(cfg: dict) -> None:
+    if cfg["out"] is None:
+        raise ConfigError("--out RUN_DIR is required")
+    if cfg["data"] is None and cfg["train"] is None:
+        raise ConfigError("give --data NAME|DIR, or --train FILE (with --valid FILE)")
+    if cfg["data"] is not None and cfg["train"] is not None:
+        raise ConfigError("--data and --train are alternatives; give one")
+
+
+# -- TOML ----------------------------------------------------------------------------------------
+def _toml_repr(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def read_toml(path: str, options=OPTIONS) -> dict:
+    """The options in a TOML file, keyed by flag name (``batch-size`` or ``batch_size``). An unknown
+    key, a key given twice or a bad value is one ConfigError naming the file and the key."""
+    import tomllib
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"--config {path}: not valid TOML ({e})") from None
+    keys = config_keys(options)
+    unknown = sorted(k for k in raw if k.replace("-", "_") not in keys)
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown key(s) {', '.join(unknown)}")
+    out, spelt = {}, {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name in out:
+            raise ConfigError(f"--config {path}: {spelt[name]} and {key} are the same option; give it once")
+        msg = problem(keys[name], value)
+        if msg:
+            raise ConfigError(f"--config {path}: {key} {msg}, got {_toml_repr(value)}")
+        out[name], spelt[name] = value, key
+    return out
+
+
+# -- the full config -------------------------------------------------------------------------
+def defaults(task: str | None = None, quick: bool = False, options=OPTIONS) -> dict:
+    """Every config key: the table's default, then the task's (``TASK_DEFAULTS``; any other data is "corpus")."""
+    out = {name: opt.default for name, opt in config_keys(options).items()}
+    out.update(TASK_DEFAULTS[task if task in TASK_DEFAULTS else "corpus"])
+    if quick:
+        out["epochs"] = QUICK_EPOCHS.get(task, QUICK_OTHER)
+    return out
+
+
+def resolve_config(cfg: dict, run: RunDir | None = None, options=OPTIONS) -> dict:
+    """The full config: defaults, then the built-in task's defaults, then what the user set (keys not None).
+
+    With ``resume``, what the user left out comes from the run in ``out`` (its config.json, read
+    once through ``run``, the RunDir of ``out`` when the caller has one), and the options the table
+    marks not resumable must agree with it. A key missing there (an option added since) takes its
+    default. Raises ConfigError naming the option.
+    """
+    keys = config_keys(options)
+    unknown = sorted(set(cfg) - set(keys))
+    if unknown:
+        raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
+    user = {k: v for k, v in cfg.items() if v is not None}
+    _check_values(user, keys)
+    if user.get("resume") and user.get("out"):
+        user = _with_saved_config(user, run if run is not None else RunDir(user["out"]), keys)
+    out = defaults(user.get("data"), bool(user.get("quick")), options)
+    out.update(user)
+    _check_combination(out)
+    _check_values(out, keys)
+    return out
+
+
+def _saved_train_config(run: RunDir) -> dict | None:
+    try:
+        saved = run.resume_config()["train"]
+    except (CheckpointError, KeyError, TypeError):
+        return None                     # nothing to resume (yet): a fresh start, or the Trainer reports it
+    return saved if isinstance(saved, dict) else None
+
+
+def _with_saved_config(user: dict, run: RunDir, keys: dict[str, Option]) -> dict:
+    """For --resume: options not given now come from the run being resumed; non-resumable ones must agree."""
+    saved = _saved_train_config(run)
+    if saved is None:
+        return user
+    changed = [name for name, opt in keys.items()
+               if not opt.resumable and name in user and name in saved and user[name] != saved[name]]
+    if changed:
+        raise ConfigError(f"--resume: {', '.join(keys[k].flag_name for k in changed)} differ from the run "
+                          f"in {user['out']}; resume with the same options or start a new --out")
+    return {**{k: v for k, v in saved.items() if k in keys and v is not None}, **user}

@@ -1,0 +1,194 @@
+"""The decoding module: the generic greedy search matches the decoder's own, eval mode is restored
+whatever happens, one default output length rules every decoder, and rows come back in order."""
+import numpy as np
+import pytest
+
+from attnseq.nn.model import AttentionSeq2seq
+from attnseq.run import decoding
+from attnseq.run.decoding import (beam_decode, beam_search, greedy_decode, greedy_search, model_step,
+                                  output_length)
+
+BOS, EOS, PAD = 1, 2, 0
+
+
+def random_model(eos_bias=None, seed=0):
+    """A small float64 model with weights large enough that outputs depend on the source;
+    ``eos_bias`` sets eos's output bias (very negative: eos is never emitted)."""
+    model = AttentionSeq2seq(9, 8, 6, 10, dtype="float64", seed=seed)
+    for p in model.parameters():
+        p *= 3
+    if eos_bias is not None:
+        model.state_dict()["decoder.out.b"][model.eos_id] = eos_bias
+    return model
+
+
+def shuffled_sources(M=12, seed=0):
+    """src (M, M) with row lengths a permutation of 1..M (so length sorting reorders rows), and the lengths."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.permutation(np.arange(1, M + 1))
+    src = np.zeros((M, M), dtype=np.int64)
+    for k, L in enumerate(lengths):
+        src[k, :L] = rng.integers(3, 9, L)
+    return src, lengths
+
+
+# -- greedy_search ---------------------------------------------------------------------------
+def counting_step(stop_after):
+    """Row n emits token 3 until it has emitted stop_after[n] tokens, then eos; attention is 1 + row index."""
+    stop_after = np.asarray(stop_after)
+
+    def step(tokens, t):
+        N = len(tokens)
+        scores = np.zeros((N, 5))
+        scores[np.arange(N), np.where(t + 1 >= stop_after, EOS, 3)] = 1.0
+        return scores, t + 1, np.tile((1.0 + np.arange(N))[:, None], (1, 2))
+    return step
+
+
+def test_greedy_search_pads_after_eos_and_stops_every_four_steps():
+    ids, w = greedy_search(counting_step([1, 3, 6]), 0, 3, 2, BOS, EOS, max_len=20, pad_id=PAD)
+    assert ids.shape == (3, 8) and w.shape == (3, 8, 2)          # all done at step 6, seen at step 8
+    assert ids.dtype == np.int64
+    for n, L in enumerate([1, 3, 6]):
+        assert ids[n].tolist() == [3] * (L - 1) + [EOS] + [PAD] * (8 - L)
+        assert (w[n, :L] == n + 1).all() and (w[n, L:] == 0).all()
+    cut, _ = greedy_search(counting_step([1, 3, 6]), 0, 3, 2, BOS, EOS, max_len=5, pad_id=PAD)
+    assert cut.shape == (3, 5) and EOS not in cut[2].tolist()
+    with pytest.raises(ValueError, match="max_len"):
+        greedy_search(counting_step([1]), 0, 1, 2, BOS, EOS, max_len=0)
+
+
+def test_greedy_search_equals_the_decoders_generate():
+    model = random_model(eos_bias=1.0).eval()
+    src, _ = shuffled_sources()
+    hs, state, mask = model.encode(src)
+    N, Ts, _ = hs.shape
+    want_ids, want_w = model.decoder.generate(hs, state, mask, BOS, EOS, 30, PAD)
+    ids, w = greedy_search(model_step(model, hs, mask), state, N, Ts, BOS, EOS, 30, PAD)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(w, want_w)
+    ended = [k for k in range(N) if EOS in ids[k]]
+    assert 0 < len(ended) < N                                      # rows that end and rows cut at max_len
+    hs, state, mask = model.encode(src[ended])
+    want_ids, want_w = model.decoder.generate(hs, state, mask, BOS, EOS, 30, PAD)
+    ids, w = greedy_search(model_step(model, hs, mask), state, len(ended), Ts, BOS, EOS, 30, PAD)
+    assert ids.shape[1] < 30                                       # the rows that end: the early stop too
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(w, want_w)
+
+
+# -- eval_mode ---------------------------------------------------------------------------------
+def flags(model):
+    return {m.training for _, m in model.named_modules()}
+
+
+@pytest.mark.parametrize("start", [True, False])
+def test_eval_mode_restores_the_flag_after_an_exception(start):
+    model = random_model().train(start)
+    with pytest.raises(RuntimeError, match="boom"):
+        with model.eval_mode() as m:
+            assert m is model and flags(model) == {False}
+            raise RuntimeError("boom")
+    assert flags(model) == {start}
+
+
+def test_decoders_leave_a_training_model_training_even_on_bad_input():
+    model = random_model().train()
+    src, lengths = shuffled_sources()
+    model.generate(src)
+    greedy_decode(model, src, lengths, batch_size=5, threads=2)
+    beam_decode(model, src, lengths, beam_size=2, max_len=5, batch_size=5, threads=2)
+    assert flags(model) == {True}
+    with pytest.raises(ValueError):
+        model.generate(np.full((2, 3), 99))                        # ids beyond the vocabulary
+    assert flags(model) == {True}
+
+
+# -- one default output length ------------------------------------------------------------------
+@pytest.fixture
+def short_default(monkeypatch):
+    """default_max_len replaced by one that records the source widths it is asked about and gives 3."""
+    asked = []
+
+    def fake(src_len):
+        asked.append(int(src_len))
+        return 3
+    monkeypatch.setattr(decoding, "default_max_len", fake)
+    return asked
+
+
+def test_every_decoder_takes_its_default_length_from_one_place(short_default):
+    model = random_model(eos_bias=-1e4)                            # never ends: runs to the limit
+    src, lengths = shuffled_sources()
+    ids, w = model.generate(src)
+    assert ids.shape == (12, 3) and w.shape == (12, 3, 12) and short_default == [12]
+    short_default.clear()
+    outs = greedy_decode(model, src, lengths, batch_size=5)
+    assert [len(o) for o in outs] == [3] * 12
+    assert sorted(short_default) == [5, 10, 12]                     # the widths of the three sorted batches
+    short_default.clear()
+    found = beam_decode(model, src, lengths, beam_size=2, batch_size=5)
+    assert [len(f[0].ids) for f in found] == [3] * 12 and sorted(short_default) == [5, 10, 12]
+    short_default.clear()
+    assert [len(h.ids) for h in beam_search(model, src, beam_size=2)[0]] == [3] and short_default == [12]
+
+
+def test_an_explicit_max_len_wins_over_the_default(short_default):
+    model = random_model(eos_bias=-1e4)
+    src, lengths = shuffled_sources()
+    assert [len(o) for o in greedy_decode(model, src, lengths, batch_size=5, max_len=5)] == [5] * 12
+    assert [len(f[0].ids) for f in beam_decode(model, src, lengths, 2, max_len=5, batch_size=5)] == [5] * 12
+    assert model.generate(src, 5)[0].shape == (12, 5)
+    assert short_default == []
+
+
+def test_evaluate_decodes_to_the_default_length(short_default):
+    from attnseq.data.batching import encode_pairs
+    from attnseq.data.tokenizers import CharTokenizer
+    from attnseq.run.evaluation import evaluate
+    pairs = [("abc", "xy"), ("a", "yyy"), ("abcabc", "x")]
+    src_tok = CharTokenizer.build(s for s, _ in pairs)
+    tgt_tok = CharTokenizer.build(t for _, t in pairs)
+    model = AttentionSeq2seq(src_tok.vocab_size, tgt_tok.vocab_size, 4, 6, dtype="float64")
+    model.state_dict()["decoder.out.b"][model.eos_id] = -1e4
+    result = evaluate(model, encode_pairs(pairs, src_tok, tgt_tok), tgt_tok, batch_size=2)
+    assert sorted(short_default) == [3, 6] and result["n"] == 3
+
+
+def test_translate_takes_the_default_length(tiny_run, short_default):
+    from attnseq.run.inference import Translator
+    tr = Translator(str(tiny_run))
+    tr.model.state_dict()["decoder.out.b"][tr.model.eos_id] = -1e4
+    for beam in (1, 3):
+        out = tr.translate(["Sept 25, 1984", "1/2/03"], beam=beam)
+        assert [len(t.out_tokens) for t in out] == [3, 3]
+        assert out[0].weights.shape == (3, 13)
+    assert [len(t.out_tokens) for t in tr.translate(["1/2/03"], max_len=6)] == [6]
+
+
+# -- row order ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("threads", [1, 2])
+def test_greedy_decode_keeps_row_order(threads):
+    model = random_model(eos_bias=1.0)
+    src, lengths = shuffled_sources()
+    outs, weights = greedy_decode(model, src, lengths, batch_size=5, max_len=20, with_weights=True, threads=threads)
+    assert len({len(o) for o in outs}) > 2                          # outputs differ, so a mix-up would show
+    for k in range(len(src)):
+        ids, w = model.generate(src[k:k + 1, :lengths[k]], 20)
+        n = output_length(ids[0], EOS)
+        np.testing.assert_array_equal(outs[k], ids[0, :n])
+        np.testing.assert_allclose(weights[k], w[0, :n], rtol=1e-10, atol=1e-12)
+        assert weights[k].shape == (n, lengths[k])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_beam_decode_keeps_row_order(threads):
+    model = random_model(eos_bias=0.0)
+    src, lengths = shuffled_sources()
+    found = beam_decode(model, src, lengths, beam_size=3, alpha=0.6, max_len=20, n_best=2, batch_size=5,
+                        threads=threads)
+    assert len({tuple(f[0].ids) for f in found}) > 2
+    for k, hyps in enumerate(found):
+        alone = beam_search(model, src[k:k + 1, :lengths[k]], beam_size=3, alpha=0.6, max_len=20, n_best=2)[0]
+        assert [h.ids for h in hyps] == [h.ids for h in alone]
+        np.testing.assert_allclose([h.score for h in hyps], [h.score for h in alone], rtol=1e-10)

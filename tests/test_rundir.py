@@ -1,0 +1,137 @@
+"""RunDir: preparing a run directory, resuming from it (with its .old fallbacks), metrics.jsonl."""
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from attnseq.errors import CheckpointError, ConfigError
+from attnseq.nn.optim import build_optimizer
+from attnseq.run.checkpoint import RunDir, TrainState
+
+
+def _copy(tiny_run, tmp_path, name="run"):
+    run = tmp_path / name
+    shutil.copytree(tiny_run, run)
+    return run
+
+
+def _resume(run):
+    """What the trainer does on --resume: load last/, build its optimizer, restore it and the state."""
+    rd = RunDir(run)
+    assert rd.prepare(resume=True)
+    ck = rd.load_last()
+    opt = build_optimizer(ck.config["train"]["optimizer"], ck.model, ck.config["train"]["lr"])
+    return rd, ck, opt, rd.restore(ck, opt)
+
+
+def test_prepare_removes_only_stale_temporaries(tmp_path):
+    run = tmp_path / "run"
+    (run / ".last.tmp-4242").mkdir(parents=True)
+    (run / ".last.tmp-4242" / "weights.npz").write_bytes(b"half")
+    (run / ".metrics.jsonl.k3j_x.tmp").write_text("{}")
+    (run / "notes.txt").write_text("mine")
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    assert RunDir(run).prepare(resume=False) is False
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl", "notes.txt"]
+
+
+def test_prepare_refuses_a_run_without_resume(tiny_run, tmp_path):
+    run = _copy(tiny_run, tmp_path)
+    shutil.rmtree(run / "best")
+    (run / "last").rename(run / "last.old")                      # only an interrupted swap's leftover
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
+        RunDir(run).prepare(resume=False)
+    assert RunDir(run).prepare(resume=True) is True
+    assert RunDir(tmp_path / "new").prepare(resume=True) is False  # nothing yet: a fresh start
+
+
+def test_prepare_refuses_an_unwritable_dir(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match=r"--out .*file/run: cannot write there"):
+        RunDir(tmp_path / "file" / "run").prepare(resume=False)
+
+
+def test_resume_falls_back_to_old_and_the_next_save_restores_the_name(tiny_run, tmp_path):
+    run = _copy(tiny_run, tmp_path)
+    (run / "last").rename(run / "last.old")                      # killed between the two renames of a swap
+    rd, ck, opt, state = _resume(run)
+    assert ck.path == run / "last.old" and state.epoch == 2 and opt.t == state.step
+    state.epoch = 3
+    rd.save(ck.model, opt, ck.src_tok, ck.tgt_tok, ck.config["train"], state, best=False)
+    assert (run / "last").is_dir() and not (run / "last.old").exists()
+    assert json.loads((run / "last" / "state.json").read_text())["epoch"] == 3
+
+
+def test_state_round_trips(tiny_run, tmp_path):
+    run = _copy(tiny_run, tmp_path)
+    rd, ck, opt, state = _resume(run)
+    rng = np.random.default_rng(0)
+    rng.bit_generator.state = state.rng                          # a state RunDir passed is one a generator takes
+    rd.save(ck.model, opt, ck.src_tok, ck.tgt_tok, ck.config["train"], state, best=True)
+    for name in ("best", "last"):
+        assert json.loads((run / name / "state.json").read_text()) == json.loads(
+            (tiny_run / "last" / "state.json").read_text())
+    assert _resume(run)[3] == state
+
+
+@pytest.mark.parametrize("field, value", [
+    ("epoch", "two"), ("best", [0.5]), ("best", "high"), ("rng", {"bit_generator": "MT19937"}), ("dropout_rng", 3),
+    ("bad_epochs", None), ("step", "x"),
+])
+def test_malformed_state_json_names_the_file(tiny_run, tmp_path, field, value):
+    run = _copy(tiny_run, tmp_path)
+    path = run / "last" / "state.json"
+    state = json.loads(path.read_text())
+    state[field] = value
+    path.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match=re.escape(f"{path}: missing or malformed field '{field}'")):
+        _resume(run)
+
+
+def test_state_json_without_a_field_names_it(tiny_run, tmp_path):
+    run = _copy(tiny_run, tmp_path)
+    path = run / "last" / "state.json"
+    state = json.loads(path.read_text())
+    del state["bad_epochs"], state["nonfinite_skipped"]          # the second was added later: optional
+    path.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match=re.escape(f"{path}: missing or malformed field 'bad_epochs' (not there)")):
+        _resume(run)
+
+
+def test_state_json_that_is_not_json(tiny_run, tmp_path):
+    run = _copy(tiny_run, tmp_path)
+    (run / "last" / "state.json").write_text('{"epoch": 1,')
+    with pytest.raises(CheckpointError, match=r"last/state.json: malformed JSON"):
+        _resume(run)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(p.read_bytes()[:200]), r"optimizer.npz: corrupt or truncated"),
+    (lambda p: np.savez(p, **{k: (v[:1] if v.ndim else v) for k, v in np.load(p).items()}),
+     r"optimizer.npz: .* has shape"),
+    (lambda p: np.savez(p, t=np.array(1), lr=np.array(0.1)), r"optimizer.npz: array names do not match"),
+])
+def test_malformed_optimizer_npz_names_the_file(tiny_run, tmp_path, damage, message):
+    run = _copy(tiny_run, tmp_path)
+    damage(run / "last" / "optimizer.npz")
+    with pytest.raises(CheckpointError, match=message):
+        _resume(run)
+
+
+def test_metrics_rows_of_a_redone_epoch_are_replaced(tmp_path):
+    rd = RunDir(tmp_path)
+    rd.append_metrics({"epoch": 1, "loss": 3.0})
+    rd.append_metrics({"epoch": 2, "loss": 2.0})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "loss": 1.')                           # a torn line from a crash
+    rd.append_metrics({"epoch": 2, "loss": 1.5})                    # epoch 2 redone after a resume
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [{"epoch": 1, "loss": 3.0}, {"epoch": 2, "loss": 1.5}]
+
+
+def test_train_state_json_layout():
+    state = TrainState(epoch=1, step=5, best=[0.5, -1.0], bad_epochs=0, nonfinite_skipped=0, rng={}, dropout_rng={})
+    from dataclasses import asdict
+    assert list(asdict(state)) == ["epoch", "step", "best", "bad_epochs", "nonfinite_skipped", "rng", "dropout_rng"]
