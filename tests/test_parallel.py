@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from attnseq.nn.model import AttentionSeq2seq
-from attnseq.run.parallel import DataParallel, default_threads, for_training
+from attnseq.run import parallel
+from attnseq.run.parallel import MIN_ROWS_PER_THREAD, DataParallel, default_threads, for_training
 
 
 def _batch(seed=0, N=7, Ts=9, To=6, Vs=12, Vt=10):
@@ -116,11 +117,34 @@ def test_errors_from_a_shard_reach_the_caller():
         dp.forward(src, tgt)
 
 
+# batch size -> threads on 2, 4 and 8 usable cores, worked out by hand from the promise:
+# one thread per core, but at least MIN_ROWS_PER_THREAD (32) rows each, and never none
+DEFAULT_THREADS = {1: (1, 1, 1), 31: (1, 1, 1), 32: (1, 1, 1), 63: (1, 1, 1), 64: (2, 2, 2), 95: (2, 2, 2),
+                   96: (2, 3, 3), 128: (2, 4, 4), 255: (2, 4, 7), 256: (2, 4, 8), 10**6: (2, 4, 8)}
+
+
+@pytest.mark.parametrize("batch_size", sorted(DEFAULT_THREADS))
+def test_default_threads_one_per_core_with_enough_rows_each(monkeypatch, batch_size):
+    assert MIN_ROWS_PER_THREAD == 32                                # the table above assumes it
+    for cores, want in zip((2, 4, 8), DEFAULT_THREADS[batch_size]):
+        monkeypatch.setattr(parallel, "usable_cores", lambda: cores)
+        assert default_threads(batch_size) == want, (batch_size, cores)
+
+
+@pytest.mark.parametrize("cores", [1, 2, 3, 4, 8, 16])
+def test_default_threads_is_the_most_the_promise_allows(monkeypatch, cores):
+    monkeypatch.setattr(parallel, "usable_cores", lambda: cores)
+    for batch_size in range(1, 40 * MIN_ROWS_PER_THREAD):
+        t = default_threads(batch_size)
+        assert 1 <= t <= cores, (batch_size, t)
+        assert t == 1 or batch_size // t >= MIN_ROWS_PER_THREAD, (batch_size, t)          # enough rows each
+        assert t == cores or batch_size // (t + 1) < MIN_ROWS_PER_THREAD, (batch_size, t)  # no thread left idle
+
+
 def test_for_training_choices():
     model = _model()
     assert for_training(model, 1, 128) is model
     assert default_threads(16) == 1                                 # too few rows to split
-    assert default_threads(10**6) >= 1
     dp = for_training(model, 2, 128)
     try:
         assert isinstance(dp, DataParallel) and dp.threads in (1, 2)
@@ -145,9 +169,14 @@ def test_train_with_threads_matches_one_thread(tiny_data, tmp_path):
     assert r1["valid_loss"] == pytest.approx(r2["valid_loss"], rel=1e-2)
 
 
-def test_threads_flag_is_checked(tmp_path):
+def test_threads_flag_is_checked(tmp_path, capsys):
     from attnseq.cli import main
-    assert main(["train", "--data", "date", "--out", str(tmp_path / "r"), "--threads", "-1"]) == 1
+    run = tmp_path / "r"
+    assert main(["train", "--data", "date", "--out", str(run), "--threads", "-1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err                                # one line, no traceback
+    assert "--threads" in err and "0 (one per core) or a positive integer" in err and "-1" in err, err
+    assert not run.exists() or not any(run.rglob("*")), sorted(run.rglob("*"))   # nothing trained or saved
 
 
 def test_replica_shares_parameters_and_owns_the_rest():
@@ -195,7 +224,7 @@ def test_map_batches_passes_errors_on_and_stops(bad):
 
 def test_greedy_decode_same_on_threads(tiny_run):
     from attnseq.run.checkpoint import load_checkpoint
-    from attnseq.run.evaluation import greedy_decode
+    from attnseq.run.decoding import greedy_decode
     ck = load_checkpoint(tiny_run)
     rng = np.random.default_rng(0)
     src = rng.integers(4, ck.model.config["src_vocab_size"], size=(300, 12))
