@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attnseq.run.checkpoint import load_checkpoint
-from attnseq.run.decoding import beam_search, beam_search_core, length_penalty
+from attnseq.nn.search import beam_search_core, length_penalty
+from attnseq.run.decoding import beam_search
 
 BOS, EOS = 1, 2
 

@@ -18,6 +18,7 @@ from .backend import get_array_module
 from .layers import Dropout, Embedding, Linear
 from .lstm import LSTM
 from .module import Module
+from .search import greedy_search
 
 
 class AttentionDecoder(Module):
@@ -90,20 +91,9 @@ class AttentionDecoder(Module):
         the attention weights (N, L, Ts) of each emitted token (zeros after eos).
         Stops when every row has emitted eos, or after ``max_len`` tokens.
         """
-        xp = get_array_module(hs)
         N, Ts, _ = hs.shape
-        bias = mask_bias(src_mask, hs.dtype)
-        ids = xp.full((N, max_len), pad_id, dtype=np.int64)
-        weights = xp.zeros((N, max_len, Ts), dtype=hs.dtype)
-        tokens = xp.full(N, bos_id, dtype=np.int64)
-        done = xp.zeros(N, dtype=bool)
-        table = self.input_table()
-        for t in range(max_len):
-            logits, state, a = self.step(tokens, state, hs, bias, table)
-            tokens = logits.argmax(axis=1)
-            ids[:, t] = xp.where(done, pad_id, tokens)
-            weights[:, t] = a * ~done[:, None]
-            done |= tokens == eos_id
-            if t % 4 == 3 and bool(done.all()):                     # sync with a GPU only now and then
-                return ids[:, :t + 1], weights[:, :t + 1]
-        return ids, weights
+        bias, table = mask_bias(src_mask, hs.dtype), self.input_table()   # (N, 1, Ts), (V, 4H)
+
+        def step(tokens, state):
+            return self.step(tokens, state, hs, bias, table)
+        return greedy_search(step, state, N, Ts, bos_id, eos_id, max_len, pad_id, get_array_module(hs))

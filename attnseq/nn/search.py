@@ -1,0 +1,138 @@
+"""Searches over a step function, knowing nothing of the model: batched greedy and beam search.
+
+``step_fn(tokens (N,), state) -> (scores (N, V), new state, attention (N, Ts))``: scores are logits or
+log-probabilities for greedy (the argmax is taken), log-probabilities for beam search. The decoder
+(``AttentionDecoder.generate``), ``attnseq.run.decoding`` and other engines (an exported ONNX graph) all
+search through these two functions.
+
+Beam search keeps ``k`` alive hypotheses per sentence. Each step scores all
+k * V extensions, takes the best 2k, moves those ending in eos that rank in the
+top k to the sentence's finished list (a finished hypothesis is never extended),
+and keeps the best k that do not end in eos alive.
+
+Scores are log-probabilities divided by a GNMT length penalty
+lp(L) = ((5 + L) / 6) ** alpha, with L the number of emitted tokens including
+eos; alpha = 0 means raw log-probability. A sentence stops when it has n_best
+finished hypotheses and the worst of them scores at least as well as any alive
+hypothesis could ever reach: log-probabilities only fall as a hypothesis grows,
+so an alive one's best possible score is its log-probability over lp(max_len)
+(alpha >= 0). At ``max_len`` alive hypotheses are finished as they are.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backend import get_array_module, to_numpy
+
+
+def greedy_search(step_fn, state, N: int, Ts: int, bos_id: int, eos_id: int, max_len: int, pad_id: int = 0,
+                  xp=np):
+    """Batched greedy decoding over any step function.
+
+    step_fn(tokens (N,), state) -> scores (N, V) (logits or log-probabilities: the argmax is taken),
+    new state, attention (N, Ts). -> ids (N, L) int64 with ``pad_id`` after each row's eos, and the
+    attention weights (N, L, Ts) of each emitted token (zeros after eos), as ``xp`` arrays.
+    Stops when every row has emitted eos (checked every 4 steps) or after ``max_len`` tokens.
+    """
+    if max_len < 1:
+        raise ValueError(f"max_len must be at least 1, got {max_len}")
+    ids = xp.full((N, max_len), pad_id, dtype=np.int64)
+    weights = None                                                  # (N, max_len, Ts), once a's dtype is known
+    tokens = xp.full(N, bos_id, dtype=np.int64)
+    done = xp.zeros(N, dtype=bool)
+    for t in range(max_len):
+        scores, state, a = step_fn(tokens, state)
+        if weights is None:
+            weights = xp.zeros((N, max_len, Ts), dtype=a.dtype)
+        tokens = scores.argmax(axis=1)                              # (N,)
+        ids[:, t] = xp.where(done, pad_id, tokens)
+        weights[:, t] = a * ~done[:, None]                          # (N, Ts)
+        done |= tokens == eos_id
+        if t % 4 == 3 and bool(done.all()):                         # sync with a GPU only now and then
+            return ids[:, :t + 1], weights[:, :t + 1]
+    return ids, weights
+
+
+@dataclass
+class Hypothesis:
+    ids: list           # emitted token ids, ending in eos unless cut at max_len
+    score: float        # log-probability / length penalty
+    logprob: float
+    weights: np.ndarray  # (len(ids), Ts) attention weights
+
+
+def length_penalty(L, alpha: float):
+    return ((5.0 + L) / 6.0) ** alpha
+
+
+def log_softmax(z):
+    xp = get_array_module(z)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - xp.log(xp.exp(z).sum(axis=-1, keepdims=True))
+
+
+def beam_search_core(step_fn, state, N: int, Ts: int, bos_id: int, eos_id: int, beam_size: int = 5,
+                     alpha: float = 0.0, max_len: int = 50, n_best: int = 1, xp=np) -> list[list[Hypothesis]]:
+    """Beam search over any step function.
+
+    step_fn(tokens (N*k,), state) -> logp (N*k, V) log-probabilities, new state, attention (N*k, Ts).
+    ``state`` is a tuple of arrays whose first axis is N*k (rows of a sentence are adjacent).
+    Returns, per sentence, its ``n_best`` hypotheses, best first.
+    """
+    k = beam_size
+    if k < 1 or n_best < 1 or n_best > k:
+        raise ValueError(f"need 1 <= n_best ({n_best}) <= beam size ({k})")
+    if alpha < 0:
+        raise ValueError(f"length penalty alpha must be >= 0, got {alpha}")
+    scores = np.full((N, k), -np.inf)
+    scores[:, 0] = 0.0                                      # one live beam at the start
+    tokens = xp.full(N * k, bos_id, dtype=np.int64)
+    hist = np.zeros((N, k, 0), dtype=np.int64)
+    att = np.zeros((N, k, 0, Ts))
+    finished: list[list[Hypothesis]] = [[] for _ in range(N)]
+    done = np.zeros(N, dtype=bool)
+    rows = np.arange(N)[:, None]
+    bound_lp = length_penalty(max_len, alpha)
+    for t in range(max_len):
+        logp, state, a = step_fn(tokens, state)
+        logp = to_numpy(logp).astype(np.float64)
+        V = logp.shape[1]
+        a = to_numpy(a).reshape(N, k, Ts)
+        cand = (scores[:, :, None] + logp.reshape(N, k, V)).reshape(N, k * V)
+        top = np.argpartition(-cand, 2 * k - 1, axis=1)[:, :2 * k] if k * V > 2 * k else \
+            np.tile(np.arange(k * V), (N, 1))
+        top_scores = np.take_along_axis(cand, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        top, top_scores = np.take_along_axis(top, order, 1), np.take_along_axis(top_scores, order, 1)
+        parent, tok = top // V, top % V
+        L = t + 1
+        is_eos = (tok == eos_id) & np.isfinite(top_scores)
+        for n, j in zip(*np.nonzero(is_eos[:, :k] & ~done[:, None])):
+            p = parent[n, j]
+            finished[n].append(Hypothesis(hist[n, p].tolist() + [eos_id], top_scores[n, j] / length_penalty(L, alpha),
+                                          top_scores[n, j], np.concatenate([att[n, p], a[n, p][None]], 0)))
+        keep = np.argsort(is_eos, axis=1, kind="stable")[:, :k]      # best k that go on
+        parent = np.take_along_axis(parent, keep, 1)
+        scores = np.take_along_axis(top_scores, keep, 1)
+        new_tok = np.take_along_axis(tok, keep, 1)
+        hist = np.concatenate([hist[rows, parent], new_tok[:, :, None]], axis=2)
+        att = np.concatenate([att[rows, parent], a[rows, parent][:, :, None]], axis=2)
+        for n in np.flatnonzero(~done):
+            fin = finished[n]
+            if len(fin) >= n_best:
+                fin.sort(key=lambda h: -h.score)
+                if fin[n_best - 1].score >= scores[n].max() / bound_lp:
+                    done[n] = True
+        if done.all():
+            break
+        flat_parent = xp.asarray((np.arange(N)[:, None] * k + parent).ravel())
+        state = tuple(s[flat_parent] for s in state)
+        tokens = xp.asarray(new_tok.ravel())
+    for n in np.flatnonzero(~done):                           # cut at max_len: finish the alive ones
+        for j in range(k):
+            if np.isfinite(scores[n, j]):
+                finished[n].append(Hypothesis(hist[n, j].tolist(), scores[n, j] / length_penalty(hist.shape[2], alpha),
+                                              scores[n, j], att[n, j]))
+    return [sorted(fin, key=lambda h: -h.score)[:n_best] for fin in finished]
