@@ -1,0 +1,393 @@
+"""The kernels compiled with numba: one loop over memory each, same signatures as ``reference``.
+
+Written for LLVM's loop vectorizer (check with ``inspect_asm``: zmm/ymm registers,
+``vdivps`` not ``vdivss``): plain loops over contiguous rows, one (H,) view per gate,
+outputs in arrays apart from the inputs, and no libm calls inside loops, since a call
+keeps a loop scalar. exp and tanh are polynomials (see ``exp``, ``tanh``, ``sigmoid``):
+in float32 Eigen's rational tanh (3e-7) serves tanh and, as tanh(x/2) / 2 + 1/2,
+sigmoid; in float64 Cephes' exp and tanh are within 2 ulp of libm, and sigmoid is the
+reference's 1 / (1 + exp(-x)), so float64 matches the reference to about 1e-15.
+``fastmath`` allows reassociation (vectorized sums) and contraction (FMA), not "no
+infs / no NaNs": a NaN in the data stays a NaN. An output that is also an input
+(``dc_prev`` is ``dc``, ``dlogits`` is ``logits``, ``ds`` is ``da``) gives the same
+numbers but makes LLVM's overlap check fail, and the loop runs scalar (2-3x slower).
+
+Every function compiles on its first call for each combination of dtypes and memory
+layouts (``cache=True`` keeps the machine code on disk, so only a machine's first run
+pays) and releases the GIL (``nogil=True``), so data-parallel threads run at once.
+Inputs in any memory layout give the right result; C-contiguous rows are the fast
+path. Shapes and indices are checked before any loop: numba does not bounds-check.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+jit = njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")   # x / 0 is inf, not an exception
+f32 = np.float32
+
+
+# -- scalar math, specialised by dtype at compile time ------------------------------
+# Polynomials instead of libm calls, which the vectorizer cannot put in SIMD lanes.
+# Compiled apart without "reassoc", so LLVM keeps Cody-Waite's split ln2 exact, then
+# inlined by LLVM into the loops (where they vectorize) with their own flags intact.
+SCALAR_MATH = dict(jit_options={"fastmath": {"nsz", "arcp", "contract", "afn"}, "error_model": "numpy"})
+
+
+def tanh(x):
+    """tanh(x): Eigen's rational function in float32 (3e-7), Cephes' in float64 (2 ulp)."""
+    return math.tanh(x)
+
+
+def sigmoid(x):
+    """1 / (1 + exp(-x)): as tanh(x/2) / 2 + 1/2 in float32 (2e-7), through exp in float64."""
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def exp(x):
+    """exp(x) by Cephes' polynomials: float32 to 6e-8 relative, float64 to 2 ulp.
+
+    Arguments below the smallest normal result give that result (1.2e-38 or 2e-308), not 0.
+    """
+    return math.exp(x)
+
+
+def _bitcast(fromtype, totype, irtype):
+    @intrinsic
+    def bits_as(typingctx, n):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], irtype)
+        return totype(fromtype), codegen
+    return bits_as
+
+
+_int32_bits_as_float32 = _bitcast(types.int32, types.float32, ir.FloatType())
+_int64_bits_as_float64 = _bitcast(types.int64, types.float64, ir.DoubleType())
+
+# Eigen's generic_fast_tanh_float: odd degree-13 over even degree-6, clamped where it reaches 1
+# (without Eigen's tiny-x branch: near 0 it is x (1 - 1.3e-7), well inside float32's tolerance).
+_T_CLAMP = f32(7.90531110763549805)
+_A1, _A3 = f32(4.89352455891786e-03), f32(6.37261928875436e-04)
+_A5, _A7 = f32(1.48572235717979e-05), f32(5.12229709037114e-08)
+_A9, _A11, _A13 = f32(-8.60467152213735e-11), f32(2.00018790482477e-13), f32(-2.76076847742355e-16)
+_B0, _B2 = f32(4.89352518554385e-03), f32(2.26843463243900e-03)
+_B4, _B6 = f32(1.18534705686654e-04), f32(1.19825839466702e-06)
+# Cephes expf: exp(x) = 2**k exp(r), |r| <= ln2/2, ln2 split in two for an exact k ln2.
+_E_LO, _E_HI = f32(-87.33654), f32(88.37626)
+_LOG2E, _LN2_HI, _LN2_LO = f32(1.44269504088896341), f32(0.693359375), f32(-2.12194440e-4)
+_P0, _P1, _P2, _P3 = f32(1.9875691500e-4), f32(1.3981999507e-3), f32(8.3334519073e-3), f32(4.1665795894e-2)
+_P4, _P5 = f32(1.6666665459e-1), f32(5.0000001201e-1)
+_HALF, _ONE = f32(0.5), f32(1.0)
+# Cephes exp (double): the same reduction, then a Pade form 1 + 2 r P(r^2) / (Q(r^2) - r P(r^2)).
+_D_LO, _D_HI = -708.3, 709.0                                        # 2**k stays a normal double
+_D_LOG2E, _D_LN2_HI, _D_LN2_LO = 1.4426950408889634, 6.93145751953125e-1, 1.42860682030941723212e-6
+_DP0, _DP1, _DP2 = 1.26177193074810590878e-4, 3.02994407707441961300e-2, 9.99999999999999999910e-1
+_DQ0, _DQ1 = 3.00198505138664455042e-6, 2.52448340349684104192e-3
+_DQ2, _DQ3 = 2.27265548208155028766e-1, 2.00000000000000000009e0
+# Cephes tanh (double): x + x^3 P(x^2) / Q(x^2) below 0.625, 1 - 2 / (exp(2|x|) + 1) above.
+_TP0, _TP1, _TP2 = -9.64399179425052238628e-1, -9.92877231001918586564e1, -1.61468768441708447952e3
+_TQ0, _TQ1, _TQ2 = 1.12811678491632931402e2, 2.23548839060100448583e3, 4.84406305325125486048e3
+
+
+def _is_f32(x):
+    return isinstance(x, types.Float) and x.bitwidth == 32
+
+
+def _is_f64(x):
+    return isinstance(x, types.Float) and x.bitwidth == 64
+
+
+@overload(exp, **SCALAR_MATH)
+def _exp_impl(x):
+    if _is_f32(x):
+        def exp_f32(x):
+            y = min(max(x, _E_LO), _E_HI)
+            k = np.floor(y * _LOG2E + _HALF)                         # float32, an integer
+            r = y - k * _LN2_HI
+            r = r - k * _LN2_LO
+            p = r * _P0 + _P1
+            p = r * p + _P2
+            p = r * p + _P3
+            p = r * p + _P4
+            p = r * p + _P5
+            p = p * (r * r) + r + _ONE
+            return p * _int32_bits_as_float32((np.int32(k) + np.int32(127)) << np.int32(23))
+        return exp_f32
+    if _is_f64(x):
+        def exp_f64(x):
+            y = min(max(x, _D_LO), _D_HI)
+            k = np.floor(y * _D_LOG2E + 0.5)
+            r = y - k * _D_LN2_HI
+            r = r - k * _D_LN2_LO
+            rr = r * r
+            p = r * ((_DP0 * rr + _DP1) * rr + _DP2)
+            q = ((_DQ0 * rr + _DQ1) * rr + _DQ2) * rr + _DQ3
+            return (1.0 + 2.0 * (p / (q - p))) * _int64_bits_as_float64((np.int64(k) + 1023) << 52)
+        return exp_f64
+
+
+@overload(tanh, **SCALAR_MATH)
+def _tanh_impl(x):
+    if _is_f32(x):
+        def tanh_f32(x):
+            y = min(max(x, -_T_CLAMP), _T_CLAMP)
+            y2 = y * y
+            p = y2 * _A13 + _A11
+            p = y2 * p + _A9
+            p = y2 * p + _A7
+            p = y2 * p + _A5
+            p = y2 * p + _A3
+            p = y2 * p + _A1
+            q = y2 * _B6 + _B4
+            q = y2 * q + _B2
+            q = y2 * q + _B0
+            return y * p / q
+        return tanh_f32
+    if _is_f64(x):
+        def tanh_f64(x):                                            # both branches, then a select
+            z = abs(x)
+            big = 1.0 - 2.0 / (exp(2.0 * z) + 1.0)
+            big = big if x >= 0.0 else -big
+            xx = x * x
+            small = x + x * xx * ((_TP0 * xx + _TP1) * xx + _TP2) / (((xx + _TQ0) * xx + _TQ1) * xx + _TQ2)
+            return big if z >= 0.625 else small
+        return tanh_f64
+
+
+@overload(sigmoid, **SCALAR_MATH)
+def _sigmoid_impl(x):
+    if _is_f32(x):
+        return lambda x: _HALF * tanh(_HALF * x) + _HALF
+    if _is_f64(x):
+        return lambda x: 1.0 / (1.0 + exp(-x))
+
+
+# -- LSTM cell ------------------------------------------------------------------------
+@jit
+def lstm_cell_forward(xa, ha, c_prev, gates, c, tc, h):
+    """See ``reference.lstm_cell_forward``: one pass over the (N, 4H) pre-activations."""
+    N, H = c.shape
+    if (xa.shape != (N, 4 * H) or ha.shape != (N, 4 * H) or gates.shape != (N, 4 * H)
+            or c_prev.shape != (N, H) or tc.shape != (N, H) or h.shape != (N, H)):
+        raise ValueError("lstm_cell_forward: xa, ha, gates must be (N, 4H) and c_prev, c, tc, h (N, H)")
+    # One (H,) view per gate: indexing row[j] and row[H + j] of one (4H,) row instead
+    # leaves the loop scalar (8x slower), as LLVM cannot prove the stores independent.
+    for n in range(N):
+        xi, xf, xo, xg = xa[n, :H], xa[n, H:2 * H], xa[n, 2 * H:3 * H], xa[n, 3 * H:]
+        ri, rf, ro, rg = ha[n, :H], ha[n, H:2 * H], ha[n, 2 * H:3 * H], ha[n, 3 * H:]
+        gi, gf, go, gg = gates[n, :H], gates[n, H:2 * H], gates[n, 2 * H:3 * H], gates[n, 3 * H:]
+        cp, cn, tn, hn = c_prev[n], c[n], tc[n], h[n]               # (H,) rows
+        for j in range(H):
+            i = sigmoid(xi[j] + ri[j])
+            f = sigmoid(xf[j] + rf[j])
+            o = sigmoid(xo[j] + ro[j])
+            g = tanh(xg[j] + rg[j])
+            cc = f * cp[j] + i * g
+            t = tanh(cc)
+            gi[j], gf[j], go[j], gg[j] = i, f, o, g
+            cn[j], tn[j], hn[j] = cc, t, o * t
+
+
+@jit
+def lstm_cell_backward(dh, dh_rec, dc, gates, c_prev, tc, da, dc_prev):
+    """See ``reference.lstm_cell_backward``: one pass, writing da (N, 4H) and dc_prev (N, H)."""
+    N, H = dh.shape
+    if (dh_rec.shape != (N, H) or dc.shape != (N, H) or c_prev.shape != (N, H) or tc.shape != (N, H)
+            or dc_prev.shape != (N, H) or gates.shape != (N, 4 * H) or da.shape != (N, 4 * H)):
+        raise ValueError("lstm_cell_backward: gates, da must be (N, 4H) "
+                         "and dh, dh_rec, dc, c_prev, tc, dc_prev (N, H)")
+    one = dh.dtype.type(1.0)
+    for n in range(N):
+        gi, gf, go, gg = gates[n, :H], gates[n, H:2 * H], gates[n, 2 * H:3 * H], gates[n, 3 * H:]
+        di, df, do, dg = da[n, :H], da[n, H:2 * H], da[n, 2 * H:3 * H], da[n, 3 * H:]
+        dhn, drn, dcn, cp, tn, dcp = dh[n], dh_rec[n], dc[n], c_prev[n], tc[n], dc_prev[n]   # (H,) rows
+        for j in range(H):
+            i, f, o, g = gi[j], gf[j], go[j], gg[j]
+            t = tn[j]
+            dht = dhn[j] + drn[j]
+            dct = dcn[j] + dht * o * (one - t * t)                  # through h = o tanh(c)
+            di[j] = dct * g * i * (one - i)
+            df[j] = dct * cp[j] * f * (one - f)
+            do[j] = dht * t * o * (one - o)
+            dg[j] = dct * i * (one - g * g)
+            dcp[j] = dct * f
+
+
+# -- attention softmax -------------------------------------------------------------
+@jit
+def _check_lengths(lengths, N, Ts):
+    if lengths.shape != (N,):
+        raise ValueError("masked_softmax: lengths must be (N,), one per row of scores")
+    for n in range(N):
+        if lengths[n] < 1 or lengths[n] > Ts:
+            raise ValueError("masked_softmax: every length must be in 1..Ts")
+
+
+@jit
+def _masked_softmax(s, lengths):
+    """s (N, R, Ts) in place; positions at and after lengths[n] get exactly 0."""
+    N, R, Ts = s.shape
+    _check_lengths(lengths, N, Ts)
+    zero, one = s.dtype.type(0.0), s.dtype.type(1.0)
+    for n in range(N):
+        L = lengths[n]
+        for r in range(R):
+            row = s[n, r]                                           # (Ts,)
+            m = row[0]
+            for k in range(1, L):
+                m = max(m, row[k])
+            total = zero
+            for k in range(L):
+                e = exp(row[k] - m)
+                row[k] = e
+                total += e
+            inv = one / total
+            for k in range(L):
+                row[k] *= inv
+            for k in range(L, Ts):
+                row[k] = zero
+
+
+def masked_softmax(scores, lengths):
+    """See ``reference.masked_softmax``: in place over (N, To, Ts) or (N, Ts)."""
+    _masked_softmax(scores if scores.ndim == 3 else scores[:, None, :], lengths)
+    return scores
+
+
+@jit
+def _masked_softmax_backward(a, da, ds):
+    N, R, Ts = a.shape
+    if da.shape != a.shape or ds.shape != a.shape:
+        raise ValueError("masked_softmax_backward: a, da and ds must have one shape")
+    zero = a.dtype.type(0.0)
+    for n in range(N):
+        for r in range(R):
+            ar, dar, dsr = a[n, r], da[n, r], ds[n, r]              # (Ts,) rows
+            s = zero
+            for k in range(Ts):
+                s += ar[k] * dar[k]
+            for k in range(Ts):
+                dsr[k] = ar[k] * (dar[k] - s)
+
+
+def masked_softmax_backward(a, da, ds):
+    """See ``reference.masked_softmax_backward``: ds = a (da - sum(a da)), ds may be da."""
+    if a.ndim == 2:
+        a, da, ds3 = a[:, None, :], da[:, None, :], ds[:, None, :]
+    else:
+        ds3 = ds
+    _masked_softmax_backward(a, da, ds3)
+    return ds
+
+
+# -- output loss -----------------------------------------------------------------------
+@jit
+def _softmax_cross_entropy(logits, targets, ignore_index, dlogits, scale, use_scale):
+    M, V = logits.shape
+    if targets.shape != (M,) or dlogits.shape != (M, V):
+        raise ValueError("softmax_cross_entropy: targets must be (M,) and dlogits (M, V) for logits (M, V)")
+    count = 0
+    for n in range(M):
+        t = targets[n]
+        if t != ignore_index:
+            if t < 0 or t >= V:
+                raise IndexError("softmax_cross_entropy: a target id is outside 0..V-1")
+            count += 1
+    dt = logits.dtype.type
+    sc = dt(scale) if use_scale else dt(1.0 / max(count, 1))
+    zero = dt(0.0)
+    loss = 0.0
+    for n in range(M):
+        z, d = logits[n], dlogits[n]                                # (V,) rows
+        t = targets[n]
+        if t == ignore_index:
+            for k in range(V):
+                d[k] = zero
+            continue
+        m = z[0]
+        for k in range(1, V):
+            m = max(m, z[k])
+        zt = z[t]
+        total = zero
+        for k in range(V):
+            e = exp(z[k] - m)
+            d[k] = e
+            total += e
+        loss += math.log(total) - (zt - m)
+        inv = sc / total
+        for k in range(V):
+            d[k] *= inv
+        d[t] -= sc
+    return loss, count
+
+
+def softmax_cross_entropy(logits, targets, ignore_index, dlogits, scale=None):
+    """See ``reference.softmax_cross_entropy`` -> (loss summed over real rows, their count)."""
+    return _softmax_cross_entropy(logits, targets, ignore_index, dlogits,
+                                  0.0 if scale is None else float(scale), scale is not None)
+
+
+# -- embedding gradient ----------------------------------------------------------------
+@jit
+def embedding_grad(ids, dout, dW):
+    """See ``reference.embedding_grad``: dW (V, D) = 0, then dW[ids[m]] += dout[m]."""
+    M, D = dout.shape
+    V = dW.shape[0]
+    if ids.shape != (M,) or dW.shape[1] != D:
+        raise ValueError("embedding_grad: ids must be (M,), dout (M, D) and dW (V, D)")
+    for m in range(M):
+        if ids[m] < 0 or ids[m] >= V:
+            raise IndexError("embedding_grad: a token id is outside 0..V-1")
+    dW[...] = 0
+    for m in range(M):
+        row, src = dW[ids[m]], dout[m]                              # (D,) rows
+        for k in range(D):
+            row[k] += src[k]
+    return dW
+
+
+# -- optimizer -----------------------------------------------------------------------------
+@jit
+def _sum_squares(x):
+    total = 0.0
+    for k in range(x.size):
+        v = np.float64(x[k])
+        total += v * v
+    return total
+
+
+def sum_squares(x) -> float:
+    """See ``reference.sum_squares``: sum of x^2, accumulated in float64."""
+    return _sum_squares(x.reshape(-1))
+
+
+@jit
+def _adam(p, g, m, v, scale, lr_t, b1, b2, eps_hat):
+    dt = p.dtype.type
+    sc, lr, c1, c2, eps = dt(scale), dt(lr_t), dt(b1), dt(b2), dt(eps_hat)
+    d1, d2 = dt(1.0 - b1), dt(1.0 - b2)
+    for k in range(p.size):
+        gk = g[k] * sc
+        mk = c1 * m[k] + d1 * gk
+        vk = c2 * v[k] + d2 * (gk * gk)
+        m[k], v[k] = mk, vk
+        p[k] -= lr * mk / (math.sqrt(vk) + eps)
+
+
+def _flat(name, x):
+    if not x.flags.c_contiguous:
+        raise ValueError(f"adam_update: {name} must be C-contiguous (it is updated in place)")
+    return x.reshape(-1)
+
+
+def adam_update(p, g, m, v, scale, lr_t, b1, b2, eps_hat):
+    """See ``reference.adam_update``: p, m, v updated in place from g * scale (all C-contiguous)."""
+    if not (p.shape == g.shape == m.shape == v.shape):
+        raise ValueError(f"adam_update: p, g, m, v must have one shape, "
+                         f"got {p.shape}, {g.shape}, {m.shape}, {v.shape}")
+    _adam(_flat("p", p), g.reshape(-1), _flat("m", m), _flat("v", v), scale, lr_t, b1, b2, eps_hat)
