@@ -1,4 +1,4 @@
-"""``attnseq``: one command line for training, evaluation, translation, plots, data and benchmarks.
+"""``attnseq``: one command line for training, evaluation, translation, export, plots, data and benchmarks.
 
 Every subcommand is a thin layer over a library function; ``scripts/*.py`` call
 the same ``main``. Errors print one line on stderr and exit non-zero; ``--debug``
@@ -24,6 +24,11 @@ Each flag's help ends with its default, then what a built-in task sets instead
 Every flag can also be set in --config FILE.toml, with the flag's name as key
 (batch_size = 64 or "batch-size" = 64); flags on the command line win.
 """
+
+
+BY_HELP = ("exact match, BLEU and chrF per category (repeatable): length (of the source in tokens, "
+           "1-10, 11-20, ...), style (a date file's style: its column 3), one-digit (column 4 of a date file) "
+           "or colN (column N of a TSV file, N >= 3; files have no header line)")
 
 
 class Parser(argparse.ArgumentParser):
@@ -60,10 +65,24 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from .run.evaluation import format_categories
     from .run.inference import evaluate_file
     result = evaluate_file(args.ckpt, args.data, device=args.device, batch_size=args.batch_size,
-                           output=args.output)
+                           output=args.output, by=tuple(args.by or ()))
+    for name, table in result.get("by", {}).items():       # the tables on stderr: stdout stays one JSON line
+        print(format_categories(name, table), file=sys.stderr)
     print(json.dumps(result))
+    return 0
+
+
+def cmd_explore(args) -> int:
+    from .explorer import explore_file
+    page = explore_file(args.ckpt, args.data, n=args.n or None, by=tuple(args.by or ()), beam=args.beam,
+                        n_best=args.n_best, alpha=args.alpha, device=args.device, batch_size=args.batch_size)
+    s = page.data["summary"]
+    print(page.save(args.out))
+    if s["exact_match"] is not None:
+        print(f"{s['n']} examples, exact match {100 * s['exact_match']:.2f}%, {s['wrong']} wrong", file=sys.stderr)
     return 0
 
 
@@ -101,8 +120,7 @@ def read_epochs(run) -> list[dict]:
 
 def cmd_translate(args) -> int:
     from .data.io import atomic_write_text, read_lines, split_lines
-    from .run.inference import Translator
-    tr = Translator(args.ckpt, args.device, args.max_input_len)
+    tr = _translator(args)
     interactive = args.input is None and sys.stdin.isatty()
     kw = dict(beam=args.beam, n_best=args.n_best, alpha=args.alpha, batch_size=args.batch_size, max_len=args.max_len)
     if interactive:
@@ -130,6 +148,38 @@ def cmd_translate(args) -> int:
         atomic_write_text(args.output, buf.getvalue())
     else:
         _print_translations(results, args, sys.stdout)
+    return 0
+
+
+def _translator(args):
+    """The engine that runs translate's model: attnseq's own (--ckpt) or onnxruntime (--model)."""
+    if args.engine == "onnxruntime":
+        from .export import OnnxTranslator
+        return OnnxTranslator(args.model, args.max_input_len)
+    from .run.inference import Translator
+    return Translator(args.ckpt, args.device, args.max_input_len)
+
+
+def translate_flag_error(args) -> str | None:
+    """What does not fit in translate's --engine, --ckpt, --model and --device, or None."""
+    if args.engine == "onnxruntime":
+        if args.ckpt:
+            return "--ckpt is for --engine attnseq; --engine onnxruntime takes --model DIR (an attnseq export)"
+        if not args.model:
+            return "--engine onnxruntime needs --model DIR (a directory written by attnseq export)"
+        if args.device != "cpu":
+            return f"--device {args.device}: --engine onnxruntime runs on the CPU"
+        return None
+    if args.model:
+        return "--model DIR is an ONNX export: add --engine onnxruntime (the default engine, attnseq, takes --ckpt RUN)"
+    if not args.ckpt:
+        return "--ckpt RUN is required (or --engine onnxruntime --model DIR)"
+    return None
+
+
+def cmd_export(args) -> int:
+    from .export import export_onnx
+    print(export_onnx(args.ckpt, args.out, cast_float32=args.float32))
     return 0
 
 
@@ -204,7 +254,21 @@ def build_parser() -> Parser:
     e.add_argument("--output", metavar="FILE", help="also write one prediction per line here")
     e.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE)
     e.add_argument("--device", default="cpu")
+    e.add_argument("--by", action="append", metavar="length|style|colN", help=BY_HELP + "; the tables go to stderr")
     e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser("explore", help="write one HTML page to browse a model's outputs, errors and attention")
+    x.add_argument("--ckpt", required=True, metavar="RUN", help="run dir (its best/) or checkpoint dir")
+    x.add_argument("--data", required=True, metavar="FILE", help="TSV or question_answer pairs")
+    x.add_argument("--out", required=True, metavar="PAGE.html", help="the page to write (one file, works offline)")
+    x.add_argument("--n", type=int, default=500, help="the first N pairs of --data (500; 0: all)")
+    x.add_argument("--beam", type=int, default=1, metavar="K", help="beam size (1 = greedy); shows the n best")
+    x.add_argument("--n-best", type=int, metavar="N", help="hypotheses kept per example with --beam (default K)")
+    x.add_argument("--alpha", type=float, default=0.0, help="GNMT length penalty alpha for beam search (0 = off)")
+    x.add_argument("--by", action="append", metavar="style|colN", help=BY_HELP + "; length is always shown")
+    x.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, metavar="B")
+    x.add_argument("--device", default="cpu")
+    x.set_defaults(func=cmd_explore)
 
     m = sub.add_parser("make-data", help="regenerate a built-in dataset's TSV splits")
     m.add_argument("name", choices=["date", "addition", "toy-en-ko"])
@@ -218,7 +282,11 @@ def build_parser() -> Parser:
     c.set_defaults(func=cmd_plot_curves)
 
     t = sub.add_parser("translate", help="translate lines from stdin, --input FILE or a terminal prompt")
-    t.add_argument("--ckpt", required=True, metavar="RUN", help="run dir (its best/) or checkpoint dir")
+    t.add_argument("--ckpt", metavar="RUN", help="run dir (its best/) or checkpoint dir (--engine attnseq)")
+    t.add_argument("--engine", choices=["attnseq", "onnxruntime"], default="attnseq",
+                   help="what runs the model: attnseq with --ckpt (default), or onnxruntime with --model "
+                        "(needs pip install 'attnseq[export]')")
+    t.add_argument("--model", metavar="DIR", help="a directory written by attnseq export (--engine onnxruntime)")
     t.add_argument("--input", metavar="FILE", help="read lines from FILE (default stdin)")
     t.add_argument("--output", metavar="FILE", help="write outputs to FILE (default stdout)")
     t.add_argument("--beam", type=int, default=1, metavar="K", help="beam size (1 = greedy)")
@@ -230,7 +298,18 @@ def build_parser() -> Parser:
                    help="longer inputs are truncated with a warning (default: the run's --max-len, else 200)")
     t.add_argument("--device", default="cpu")
     t.add_argument("--show-attention", action="store_true", help="print a text alignment per line on stderr")
-    t.set_defaults(func=cmd_translate)
+    t.set_defaults(func=cmd_translate, check=translate_flag_error)
+
+    o = sub.add_parser("export", help="export a checkpoint to ONNX, to translate without attnseq")
+    o.add_argument("--ckpt", required=True, metavar="RUN", help="run dir (its best/) or checkpoint dir")
+    o.add_argument("--format", choices=["onnx"], default="onnx",
+                   help="onnx (default; needs pip install 'attnseq[export]'): encoder.onnx, decoder_step.onnx, "
+                        "the tokenizer files and manifest.json")
+    o.add_argument("--out", required=True, metavar="DIR",
+                   help="a new or empty directory, or an earlier export to replace")
+    o.add_argument("--float32", action="store_true",
+                   help="cast a float64 checkpoint's weights to float32 (the graphs are float32)")
+    o.set_defaults(func=cmd_export)
 
     a = sub.add_parser("plot-attention", help="draw attention heatmaps for texts or examples from a data file")
     a.add_argument("--ckpt", required=True, metavar="RUN")
@@ -259,6 +338,9 @@ def build_parser() -> Parser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    problem = args.check(args) if getattr(args, "check", None) else None
+    if problem:                                   # a flag combination argparse cannot express: a usage error
+        parser.exit(2, f"attnseq {args.command}: error: {problem} (see attnseq {args.command} --help)\n")
 
     def show(message, category, filename, lineno, file=None, line=None):
         print(f"attnseq {args.command}: warning: {message}", file=sys.stderr)
@@ -272,6 +354,9 @@ def main(argv=None) -> int:
         print("attnseq: interrupted", file=sys.stderr)
         return 130
     except (AttnseqError, OSError, ValueError) as e:
+        if getattr(e, "exit_code", None):         # a graceful stop (SIGINT/SIGTERM): where it stopped; 130 or 143
+            print(f"attnseq {args.command}: {e}", file=sys.stderr)
+            return e.exit_code
         if args.debug:
             raise
         msg = str(e) if isinstance(e, (AttnseqError, ValueError)) else f"{getattr(e, 'filename', '') or ''}: {e.strerror or e}"

@@ -2,7 +2,9 @@
 
 Formats:
 - TSV: ``source<TAB>target[<TAB>anything ...]``; extra columns (such as the
-  attribution column of Tatoeba/ManyThings files) are ignored.
+  attribution column of Tatoeba/ManyThings files) are ignored by ``read_pairs``;
+  ``read_columns`` returns them too, numbered from 1 (source 1, target 2, then 3, 4, ...).
+  There is no header line.
 - Aligned files: one source per line in one file, its target on the same line
   of another.
 - question_answer: the fixed-width format of the book's ``date.txt`` and
@@ -19,6 +21,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator, Sequence
 
 from ..errors import DataError
 
@@ -65,17 +68,47 @@ def _pair(path, lineno, src, tgt):
     return src, tgt
 
 
-def read_tsv(path: str | Path) -> list[tuple[str, str]]:
-    """Pairs from a ``source<TAB>target`` file; extra columns are ignored."""
-    pairs = []
+def _tsv_fields(path: str | Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each non-blank line of a TSV file with at least two fields."""
     for lineno, line in enumerate(read_lines(path), 1):
         if not line.strip():
             continue
         fields = line.split("\t")
         if len(fields) < 2:
             raise DataError(f"{path}:{lineno}: expected source<TAB>target, found no tab: {line[:60]!r}")
+        yield lineno, fields
+
+
+def read_tsv(path: str | Path) -> list[tuple[str, str]]:
+    """Pairs from a ``source<TAB>target`` file; extra columns are ignored."""
+    return [_pair(path, lineno, fields[0], fields[1]) for lineno, fields in _tsv_fields(path)]
+
+
+def read_columns(path: str | Path, columns: Sequence[int]) -> tuple[list[tuple[str, str]], list[tuple[str, ...]]]:
+    """The pairs of a data file as ``read_pairs`` gives them, and for each pair its fields in the 1-based
+    ``columns`` (3: the first after source and target), stripped.
+
+    A line without one of those columns is a DataError naming the file, the line and the column; so is
+    any column past 2 in a question_answer file, which has only two.
+    """
+    bad = [c for c in columns if not isinstance(c, int) or c < 1]
+    if bad:
+        raise ValueError(f"columns are numbered from 1, got {bad[0]!r}")
+    lines = read_lines(path)
+    first = next(line for line in lines if line.strip())
+    if "\t" not in first:
+        pairs = read_question_answer(path)
+        if any(c > 2 for c in columns):
+            raise DataError(f"{path}: question_answer lines have two columns, no column {max(columns)}")
+        return pairs, [tuple(p[c - 1] for c in columns) for p in pairs]
+    pairs, extra = [], []
+    for lineno, fields in _tsv_fields(path):
         pairs.append(_pair(path, lineno, fields[0], fields[1]))
-    return pairs
+        missing = [c for c in columns if c > len(fields)]
+        if missing:
+            raise DataError(f"{path}:{lineno}: no column {missing[0]} (the line has {len(fields)})")
+        extra.append(tuple(fields[c - 1].strip() for c in columns))
+    return pairs, extra
 
 
 def read_question_answer(path: str | Path) -> list[tuple[str, str]]:

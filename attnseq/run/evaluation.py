@@ -1,9 +1,13 @@
-"""Metrics: teacher-forced loss and token accuracy, greedy exact match, BLEU/chrF.
+"""Metrics: teacher-forced loss and token accuracy, greedy exact match, BLEU/chrF,
+and the same per category of example (``category_metrics``: by source length, or by a
+label the data file holds, such as the date files' style).
 
 Greedy outputs come from ``decoding``; each batch is encoded once for both the
 teacher-forced scores and the greedy search.
 """
 from __future__ import annotations
+
+import re
 
 from ..data.batching import Encoded, take
 from ..data.tokenizers import PAD_ID, Tokenizer
@@ -65,3 +69,62 @@ def bleu_chrf(hyps: list[str], refs: list[str]) -> dict:
     import sacrebleu
     return dict(bleu=float(sacrebleu.corpus_bleu(hyps, [refs], force=True).score),
                 chrf=float(sacrebleu.corpus_chrf(hyps, [refs]).score))
+
+
+# -- per category ----------------------------------------------------------------------------
+# The date files' extra columns by name (see ``attnseq.data.datasets``); any file's by number: col3, col4 ...
+COLUMN_NAMES = {"style": 3, "one-digit": 4}
+LENGTH_BUCKET = 10
+
+
+def by_column(name: str) -> int | None:
+    """The 1-based TSV column that ``--by NAME`` groups by, or None for ``length``: ``colN`` is column N
+    (3 or more), ``style`` and ``one-digit`` the date files' columns 3 and 4."""
+    if name == "length":
+        return None
+    if name in COLUMN_NAMES:
+        return COLUMN_NAMES[name]
+    if re.fullmatch(r"col[1-9][0-9]*", name):
+        col = int(name[3:])
+        if col >= 3:
+            return col
+    raise ValueError(f"--by {name}: expected length, style, one-digit or colN (a TSV column, N >= 3)")
+
+
+def length_bucket(n: int, width: int = LENGTH_BUCKET) -> str:
+    """The bucket of a length: 1-10, 11-20, ... for width 10."""
+    start = (max(int(n), 1) - 1) // width * width + 1
+    return f"{start}-{start + width - 1}"
+
+
+def _category_key(label: str):
+    m = re.fullmatch(r"(\d+)-\d+", label)
+    return (0, int(m.group(1)), "") if m else (1, 0, label)
+
+
+def category_metrics(preds: list[str], refs: list[str], labels: list[str],
+                     refs_norm: list[str] | None = None) -> dict[str, dict]:
+    """Exact match, BLEU and chrF of the rows of each category: {label: {n, exact_match, bleu, chrf}},
+    length buckets in order of length, other labels alphabetically. Exact match compares with
+    ``refs_norm`` (the references as the tokenizer reads them back) when given."""
+    refs_norm = refs if refs_norm is None else refs_norm
+    rows: dict[str, list[int]] = {}
+    for k, label in enumerate(labels):
+        rows.setdefault(label, []).append(k)
+    out = {}
+    for label in sorted(rows, key=_category_key):
+        idx = rows[label]
+        exact = sum(preds[k] == refs_norm[k] for k in idx) / len(idx)
+        out[label] = dict(n=len(idx), exact_match=exact,
+                          **bleu_chrf([preds[k] for k in idx], [refs[k] for k in idx]))
+    return out
+
+
+def format_categories(name: str, table: dict[str, dict]) -> str:
+    """A small text table of ``category_metrics``: one line per category."""
+    width = max([len(name)] + [len(label) for label in table])
+    lines = [f"{name:<{width}}  {'n':>6}  {'exact':>8}  {'BLEU':>6}  {'chrF':>6}"]
+    for label, m in table.items():
+        lines.append(f"{label:<{width}}  {m['n']:>6}  {100 * m['exact_match']:>7.2f}%  "
+                     f"{m['bleu']:>6.1f}  {m['chrf']:>6.1f}")
+    return "\n".join(lines)

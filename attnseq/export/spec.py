@@ -1,0 +1,226 @@
+"""What an export directory holds, written down once: file names, graph inputs and outputs, the manifest.
+
+Both sides use this module: the exporter writes ``manifest.json`` from it, the runtime reads the
+manifest back through ``read_manifest``, which checks every key, file size and checksum and
+names the file at fault in one ``CheckpointError``. No onnx or onnxruntime import here.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from pathlib import Path
+
+from ..errors import AttnseqError, CheckpointError
+from ..data.tokenizers import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+FORMAT = "attnseq-onnx"
+FORMAT_VERSION = 1
+OPSET = 17              # onnxruntime >= 1.13 and onnx >= 1.12 run it; LSTM-14, Softmax-13
+IR_VERSION = 8          # the IR that goes with opset 17: newer onnx writes a newer one that older runtimes refuse
+MANIFEST = "manifest.json"
+ENCODER, DECODER_STEP = "encoder", "decoder_step"
+GRAPH_FILES = {ENCODER: "encoder.onnx", DECODER_STEP: "decoder_step.onnx"}
+TOKENIZER_NAMES = {"source": "src_vocab", "target": "tgt_vocab"}
+INSTALL_HINT = "pip install 'attnseq[export]'"
+
+# dtype names used in the manifest -> onnxruntime's type strings
+ORT_TYPES = {"int64": "tensor(int64)", "float32": "tensor(float)", "bool": "tensor(bool)"}
+
+
+class MissingExtraError(AttnseqError, ImportError):
+    """onnx or onnxruntime is not installed."""
+
+
+def require(module: str):
+    """Import ``module`` (onnx, onnxruntime) or raise one line saying how to install the extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(f"ONNX support needs the '{module}' package: {INSTALL_HINT}") from None
+
+
+def _io(name, dtype, shape, doc):
+    return dict(name=name, dtype=dtype, shape=list(shape), doc=doc)
+
+
+def graph_io(hidden_size: int, tgt_vocab_size: int, dtype: str = "float32") -> dict:
+    """graph -> {"inputs": [...], "outputs": [...]}, each entry {name, dtype, shape, doc}.
+
+    Shapes use the symbolic dimensions N (batch rows) and Ts (source length); H and V are fixed.
+    """
+    H, V = hidden_size, tgt_vocab_size
+    return {
+        ENCODER: dict(
+            inputs=[_io("src_ids", "int64", ["N", "Ts"], "source token ids, right-padded with the pad id"),
+                    _io("src_lengths", "int64", ["N"], "real tokens per row, 1 <= length <= Ts")],
+            outputs=[_io("hs", dtype, ["N", "Ts", H], "encoder states; rows past their length are zero"),
+                     _io("h0", dtype, ["N", H], "decoder's initial h: the encoder's h at each row's last real token"),
+                     _io("c0", dtype, ["N", H], "decoder's initial c, likewise")]),
+        DECODER_STEP: dict(
+            inputs=[_io("prev_token", "int64", ["N"], "the previous output token (bos at the first step)"),
+                    _io("h", dtype, ["N", H], "decoder h (h0 at the first step)"),
+                    _io("c", dtype, ["N", H], "decoder c (c0 at the first step)"),
+                    _io("hs", dtype, ["N", "Ts", H], "the encoder's hs"),
+                    _io("src_mask", "bool", ["N", "Ts"], "True at real source tokens (src_ids != pad)")],
+            outputs=[_io("log_probs", dtype, ["N", V], "log-softmax over the target vocabulary"),
+                     _io("h_out", dtype, ["N", H], "new h"),
+                     _io("c_out", dtype, ["N", H], "new c"),
+                     _io("attention", dtype, ["N", "Ts"], "attention weights over the source, 0 at padding")]),
+    }
+
+
+def output_len_rule(scale: int, offset: int) -> dict:
+    """The manifest's ``max_output_len``: the longest output is scale * Ts + offset tokens."""
+    return dict(scale=int(scale), offset=int(offset), rule=f"{scale} * Ts + {offset}",
+                Ts="tokens of the longest source in the batch (after truncation to max_input_len)")
+
+
+def output_len_from_rule(rule: dict, ts: int) -> int:
+    """The longest output, by the manifest's ``max_output_len`` rule, for a batch whose longest source has ts tokens."""
+    return rule["scale"] * int(ts) + rule["offset"]
+
+
+def file_digest(data: bytes) -> dict:
+    return dict(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+
+def build_manifest(model_config: dict, tokenizers: dict, reverse_source: bool, max_input_len: int,
+                   max_output_len: dict, files: dict, provenance: dict) -> dict:
+    """The manifest: everything a runtime needs to reproduce attnseq's translate.
+
+    ``tokenizers``: side ("source"/"target") -> {"kind", "name", "files"}; ``max_output_len``: an
+    ``output_len_rule``; ``files``: file name -> bytes.
+    """
+    H, V = model_config["hidden_size"], model_config["tgt_vocab_size"]
+    io = graph_io(H, V)
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "opset": OPSET,
+        "ir_version": IR_VERSION,
+        "dtype": "float32",
+        "model": {k: int(model_config[k]) for k in ("src_vocab_size", "tgt_vocab_size", "wordvec_size", "hidden_size")},
+        "special_ids": {"pad": int(model_config.get("pad_id", PAD_ID)), "bos": int(model_config.get("bos_id", BOS_ID)),
+                        "eos": int(model_config.get("eos_id", EOS_ID)), "unk": UNK_ID},
+        "tokenizers": tokenizers,
+        "reverse_source": bool(reverse_source),
+        "max_input_len": int(max_input_len),
+        "max_output_len": max_output_len,
+        "decoding": {
+            "blank_input": "a blank line is encoded as [unk] and its output is the empty string",
+            "greedy": "argmax of log_probs at every step, until eos or max_output_len tokens",
+            "source": "encode, truncate to max_input_len, then reverse when reverse_source",
+        },
+        "graphs": {g: dict(file=GRAPH_FILES[g], **io[g]) for g in (ENCODER, DECODER_STEP)},
+        "files": {name: file_digest(data) for name, data in sorted(files.items())},
+        "provenance": provenance,
+    }
+
+
+# -- reading one back ---------------------------------------------------------------------------
+REQUIRED = {
+    "format": str, "format_version": int, "opset": int, "dtype": str, "model": dict, "special_ids": dict,
+    "tokenizers": dict, "reverse_source": bool, "max_input_len": int, "max_output_len": dict,
+    "graphs": dict, "files": dict,
+}
+
+
+def _fail(path: Path, msg: str):
+    raise CheckpointError(f"{path}: {msg}")
+
+
+def read_json_object(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path.parent}: missing {path.name} (not an attnseq ONNX export?)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: malformed JSON ({e})") from None
+    if not isinstance(data, dict):
+        _fail(path, "expected a JSON object")
+    return data
+
+
+def _need(path: Path, obj: dict, key: str, kind, where: str = ""):
+    if key not in obj:
+        _fail(path, f"missing key '{where}{key}'")
+    value = obj[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        _fail(path, f"'{where}{key}' must be a {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def read_manifest(directory: str | Path) -> dict:
+    """manifest.json of an export directory, with every key the runtime uses checked."""
+    path = Path(directory) / MANIFEST
+    m = read_json_object(path)
+    for key, kind in REQUIRED.items():
+        _need(path, m, key, kind)
+    if m["format"] != FORMAT:
+        _fail(path, f"format {m['format']!r}, expected {FORMAT!r}")
+    if m["format_version"] != FORMAT_VERSION:
+        _fail(path, f"format_version {m['format_version']}, this attnseq reads {FORMAT_VERSION}")
+    if m["dtype"] != "float32":
+        _fail(path, f"dtype {m['dtype']!r}: this attnseq runs float32 exports only")
+    for key in ("src_vocab_size", "tgt_vocab_size", "wordvec_size", "hidden_size"):
+        if _need(path, m["model"], key, int, "model.") < 1:
+            _fail(path, f"'model.{key}' must be positive")
+    for key in ("pad", "bos", "eos", "unk"):
+        _need(path, m["special_ids"], key, int, "special_ids.")
+    for key in ("scale", "offset"):
+        _need(path, m["max_output_len"], key, int, "max_output_len.")
+    if m["max_output_len"]["scale"] < 0 or output_len_from_rule(m["max_output_len"], 1) < 1:
+        _fail(path, "'max_output_len' must give at least one token: scale >= 0 and scale + offset >= 1")
+    if m["max_input_len"] < 1:
+        _fail(path, "'max_input_len' must be positive")
+    for side, name in TOKENIZER_NAMES.items():
+        tok = _need(path, m["tokenizers"], side, dict, "tokenizers.")
+        _need(path, tok, "kind", str, f"tokenizers.{side}.")
+        if _need(path, tok, "name", str, f"tokenizers.{side}.") != name:
+            _fail(path, f"'tokenizers.{side}.name' must be {name!r}, got {tok['name']!r}")
+        for f in _need(path, tok, "files", list, f"tokenizers.{side}."):
+            if f not in m["files"]:
+                _fail(path, f"tokenizer file {f!r} is not listed under 'files'")
+    expected = graph_io(m["model"]["hidden_size"], m["model"]["tgt_vocab_size"])
+    for g, file in GRAPH_FILES.items():
+        spec = _need(path, m["graphs"], g, dict, "graphs.")
+        if _need(path, spec, "file", str, f"graphs.{g}.") != file:
+            _fail(path, f"'graphs.{g}.file' must be {file!r}, got {spec['file']!r}")
+        if file not in m["files"]:
+            _fail(path, f"graph file {file!r} is not listed under 'files'")
+        for side in ("inputs", "outputs"):
+            entries = _need(path, spec, side, list, f"graphs.{g}.")
+            got = [(e.get("name"), e.get("dtype"), e.get("shape")) for e in entries if isinstance(e, dict)]
+            want = [(e["name"], e["dtype"], e["shape"]) for e in expected[g][side]]
+            if got != want:
+                _fail(path, f"'graphs.{g}.{side}' is {got}, but model sizes "
+                            f"(hidden {m['model']['hidden_size']}, vocab {m['model']['tgt_vocab_size']}) give {want}")
+    for name, digest in m["files"].items():
+        if not isinstance(digest, dict) or not isinstance(digest.get("bytes"), int) or \
+                not isinstance(digest.get("sha256"), str):
+            _fail(path, f"'files.{name}' must be {{\"bytes\": int, \"sha256\": str}}")
+    return m
+
+
+def read_listed_file(directory: str | Path, manifest: dict, name: str) -> bytes:
+    """The bytes of a file the manifest lists, checked against its size and sha256."""
+    path = Path(directory) / name
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{Path(directory)}: missing {name}, which {MANIFEST} lists") from None
+    want = manifest["files"][name]
+    if len(data) != want["bytes"]:
+        _fail(path, f"{len(data)} bytes, {MANIFEST} says {want['bytes']}: truncated or not this export's file")
+    if hashlib.sha256(data).hexdigest() != want["sha256"]:
+        _fail(path, f"sha256 differs from {MANIFEST}'s: corrupt or not this export's file")
+    return data
+
+
+def is_export_dir(directory: Path) -> bool:
+    """True when ``directory`` holds a manifest.json of this format (an earlier export to replace)."""
+    try:
+        return json.loads((directory / MANIFEST).read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
