@@ -5,11 +5,19 @@ The default workload is the classic date model (embedding 16, hidden 256, batch
 and target (11 decoder steps), as the book's code runs it. In the same run it
 times float32 matmuls at the model's own shapes, so ``efficiency`` (the model's
 useful GFLOP/s over sgemm GFLOP/s) holds on a noisy machine.
+
+``kernels`` picks the CPU path for the elementwise work: "numba" (the fused
+compiled kernels), "numpy" (the plain array code) or "auto" (numba when it
+imports); the result names the one that ran. Training takes the same choice
+from the environment variable ``ATTNSEQ_KERNELS``.
 """
 from __future__ import annotations
 
+import os
+import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -17,6 +25,7 @@ import numpy as np
 
 from .data.batching import encode_pairs, take
 from .data.tokenizers import CharTokenizer
+from .nn import kernels as kernel_paths
 from .nn.backend import check_device
 from .nn.model import AttentionSeq2seq
 from .nn.optim import Adam, ClipGradNorm
@@ -69,9 +78,17 @@ def peak_rss_mib() -> float:
 
 def run_bench(device: str = "cpu", batch_size: int = 128, hidden_size: int = 256, wordvec_size: int = 16,
               iters: int = 20, warmup: int = 3, padded: bool = True, n_greedy: int = 5000, n_beam: int = 500,
-              threads: int = 0) -> dict:
-    from .data.corpus import load_data
+              threads: int = 0, kernels: str = "auto") -> dict:
+    """Times training and decoding; ``kernels`` ("auto", "numba", "numpy") is the CPU path, for this run only."""
     check_device(device)
+    with kernel_paths.using(kernels) as path:
+        out = _run(device, batch_size, hidden_size, wordvec_size, iters, warmup, padded, n_greedy, n_beam, threads)
+    out["kernels"] = path if device == "cpu" else "cupy"
+    return out
+
+
+def _run(device, batch_size, hidden_size, wordvec_size, iters, warmup, padded, n_greedy, n_beam, threads) -> dict:
+    from .data.corpus import load_data
     data = load_data(dict(data="date", train=None))
     src_tok = CharTokenizer.build(s for s, _ in data["train"])
     tgt_tok = CharTokenizer.build(t for _, t in data["train"])
@@ -129,18 +146,37 @@ def run_bench(device: str = "cpu", batch_size: int = 128, hidden_size: int = 256
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's model name: /proc/cpuinfo's "model name", else lscpu's "Model name", else platform's."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "Model name" and value.strip():
+                return value.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _device_name(device: str) -> str:
     if device == "cpu":
-        import os
-        import platform
-        return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+        return f"cpu ({cpu_model()}, {os.cpu_count()} cores)"
     import cupy
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     return f"{device} ({props['name'].decode()})"
 
 
 def format_table(r: dict) -> str:
-    rows = [("device", r["device"]), ("workload", r["workload"]),
+    rows = [("device", r["device"]), ("workload", r["workload"]), ("kernels", r["kernels"]),
             ("train threads", f"{r['train_threads']} x single-threaded BLAS" if r["train_threads"] > 1
              else "1 (BLAS threads as numpy sets them)"),
             ("train s/iter (median)", f"{r['train_s_per_iter'] * 1000:.1f} ms"),

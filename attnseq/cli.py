@@ -231,9 +231,11 @@ def plot_translations(tr, texts: list[str], out, refs: list[str] | None = None, 
 
 def cmd_bench(args) -> int:
     from .bench import format_table, run_bench
-    r = run_bench(args.device, args.batch_size, args.hidden_size, args.wordvec_size, args.iters,
-                  padded=not args.bucketed, threads=args.threads)
-    print(json.dumps(r) if args.json else format_table(r))
+    paths = ("numpy", "numba") if args.kernels == "both" else (args.kernels,)
+    for k, path in enumerate(paths):
+        r = run_bench(args.device, args.batch_size, args.hidden_size, args.wordvec_size, args.iters,
+                      padded=not args.bucketed, threads=args.threads, kernels=path)
+        print(json.dumps(r) if args.json else ("\n" if k else "") + format_table(r), flush=True)
     return 0
 
 
@@ -330,7 +332,10 @@ def build_parser() -> Parser:
     b.add_argument("--iters", type=int, default=20, help="timed training iterations (after 3 warm-up)")
     b.add_argument("--threads", type=int, default=0, help="CPU training threads (0: one per core, >= 32 rows each)")
     b.add_argument("--bucketed", action="store_true", help="trim each batch to its own longest row instead")
-    b.add_argument("--json", action="store_true", help="one JSON line instead of a table")
+    b.add_argument("--kernels", choices=("auto", "numba", "numpy", "both"), default="auto",
+                   help="CPU path: fused numba kernels, plain numpy, or both one after the other "
+                        "(default auto: numba when it imports; training reads ATTNSEQ_KERNELS)")
+    b.add_argument("--json", action="store_true", help="one JSON line instead of a table (one per path)")
     b.set_defaults(func=cmd_bench)
     return p
 

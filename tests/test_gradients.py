@@ -3,16 +3,21 @@
 Each ``*_errors(xp)`` function runs one layer's forward and backward and returns the
 relative error of every gradient it checks, by name. ``CHECKS`` lists them all: each
 is a test of its own, and ``test_report_worst_error`` runs them all again to report
-the worst, so no test depends on another having run.
+the worst, so no test depends on another having run. Every test runs on both CPU paths
+(``kernel_path``): the fused numba kernels and the plain numpy code.
 """
 import functools
 
 import numpy as np
 import pytest
 from helpers import numerical_grad, random_like, rel_error
+from kernel_paths import kernel_path  # noqa: F401 (a fixture)
 
 from attnseq import LSTM, Attention, AttentionSeq2seq, Embedding, Linear, SoftmaxCrossEntropy
 from attnseq.nn.attention import AttentionWeights, WeightedSum
+
+# every test on both CPU paths: the fused kernels and the plain numpy code
+pytestmark = pytest.mark.usefixtures("kernel_path")
 
 TOL = 1e-6
 N, T, D, H = 3, 5, 4, 3

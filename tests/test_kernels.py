@@ -1,8 +1,13 @@
-"""The fused CPU kernels: numba against the numpy reference, the reference against the maths.
+"""The fused CPU kernels against the layers' own numpy code, and that code against the maths.
 
-float64 must agree to 1e-10 (relative), float32 (rational tanh, polynomial exp) to
-1e-5 relative / 1e-6 absolute. Shapes cover N = 1, H not a multiple of 8, padding,
-sources with a single real position, and inputs that are not contiguous.
+``ref`` below puts the plain code each kernel replaces (``kernels/__init__`` lists the
+pairs) behind the kernel's signature: the LSTM cells of the xp path, attention's
+``masked_softmax``/``softmax_backward``, ``SoftmaxCrossEntropy`` on the numpy path,
+``scatter_add``, float64 sums and ``Adam.update``. The kernels must match it, and the
+book's LSTM cell (``lstm_cell_reference``) too. float64 must agree to 1e-10 (relative),
+float32 (rational tanh, polynomial exp) to 1e-5 relative / 1e-6 absolute. Shapes cover
+N = 1, H not a multiple of 8, padding, sources with a single real position, and inputs
+that are not contiguous.
 """
 import math
 import os
@@ -15,10 +20,92 @@ import pytest
 from attnseq import Adam, Module
 from attnseq.errors import ConfigError
 from attnseq.nn import kernels
-from attnseq.nn.kernels import reference as ref
+from attnseq.nn.attention import masked_softmax, softmax_backward
+from attnseq.nn.backend import scatter_add
+from attnseq.nn.layers import SoftmaxCrossEntropy
+from attnseq.nn.lstm import (lstm_cell_backward_, lstm_cell_forward_, lstm_cell_reference,
+                             lstm_cell_reference_backward, scale_gates_)
 
 numba = pytest.importorskip("numba")
 from attnseq.nn.kernels import cpu  # noqa: E402  (needs numba)
+
+
+class ref:
+    """The layers' plain numpy code behind the kernels' signatures (outputs written at the end,
+    so an output may also be an input)."""
+
+    @staticmethod
+    def lstm_cell_forward(xa, ha, c_prev, gates, c, tc, h):
+        """The xp path's cell: scaled pre-activations, gates in place (``lstm_cell_forward_``)."""
+        N, H = c_prev.shape
+        _check_lstm("lstm_cell_forward", N, H, (xa, ha, gates), (c_prev, c, tc, h))
+        z = scale_gates_(xa + ha)                                   # (N, 4H)
+        outs = [np.empty((N, H), xa.dtype) for _ in range(4)]       # c, tc, h, scratch
+        with np.errstate(over="ignore"):
+            lstm_cell_forward_(z, c_prev, *outs)
+        gates[...], c[...], tc[...], h[...] = z, outs[0], outs[1], outs[2]
+
+    @staticmethod
+    def lstm_cell_backward(dh, dh_rec, dc, gates, c_prev, tc, da, dc_prev):
+        """The xp path's ``lstm_cell_backward_``, with p = o (1 - tanh(c)^2) as its forward keeps it."""
+        N, H = dh.shape
+        _check_lstm("lstm_cell_backward", N, H, (gates, da), (dh_rec, dc, c_prev, tc, dc_prev))
+        o = gates[:, 2 * H:3 * H]
+        dc_work, d = dc.copy(), np.empty((N, 4 * H), dh.dtype)
+        lstm_cell_backward_(dh + dh_rec, dc_work, gates, c_prev, tc, o * (1 - tc * tc), d,
+                            np.empty((N, 4 * H), dh.dtype), np.empty((N, H), dh.dtype))
+        da[...], dc_prev[...] = d, dc_work
+
+    @staticmethod
+    def masked_softmax(scores, lengths):
+        """attention.masked_softmax with the lengths as its -inf bias (N, 1, Ts)."""
+        Ts = scores.shape[-1]
+        if lengths.shape != (scores.shape[0],) or lengths.min() < 1 or lengths.max() > Ts:
+            raise ValueError("masked_softmax: lengths must be (N,), each in 1..Ts")
+        bias = np.where(np.arange(Ts) < lengths[:, None], 0.0, -np.inf).astype(scores.dtype)[:, None, :]
+        masked_softmax(scores if scores.ndim == 3 else scores[:, None, :], bias)
+        return scores
+
+    @staticmethod
+    def masked_softmax_backward(a, da, ds):
+        ds[...] = softmax_backward(a, da)
+        return ds
+
+    @staticmethod
+    def softmax_cross_entropy(logits, targets, ignore_index, dlogits, scale=None):
+        """SoftmaxCrossEntropy on the numpy path: (mean * count, count), dlogits for d(loss) = scale * count."""
+        count = int((targets != ignore_index).sum())
+        with kernels.using("numpy"):
+            ce = SoftmaxCrossEntropy(ignore_index)
+            mean = float(ce.forward(logits.copy()[None], targets[None]))
+            d = ce.backward(1.0 if scale is None else scale * max(count, 1))[0]
+        dlogits[...] = d
+        return mean * count, count
+
+    @staticmethod
+    def embedding_grad(ids, dout, dW):
+        """Embedding.backward's plain code: zero, then scatter_add."""
+        dW.fill(0)
+        scatter_add(dW, ids.ravel(), dout.reshape(-1, dW.shape[1]))
+        return dW
+
+    @staticmethod
+    def sum_squares(x):
+        return float((x.astype(np.float64) ** 2).sum())
+
+    @staticmethod
+    def adam_update(p, g, m, v, scale, lr_t, b1, b2, eps_hat):
+        """``Adam.update`` (the plain code) on g * scale, at step 1 with lr and eps giving these lr_t, eps_hat."""
+        corr2 = math.sqrt(1.0 - b2)
+        opt = Adam(Module(), lr=lr_t * (1.0 - b1) / corr2, beta1=b1, beta2=b2, eps=eps_hat / corr2)
+        opt.t = 1
+        opt.update(p, g * p.dtype.type(scale), {"m": m, "v": v})
+
+
+def _check_lstm(name, N, H, four_h, one_h):
+    if any(a.shape != (N, 4 * H) for a in four_h) or any(a.shape != (N, H) for a in one_h):
+        raise ValueError(f"{name}: expected (N, 4H) and (N, H) arrays")
+
 
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-6)}
 DTYPES = [np.float64, np.float32]
@@ -155,6 +242,23 @@ def test_lstm_cell_backward_in_place_dc():
         assert_same(dc2, dc_prev_want, np.float64)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lstm_cell_matches_the_book(dtype):
+    """The compiled cell against ``lstm_cell_reference`` and its backward, sigmoid and tanh by name."""
+    rng = np.random.default_rng(17)
+    N, H = 3, 13
+    xa, ha, c_prev = lstm_inputs(rng, N, H, dtype)
+    gates, c, tc, h = run_forward(cpu, xa, ha, c_prev)
+    h_book, c_book, gates_book = lstm_cell_reference(xa + ha, c_prev)
+    for got, want in ((h, h_book), (c, c_book), (tc, np.tanh(c_book)), (gates, np.concatenate(gates_book, 1))):
+        assert_same(got, want, dtype)
+    dh, dh_rec, dc = (rand(rng, (N, H), dtype) for _ in range(3))
+    da, dc_prev = run_backward(cpu, dh, dh_rec, dc, gates, c_prev, tc)
+    da_book, dc_prev_book = lstm_cell_reference_backward(dh + dh_rec, dc, c_prev, c_book, gates_book)
+    assert_same(da, da_book, dtype)
+    assert_same(dc_prev, dc_prev_book, dtype)
+
+
 def test_reference_lstm_forward_is_the_lstm():
     """Element by element with math.exp/math.tanh, gates in the order [i, f, o, g]."""
     rng = np.random.default_rng(3)
@@ -217,14 +321,14 @@ def test_lstm_cell_from_threads_at_once():
                 np.testing.assert_array_equal(got, expected)
 
 
-@pytest.mark.parametrize("mod", [cpu, ref], ids=["numba", "numpy"])
-def test_lstm_cell_rejects_wrong_shapes(mod):
+def test_lstm_cell_rejects_wrong_shapes():
+    """numba does not check bounds: the kernels check shapes before any loop."""
     xa, ha, c_prev = lstm_inputs(np.random.default_rng(0), 2, 4, np.float64)
     gates, c, tc, h = run_forward(ref, xa, ha, c_prev)
     with pytest.raises(ValueError, match="lstm_cell_forward"):
-        mod.lstm_cell_forward(xa, ha, c_prev, gates, c, tc, h[:1])
+        cpu.lstm_cell_forward(xa, ha, c_prev, gates, c, tc, h[:1])
     with pytest.raises(ValueError, match="lstm_cell_backward"):
-        mod.lstm_cell_backward(h, h, c, gates[:, :8], c_prev, tc, gates, c)
+        cpu.lstm_cell_backward(h, h, c, gates[:, :8], c_prev, tc, gates, c)
 
 
 # -- attention softmax -------------------------------------------------------------
@@ -304,11 +408,10 @@ def test_masked_softmax_on_strided_views():
     assert_same(ds, ref.masked_softmax_backward(want, da, np.empty_like(da)), np.float64)
 
 
-@pytest.mark.parametrize("mod", [cpu, ref], ids=["numba", "numpy"])
 @pytest.mark.parametrize("bad", [[0, 3], [1, 6], [2]])
-def test_masked_softmax_rejects_bad_lengths(mod, bad):
+def test_masked_softmax_rejects_bad_lengths(bad):
     with pytest.raises(ValueError, match="masked_softmax"):
-        mod.masked_softmax(np.zeros((2, 3, 5)), np.array(bad))
+        cpu.masked_softmax(np.zeros((2, 3, 5)), np.array(bad))
 
 
 # -- output loss -----------------------------------------------------------------------
@@ -335,17 +438,21 @@ def test_softmax_cross_entropy_matches_reference(M, V, scale, dtype):
     assert np.all(d_got[targets == 0] == 0)
 
 
-def test_softmax_cross_entropy_ignore_index_all_and_in_place():
+@pytest.mark.parametrize("ignore_index", [3, -100])
+def test_softmax_cross_entropy_ignore_index_all_and_in_place(ignore_index):
+    """Another padding id than 0; -100 (no vocabulary id) only for the kernel: the plain code
+    indexes the logits at every target, padding included."""
     rng = np.random.default_rng(9)
-    logits, targets = ce_inputs(rng, 6, 11, np.float64, ignore_index=-100)
+    logits, targets = ce_inputs(rng, 6, 11, np.float64, ignore_index=3)
+    targets[targets == 3] = ignore_index
     d_want = nans(logits.shape, np.float64)
-    want = ref.softmax_cross_entropy(logits, targets, -100, d_want)
-    for mod in (cpu, ref):
+    want = ref.softmax_cross_entropy(logits, np.where(targets == -100, 3, targets), 3, d_want)
+    for mod in (cpu, ref) if ignore_index == 3 else (cpu,):
         z = logits.copy()                                           # dlogits is logits
-        np.testing.assert_allclose(mod.softmax_cross_entropy(z, targets, -100, z), want, rtol=1e-10)
+        np.testing.assert_allclose(mod.softmax_cross_entropy(z, targets, ignore_index, z), want, rtol=1e-10)
         assert_same(z, d_want, np.float64)
         d = nans(logits.shape, np.float64)
-        assert mod.softmax_cross_entropy(logits, np.full(6, -100), -100, d) == (0.0, 0)
+        assert mod.softmax_cross_entropy(logits, np.full(6, ignore_index), ignore_index, d) == (0.0, 0)
         assert np.all(d == 0)
 
 
@@ -384,13 +491,12 @@ def test_softmax_cross_entropy_strided_logits():
     assert_same(d, d_want, np.float64)
 
 
-@pytest.mark.parametrize("mod", [cpu, ref], ids=["numba", "numpy"])
-def test_softmax_cross_entropy_rejects_bad_targets(mod):
+def test_softmax_cross_entropy_rejects_bad_targets():
     logits = np.zeros((3, 5))
     with pytest.raises(IndexError, match="target"):
-        mod.softmax_cross_entropy(logits, np.array([1, 5, 0]), 0, np.empty_like(logits))
+        cpu.softmax_cross_entropy(logits, np.array([1, 5, 0]), 0, np.empty_like(logits))
     with pytest.raises(ValueError, match="softmax_cross_entropy"):
-        mod.softmax_cross_entropy(logits, np.array([1, 2]), 0, np.empty_like(logits))
+        cpu.softmax_cross_entropy(logits, np.array([1, 2]), 0, np.empty_like(logits))
 
 
 # -- embedding gradient ----------------------------------------------------------------
@@ -413,11 +519,21 @@ def test_embedding_grad_strided_dout_and_bad_ids():
     ids, dout = rng.integers(0, 6, 20), rand(rng, (20, 4), np.float64)
     want = ref.embedding_grad(ids, dout, np.empty((6, 4)))
     assert_same(cpu.embedding_grad(ids, strided(dout), np.empty((6, 4))), want, np.float64)
-    for mod in (cpu, ref):
-        with pytest.raises(IndexError, match="token id"):
-            mod.embedding_grad(np.array([0, 6]), dout[:2], np.empty((6, 4)))
-        with pytest.raises(IndexError, match="token id"):
-            mod.embedding_grad(np.array([-1, 0]), dout[:2], np.empty((6, 4)))
+    with pytest.raises(IndexError, match="token id"):
+        cpu.embedding_grad(np.array([0, 6]), dout[:2], np.empty((6, 4)))
+    with pytest.raises(IndexError, match="token id"):
+        cpu.embedding_grad(np.array([-1, 0]), dout[:2], np.empty((6, 4)))
+    with pytest.raises(ValueError, match="embedding_grad"):
+        cpu.embedding_grad(ids, dout[:3], np.empty((6, 4)))
+
+
+def test_embedding_grad_batch_major_ids_over_time_major_gradients():
+    """As Embedding.backward calls it: ids (N, T), dout (N, T, D) a transposed time-major array."""
+    rng = np.random.default_rng(16)
+    ids, dout_tm = rng.integers(0, 7, (5, 4)), rand(rng, (4, 5, 3), np.float64)   # dout (T, N, D)
+    dout = dout_tm.transpose(1, 0, 2)                               # (N, T, D), not contiguous
+    want = ref.embedding_grad(ids, np.ascontiguousarray(dout), nans((7, 3), np.float64))
+    assert_same(cpu.embedding_grad(ids, dout, nans((7, 3), np.float64)), want, np.float64)
 
 
 # -- optimizer -----------------------------------------------------------------------------
@@ -475,7 +591,8 @@ def test_adam_kernels_step_like_attnseq_adam_with_clipping():
     for t in (1, 2):
         for g, mg in zip(grads, model.grads):
             mg[...] = g                                             # the clip hook scales grads in place
-        opt.step()
+        with kernels.using("numpy"):                                # Adam's plain update
+            opt.step()
         scale = min(1.0, 1.0 / (math.sqrt(sum(cpu.sum_squares(g) for g in grads)) + 1e-6))
         lr_t = 0.01 * math.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)
         for p, g, (m, v) in zip(mine, grads, slots):
@@ -505,11 +622,16 @@ def restore_kernels():
     kernels.use(before)
 
 
-def test_use_switches_the_module_functions(restore_kernels):
-    assert kernels.use("numpy") == "numpy" == kernels.active()
-    assert kernels.lstm_cell_forward is ref.lstm_cell_forward
+def test_fused_names_the_kernels_for_numpy_arrays_only(restore_kernels):
+    a = np.zeros(3)
     assert kernels.use("numba") == "numba" == kernels.active()
-    assert all(getattr(kernels, k) is getattr(cpu, k) for k in kernels.KERNELS)
+    assert kernels.fused(a, a) is cpu and kernels.fused() is cpu
+    assert kernels.fused(a, [1.0]) is None                          # not a numpy array (cupy's are not)
+    assert kernels.use("numpy") == "numpy" == kernels.active()
+    assert kernels.fused(a) is None
+    with kernels.using("numba") as path:
+        assert path == "numba" and kernels.fused(a) is cpu
+    assert kernels.active() == "numpy"
     with pytest.raises(ConfigError, match="kernels must be one of"):
         kernels.use("fortran")
 
@@ -523,30 +645,32 @@ def run_python(code, **env):
 CHECK_FALLBACK = """
 import sys
 sys.modules['numba'] = None
-from attnseq.nn import kernels
-from attnseq.nn.kernels import reference
 import numpy as np
-s = np.zeros((2, 3))
-kernels.masked_softmax(s, np.array([1, 3]))
+from attnseq.nn import kernels
+from attnseq.nn.attention import masked_softmax, mask_bias
+s = np.zeros((2, 1, 3))
+masked_softmax(s, mask_bias(np.array([[True, False, False], [True, True, True]]), s.dtype))
 kernels.use()
-print(kernels.active(), kernels.masked_softmax is reference.masked_softmax, s.tolist())
+print(kernels.active(), kernels.fused(s) is None, s.tolist())
 """
 
 
-def test_without_numba_one_notice_and_the_reference():
+def test_without_numba_one_notice_and_the_numpy_code():
     r = run_python(CHECK_FALLBACK)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[:2] == ["numpy", "True"]
-    assert "[[1.0, 0.0, 0.0]" in r.stdout
+    assert "[[[1.0, 0.0, 0.0]]" in r.stdout
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith("attnseq: numba not available (ModuleNotFoundError: import of numba halted")
-    assert lines[0].endswith("using the numpy reference kernels (slower, same results)")
+    assert lines[0].endswith("using the plain numpy code (slower, same results)")
 
 
-def test_environment_forces_the_reference():
+def test_environment_chooses_the_path():
     r = run_python("from attnseq.nn import kernels; print(kernels.active())", ATTNSEQ_KERNELS="numpy")
     assert (r.returncode, r.stdout.strip(), r.stderr) == (0, "numpy", "")
+    r = run_python("from attnseq.nn import kernels; print(kernels.active())", ATTNSEQ_KERNELS="numba")
+    assert (r.returncode, r.stdout.strip(), r.stderr) == (0, "numba", "")
     r = run_python("import sys; sys.modules['numba'] = None\nfrom attnseq.nn import kernels; kernels.active()",
                    ATTNSEQ_KERNELS="numba")
     assert r.returncode != 0 and "numba' asked for, but numba is not available" in r.stderr

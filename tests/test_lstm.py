@@ -4,15 +4,20 @@
 ``lstm_cell_reference``/``lstm_cell_reference_backward``: fresh arrays every step,
 the weight products one step at a time. The fast ``forward``, ``backward`` and
 ``step`` must equal them to ~1e-10, with and without padding, for N = 1 and for
-H not a multiple of 8.
+H not a multiple of 8, on both CPU paths (``kernel_path``: the compiled cells and the
+xp cells with the gate-scale trick).
 """
 import numpy as np
 import pytest
 from helpers import numerical_grad, random_like, rel_error
+from kernel_paths import kernel_path  # noqa: F401 (a fixture)
 
 from attnseq import LSTM
 from attnseq.nn.backend import get_array_module, to_numpy
 from attnseq.nn.lstm import lstm_cell_reference, lstm_cell_reference_backward, sigmoid
+
+# every test on both CPU paths: the fused kernels and the plain numpy code
+pytestmark = pytest.mark.usefixtures("kernel_path")
 
 T, D = 5, 4
 CASES = [  # N, H, lengths

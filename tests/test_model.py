@@ -1,6 +1,10 @@
-"""The public model API: convergence on held-out data, bad input, dtypes, device moves."""
+"""The public model API: convergence on held-out data, bad input, dtypes, device moves.
+
+Tests of the model's arithmetic run on both CPU paths (``kernel_path``).
+"""
 import numpy as np
 import pytest
+from kernel_paths import kernel_path  # noqa: F401 (a fixture)
 
 from attnseq import Adam, AttentionDecoder, AttentionSeq2seq, ClipGradNorm, DeviceError, Encoder
 from attnseq.nn.attention import mask_bias
@@ -50,6 +54,7 @@ def test_learns_to_reverse_held_out():
     assert w.shape == (len(test_src), pred.shape[1], test_src.shape[1])
 
 
+@pytest.mark.usefixtures("kernel_path")
 def test_encoder_and_decoder_compose_by_hand():
     rng = np.random.default_rng(0)
     enc = Encoder(10, 4, 8, rng=rng)
@@ -63,6 +68,7 @@ def test_encoder_and_decoder_compose_by_hand():
     assert dec.attention_weights[1, :, 2].max() == 0.0
 
 
+@pytest.mark.usefixtures("kernel_path")
 def test_float64_end_to_end():
     model = AttentionSeq2seq(14, 14, 4, 8, dtype="float64")
     src, tgt = reverse_task(np.random.default_rng(0), 8)
@@ -74,6 +80,7 @@ def test_float64_end_to_end():
     assert w.dtype == np.float64
 
 
+@pytest.mark.usefixtures("kernel_path")
 def test_float32_stays_float32():
     model = AttentionSeq2seq(14, 14, 4, 8)
     src, tgt = reverse_task(np.random.default_rng(0), 8)
@@ -173,6 +180,7 @@ def decoder_case(xp, seed=0):
 
 
 @pytest.mark.parametrize("with_table", [True, False])
+@pytest.mark.usefixtures("kernel_path")
 def test_decoder_step_reproduces_teacher_forcing(xp, with_table):
     """Fed the teacher-forced tokens one at a time, step gives forward's logits and attention weights."""
     dec, hs, state, mask, rng = decoder_case(xp)
@@ -188,6 +196,7 @@ def test_decoder_step_reproduces_teacher_forcing(xp, with_table):
         assert float(abs(a[~mask]).max()) == 0.0                    # padding gets weight exactly 0
 
 
+@pytest.mark.usefixtures("kernel_path")
 def test_generate_agrees_with_teacher_forcing_on_its_own_output(xp):
     """Greedy ids are the argmax of forward's logits when forward reads [bos, ids...] (up to eos)."""
     dec, hs, state, mask, _ = decoder_case(xp, seed=1)

@@ -73,8 +73,8 @@ class AttentionDecoder(Module):
     def step(self, tokens, state, hs, bias, table=None):
         """One decoding step, no cache.
 
-        tokens (N,), state (h, c) each (N, H), hs (N, Ts, H), bias (N, 1, Ts) from
-        ``mask_bias``, table from ``input_table()`` (computed here when None)
+        tokens (N,), state (h, c) each (N, H), hs (N, Ts, H), bias from ``mask_bias``
+        (the padding mask as the softmax takes it), table from ``input_table()`` (computed here when None)
         -> logits (N, V), new state, attention weights (N, Ts).
         """
         xp = get_array_module(hs)
@@ -92,7 +92,7 @@ class AttentionDecoder(Module):
         Stops when every row has emitted eos, or after ``max_len`` tokens.
         """
         N, Ts, _ = hs.shape
-        bias, table = mask_bias(src_mask, hs.dtype), self.input_table()   # (N, 1, Ts), (V, 4H)
+        bias, table = mask_bias(src_mask, hs.dtype), self.input_table()   # padding, (V, 4H)
 
         def step(tokens, state):
             return self.step(tokens, state, hs, bias, table)

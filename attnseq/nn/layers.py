@@ -4,12 +4,15 @@ Shapes: N batch, T time, D input (embedding) size, H hidden size, V vocabulary.
 Every layer keeps ``params`` and ``grads`` as parallel lists (see ``Module``),
 caches in ``forward`` what ``backward`` needs, and writes gradients in place.
 The array module (numpy or cupy) always comes from the arrays. The LSTM lives
-in ``lstm.py``, attention in ``attention.py``.
+in ``lstm.py``, attention in ``attention.py``. On numpy arrays with the kernels on
+(``kernels.fused``) the embedding gradient and the loss run compiled twins of the
+code here, in one pass each.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
 from .backend import get_array_module, scatter_add
 from .module import Module
 
@@ -44,6 +47,10 @@ class Embedding(Module):
     def backward(self, dout):
         """Accumulate dout (N, T, D) into dW with one scatter-add over all positions."""
         dW, = self.grads
+        k = kernels.fused(dout, dW, self.ids)
+        if k is not None:
+            k.embedding_grad(self.ids, dout, dW)                    # any layout of dout, no copy
+            return
         dW.fill(0)
         scatter_add(dW, self.ids.ravel(), dout.reshape(-1, dW.shape[1]))
 
@@ -85,15 +92,22 @@ class SoftmaxCrossEntropy(Module):
     """Mean cross-entropy over real tokens: logits (N, T, V), targets (N, T) -> scalar.
 
     Positions whose target equals ``ignore_index`` (padding) count neither in the
-    sum nor in the mean. All arithmetic stays in the logits' dtype.
+    sum nor in the mean. All arithmetic stays in the logits' dtype (the fused kernel
+    sums the loss in float64). On the kernel path the forward pass also writes the
+    gradient of the mean, dlogits (N*T, V), which ``backward`` hands back.
     """
 
     def __init__(self, ignore_index: int = 0):
         super().__init__()
         self.ignore_index = ignore_index
         self.cache = None
+        self.dlogits = None                                         # the kernel path's (dlogits, logits shape)
 
     def forward(self, logits, targets):
+        k = kernels.fused(logits, targets)
+        if k is not None:
+            return self._forward_fused(k, logits, targets)
+        self.dlogits = None
         xp = get_array_module(logits)
         V = logits.shape[-1]
         z = logits.reshape(-1, V)
@@ -111,7 +125,21 @@ class SoftmaxCrossEntropy(Module):
         self.cache = (p, t, mask, count, logits.shape)
         return loss
 
+    def _forward_fused(self, k, logits, targets):
+        """Loss and dlogits (N*T, V) in one pass over the logits; the cache holds dlogits only."""
+        V = logits.shape[-1]
+        z = logits.reshape(-1, V)                                   # (N*T, V)
+        dz = self.buffer("dlogits", z.shape, z.dtype, np)
+        total, count = k.softmax_cross_entropy(z, targets.reshape(-1), self.ignore_index, dz)
+        self.cache, self.dlogits = None, (dz, logits.shape)
+        return logits.dtype.type(total / max(count, 1))
+
     def backward(self, dout=1.0):
+        if self.dlogits is not None:                                # the kernel wrote them in forward
+            (dz, shape), self.dlogits = self.dlogits, None
+            if dout != 1.0:
+                dz *= dz.dtype.type(dout)
+            return dz.reshape(shape)
         p, t, mask, count, shape = self.cache
         xp = get_array_module(p)
         dz = p                                                      # reuse: softmax is not needed again

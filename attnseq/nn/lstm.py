@@ -1,9 +1,9 @@
-"""The LSTM, written twice: once as the book writes it, once fast.
+"""The LSTM: once as the book writes it, then fast, in numpy (or cupy) and in fused kernels.
 
 Shapes: N batch, T time, D input size, H hidden size. The pre-activations
 a = x Wx + h_prev Wh + b are (N, 4H): four (N, H) blocks, one per gate.
 
-One step of the cell, in both versions::
+One step of the cell, in every version::
 
     i, f, o = sigmoid(a_i), sigmoid(a_f), sigmoid(a_o)     input, forget, output gates
     g       = tanh(a_g)                                    candidate cell value
@@ -26,13 +26,20 @@ so weights in the book's order become ours by taking its blocks in the order
 1. The reference cell, ``lstm_cell_reference`` and ``lstm_cell_reference_backward``,
    is the book's LSTM for one step, sigmoid and tanh by name, fresh arrays. Tests
    use it as the oracle for everything below.
-2. The fast ``LSTM`` runs the same arithmetic over a whole sequence: the input
+2. The ``LSTM`` layer runs the same arithmetic over a whole sequence: the input
    projection for all steps in one matrix product, only ``h @ Wh`` in the time
    loop, activations in preallocated time-major buffers, the weight gradients as
-   one product over all steps. Each step's elementwise work is one function,
-   ``lstm_cell_forward_`` and ``lstm_cell_backward_``, writing into arrays it is given.
+   one product over all steps. Each step's elementwise work is one call, on one of
+   two paths:
 
-The gate-scale trick (fast path only). sigmoid(a) = 1 / (1 + exp(-a)) and
+   - numpy arrays with the kernels on (``kernels.fused``): the compiled cell
+     ``lstm_cell_forward`` / ``lstm_cell_backward`` in ``kernels/cpu.py``, one pass
+     over the step's (N, 4H) pre-activations, raw weights, gates kept in their own
+     (T, N, 4H) buffer so that the input projections' buffer takes dA in backward;
+   - otherwise (cupy, or numpy without numba): ``lstm_cell_forward_`` and
+     ``lstm_cell_backward_`` below, array operations written with ``xp``.
+
+The gate-scale trick (the xp path only). sigmoid(a) = 1 / (1 + exp(-a)) and
 tanh(a) = 2 sigmoid(2a) - 1, so a single exp over all 4H columns serves every
 gate once the pre-activations are multiplied by -1 (i, f, o) and -2 (g):
 ``scale_gates_``. ``LSTM.forward`` applies it to copies of Wx, Wh and b (so its
@@ -43,6 +50,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
 from .backend import get_array_module, ignore_overflow
 from .layers import init_weight
 from .module import Module
@@ -230,27 +238,24 @@ class LSTM(Module):
         N, T, D = xs.shape
         H = self.hidden_size
         dt = xs.dtype
-        Wxs, Whs, bs = self._scaled_params(xp, dt)
+        k = kernels.fused(xs, *self.params)
+        Wx, Wh, b = self.params if k else self._scaled_params(xp, dt)
         X = self.buffer("X", (T, N, D), dt, xp)                     # (T, N, D) time-major inputs
         X[...] = xs.transpose(1, 0, 2)
         X = X.reshape(T * N, D)
-        A = self.buffer("A", (T, N, 4 * H), dt, xp)                 # (T, N, 4H) scaled pre-activations,
-        xp.matmul(X, Wxs, out=A.reshape(T * N, 4 * H))              # input half for all steps at once;
-        A += bs                                                     # the cell turns them into the gates
+        A = self.buffer("A", (T, N, 4 * H), dt, xp)                 # (T, N, 4H) input half of the
+        xp.matmul(X, Wx, out=A.reshape(T * N, 4 * H))               # pre-activations, all steps at once
+        A += b                                                      # (scaled on the xp path)
         Hs = self.buffer("Hs", (T + 1, N, H), dt, xp)               # Hs[0] = h0, Hs[t+1] = h_t
         Cs = self.buffer("Cs", (T + 1, N, H), dt, xp)
         TC = self.buffer("TC", (T, N, H), dt, xp)                   # tanh(c_t)
-        P = self.buffer("P", (T, N, H), dt, xp) if self.training else [None] * T
         Hs[0] = 0 if h0 is None else h0
         Cs[0] = 0 if c0 is None else c0
-        rec = self.buffer("rec", (N, 4 * H), dt, xp)
-        tmp = self.buffer("tmp", (N, H), dt, xp)
-        with ignore_overflow(xp):
-            for t in range(T):
-                xp.matmul(Hs[t], Whs, out=rec)                      # (N, 4H)
-                A[t] += rec
-                lstm_cell_forward_(A[t], Cs[t], Cs[t + 1], TC[t], Hs[t + 1], tmp, P[t])
-        self.cache = (X, A, Hs, Cs, TC, P, lengths) if self.training else None
+        if k:
+            G, P = self._forward_steps_fused(k, A, Wh, Hs, Cs, TC), None
+        else:
+            G, P = self._forward_steps(A, Wh, Hs, Cs, TC)
+        self.cache = (k, X, G, P, Hs, Cs, TC, lengths) if self.training else None
         if lengths is None:
             self.h_final, self.c_final = Hs[T], Cs[T]
         else:
@@ -258,37 +263,93 @@ class LSTM(Module):
             self.h_final, self.c_final = Hs[lengths, rows], Cs[lengths, rows]
         return Hs[1:].transpose(1, 0, 2)                            # (N, T, H)
 
+    def _forward_steps_fused(self, k, A, Wh, Hs, Cs, TC):
+        """The time loop with the compiled cell ``k.lstm_cell_forward``: fills Hs, Cs, TC -> gates (T, N, 4H)."""
+        T, N, H4 = A.shape
+        G = self.buffer("G", (T if self.training else 1, N, H4), A.dtype, np)   # one step's when not kept
+        rec = self.buffer("rec", (N, H4), A.dtype, np)
+        for t in range(T):
+            np.matmul(Hs[t], Wh, out=rec)                           # (N, 4H)
+            k.lstm_cell_forward(A[t], rec, Cs[t], G[t if self.training else 0], Cs[t + 1], TC[t], Hs[t + 1])
+        return G
+
+    def _forward_steps(self, A, Whs, Hs, Cs, TC):
+        """The time loop on scaled pre-activations A, turned into the gates in place -> G (= A), P."""
+        xp = get_array_module(A)
+        T, N, H4 = A.shape
+        H, dt = H4 // 4, A.dtype
+        P = self.buffer("P", (T, N, H), dt, xp) if self.training else [None] * T
+        rec = self.buffer("rec", (N, H4), dt, xp)
+        tmp = self.buffer("tmp", (N, H), dt, xp)
+        with ignore_overflow(xp):
+            for t in range(T):
+                xp.matmul(Hs[t], Whs, out=rec)                      # (N, 4H)
+                A[t] += rec
+                lstm_cell_forward_(A[t], Cs[t], Cs[t + 1], TC[t], Hs[t + 1], tmp, P[t])
+        return A, P
+
     def backward(self, dhs, dh_final=None, dc_final=None):
-        """dhs (N, T, H), gradients of the final state (N, H) or None -> dxs (N, T, D), dh0, dc0 (N, H)."""
+        """dhs (N, T, H), gradients of the final state (N, H) or None -> dxs (N, T, D), dh0, dc0 (N, H).
+
+        On the kernel path dh0 and dc0 live in this layer's buffers until its next backward.
+        """
         Wx, Wh, b = self.params
         dWx, dWh, db = self.grads
         if self.cache is None:
             raise RuntimeError("LSTM.backward needs a forward pass in training mode first")
-        X, A, Hs, Cs, TC, P, lengths = self.cache
+        k, X, G, P, Hs, Cs, TC, lengths = self.cache               # k: the kernels the forward ran on
         xp = get_array_module(dhs)
-        T, N, H4 = A.shape
+        T, N, H4 = G.shape
         H = H4 // 4
-        dt = dhs.dtype
         dH, dC = self._incoming_grads(dhs, dh_final, dc_final, lengths)
-        dh = xp.zeros((N, H), dtype=dt)
-        dc = xp.zeros((N, H), dtype=dt)
-        if dc_final is not None and lengths is None:
-            dc += dc_final
-        dA = self.buffer("dA", (T, N, H4), dt, xp)                  # (T, N, 4H) pre-activation grads
-        deriv = self.buffer("deriv", (N, H4), dt, xp)               # recomputed each step: stays in cache
-        tmp = self.buffer("tmp", (N, H), dt, xp)
-        for t in range(T - 1, -1, -1):
-            dh += dH[t]                                             # (N, H)
-            if dC is not None:
-                dc += dC[t]
-            lstm_cell_backward_(dh, dc, A[t], Cs[t], TC[t], P[t], dA[t], deriv, tmp)
-            xp.matmul(dA[t], Wh.T, out=dh)                          # to h_{t-1}
+        dc_last = dc_final if lengths is None else None             # else it enters through dC
+        if k:
+            dA, dh, dc = self._backward_steps_fused(k, dH, dC, dc_last, G, Cs, TC, Wh)
+        else:
+            dA, dh, dc = self._backward_steps(dH, dC, dc_last, G, P, Cs, TC, Wh)
         dA2 = dA.reshape(T * N, H4)
         xp.matmul(X.T, dA2, out=dWx)
         xp.matmul(Hs[:-1].reshape(T * N, H).T, dA2, out=dWh)
         dA2.sum(axis=0, out=db)
         dxs = (dA2 @ Wx.T).reshape(T, N, -1).transpose(1, 0, 2)    # (N, T, D)
         return dxs, dh, dc
+
+    def _backward_steps_fused(self, k, dH, dC, dc_last, G, Cs, TC, Wh):
+        """The time loop back with the compiled cell ``k.lstm_cell_backward`` -> dA (T, N, 4H), dh0, dc0 (N, H)."""
+        T, N, H4 = G.shape
+        dt = G.dtype
+        dA = self.buffer("A", (T, N, H4), dt, np)                   # the input projections are spent
+        dh = self.buffer("dh", (N, H4 // 4), dt, np)                # da_{t+1} Wh^T, into step t
+        dc, dc_prev = self.buffer("dc", dh.shape, dt, np), self.buffer("dc_prev", dh.shape, dt, np)
+        dh.fill(0)
+        dc[...] = 0 if dc_last is None else dc_last
+        for t in range(T - 1, -1, -1):
+            if dC is not None:
+                dc += dC[t]
+            k.lstm_cell_backward(dH[t], dh, dc, G[t], Cs[t], TC[t], dA[t], dc_prev)
+            np.matmul(dA[t], Wh.T, out=dh)                          # (N, H) to h_{t-1}
+            dc, dc_prev = dc_prev, dc                               # two buffers: no output aliases an input
+        return dA, dh, dc
+
+    def _backward_steps(self, dH, dC, dc_last, G, P, Cs, TC, Wh):
+        """The time loop back with the xp cell -> dA (T, N, 4H), dh0, dc0 (N, H)."""
+        xp = get_array_module(dH)
+        T, N, H4 = G.shape
+        dt = dH.dtype
+        dh = xp.zeros((N, H4 // 4), dtype=dt)
+        dc = xp.zeros((N, H4 // 4), dtype=dt)
+        if dc_last is not None:
+            dc += dc_last
+        dA = self.buffer("dA", (T, N, H4), dt, xp)                  # (T, N, 4H) pre-activation grads
+        deriv = self.buffer("deriv", (N, H4), dt, xp)               # recomputed each step: stays in cache
+        tmp = self.buffer("tmp", (N, H4 // 4), dt, xp)
+        for t in range(T - 1, -1, -1):
+            dh += dH[t]                                             # (N, H)
+            if dC is not None:
+                dc += dC[t]
+            lstm_cell_backward_(dh, dc, G[t], Cs[t], TC[t], P[t], dA[t], deriv, tmp)
+            xp.matmul(dA[t], Wh.T, out=dh)                          # to h_{t-1}
+        return dA, dh, dc
 
     def _incoming_grads(self, dhs, dh_final, dc_final, lengths):
         """The gradients arriving from outside, time-major: dH (T, N, H) = dhs plus dh_final at
@@ -320,6 +381,9 @@ class LSTM(Module):
     def step(self, xw, h, c):
         """One step for decoding, no cache: xw (N, 4H) from ``project``, h, c (N, H) -> (h, c) new arrays."""
         _, Wh, _ = self.params
+        k = kernels.fused(xw, h, c, Wh)
+        if k is not None:
+            return self._step_fused(k, xw, h, c, Wh)
         xp = get_array_module(xw)
         z = h @ Wh                                                  # (N, 4H)
         z += xw
@@ -328,3 +392,21 @@ class LSTM(Module):
         with ignore_overflow(xp):
             lstm_cell_forward_(z, c, c_new, tc, h_new, tmp)
         return h_new, c_new
+
+    def _step_fused(self, k, xw, h, c, Wh):
+        """``step`` with the compiled cell; its (N, 4H) scratch is kept between steps, also in eval mode."""
+        N, H4 = xw.shape
+        rec, gates, tc = (self._step_scratch(name, shape, xw.dtype)
+                          for name, shape in (("rec", (N, H4)), ("gates", (N, H4)), ("tc", (N, H4 // 4))))
+        np.matmul(h, Wh, out=rec)                                   # (N, 4H)
+        h_new, c_new = np.empty_like(h), np.empty_like(c)
+        k.lstm_cell_forward(xw, rec, c, gates, c_new, tc, h_new)
+        return h_new, c_new
+
+    def _step_scratch(self, name, shape, dtype):
+        """A numpy scratch array for ``step``, grown as needed and reused (eval mode too: a few (N, 4H))."""
+        key, size = f"step_{name}", int(np.prod(shape))
+        buf = self._buffers.get(key)
+        if buf is None or buf.size < size or buf.dtype != dtype:
+            buf = self._buffers[key] = np.empty(size, dtype=dtype)
+        return buf[:size].reshape(shape)

@@ -5,6 +5,12 @@ gradients from it, runs the hooks (gradient clipping, weight decay) on the
 gradients, then updates every parameter in place. Per-parameter state (moments,
 velocities) is keyed by the parameter's path, created with the parameter's
 array module, and follows the parameter when the model moves between devices.
+
+Adam on numpy arrays with the kernels on (``kernels.fused``) updates each
+parameter in one compiled pass, with the clipping factor folded in: clipping
+then measures the norm (one read of the gradients) and leaves them unscaled,
+and the update applies the factor as it reads them. Results, optimizer state
+and checkpoints are the same as the plain code's.
 """
 from __future__ import annotations
 
@@ -12,13 +18,20 @@ import math
 
 import numpy as np
 
+from . import kernels
 from .backend import device_of, get_array_module, to_device
 from .module import Module
 
 
 # -- hooks ------------------------------------------------------------------------
 def global_norm(grads):
-    """The L2 norm of all gradients together, as a 0-d array (no host synchronisation)."""
+    """The L2 norm of all gradients together, as a 0-d array (no host synchronisation).
+
+    With the kernels on, one compiled pass per gradient, summed in float64.
+    """
+    k = kernels.fused(*grads)
+    if k is not None:
+        return np.sqrt(np.float64(sum(k.sum_squares(g) for g in grads)))
     xp = get_array_module(grads[0])
     return xp.sqrt(sum(xp.vdot(g.ravel(), g.ravel()) for g in grads))
 
@@ -26,7 +39,9 @@ def global_norm(grads):
 class ClipGradNorm:
     """Scale all gradients so their global L2 norm is at most ``max_norm``.
 
-    ``last_norm`` keeps the norm before clipping as a 0-d array (no host sync).
+    ``last_norm`` keeps the norm before clipping as a 0-d array (no host sync). An
+    optimizer that folds clipping into its update (fused Adam) calls ``factor``
+    instead and applies the factor itself; the gradients are then left unscaled.
     """
 
     def __init__(self, max_norm: float):
@@ -36,12 +51,16 @@ class ClipGradNorm:
         self.last_norm = None
 
     def __call__(self, params, grads):
+        scale = self.factor(grads)
+        for g in grads:
+            g *= scale
+
+    def factor(self, grads):
+        """Measures the global norm (kept in ``last_norm``) -> min(1, max_norm / (norm + 1e-6)), 0-d."""
         xp = get_array_module(grads[0])
         total = global_norm(grads)
         self.last_norm = total
-        scale = xp.minimum(1.0, self.max_norm / (total + 1e-6)).astype(grads[0].dtype)
-        for g in grads:
-            g *= scale
+        return xp.minimum(1.0, self.max_norm / (total + 1e-6)).astype(grads[0].dtype)
 
 
 class WeightDecay:
@@ -60,9 +79,14 @@ class WeightDecay:
 
 # -- optimizers -----------------------------------------------------------------
 class Optimizer:
-    """Base class: ``step()`` runs the hooks, then ``update(path, p, g)`` per parameter."""
+    """Base class: ``step()`` runs the hooks, then ``update(p, g, state)`` per parameter.
+
+    A subclass with a compiled update (``fused_update(k, p, g, state, scale)``, ``fused``
+    True) gets it on numpy arrays with the kernels on, the clipping factor folded in.
+    """
 
     slots: tuple[str, ...] = ()
+    fused = False
 
     def __init__(self, model: Module, lr: float, hooks=()):
         if not isinstance(model, Module):
@@ -79,11 +103,35 @@ class Optimizer:
         named = list(self.model.named_parameters())
         params = [m.params[i] for _, m, i in named]
         grads = [m.grads[i] for _, m, i in named]
-        for hook in self.hooks:
-            hook(params, grads)
+        k = kernels.fused(*params, *grads) if self.fused else None
+        scale = self._run_hooks(params, grads, fold_clip=k is not None)
         self.t += 1
         for (path, _, _), p, g in zip(named, params, grads):
-            self.update(p, g, self._state(path, p))
+            if k is None:
+                self.update(p, g, self._state(path, p))
+            else:
+                self.fused_update(k, p, g, self._state(path, p), scale)
+
+    def _run_hooks(self, params, grads, fold_clip: bool) -> float:
+        """Runs the hooks in order -> the clipping factor left for the update to apply (1.0 if none).
+
+        With ``fold_clip`` a ``ClipGradNorm`` followed by nothing but ``FiniteGuard`` only
+        measures (no later hook sees the gradients it would have scaled).
+        """
+        folded = None
+        if fold_clip:
+            for hook in reversed(self.hooks):
+                if isinstance(hook, ClipGradNorm):
+                    folded = hook
+                if not isinstance(hook, FiniteGuard):
+                    break
+        scale = 1.0
+        for hook in self.hooks:
+            if hook is folded:
+                scale = float(hook.factor(grads))
+            else:
+                hook(params, grads)
+        return scale
 
     def _state(self, path: str, p) -> dict:
         """The slot arrays of one parameter, created or moved to the parameter's device."""
@@ -197,20 +245,31 @@ class Adam(Optimizer):
     m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
     p -= lr * m_hat / (sqrt(v_hat) + eps), computed as
     p -= lr_t * m / (sqrt(v) + eps * sqrt(1 - b2^t)) with lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t).
+    On numpy with the kernels on, ``kernels.cpu.adam_update`` does all of it in one pass.
     """
 
     slots = ("m", "v")
+    fused = True
 
     def __init__(self, model, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, hooks=()):
         super().__init__(model, lr, hooks)
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
 
+    def _corrected(self):
+        """-> lr_t and eps_hat: the bias correction of step t folded into two constants."""
+        corr2 = math.sqrt(1.0 - self.beta2 ** self.t)
+        return self.lr * corr2 / (1.0 - self.beta1 ** self.t), self.eps * corr2
+
+    def fused_update(self, k, p, g, state, scale):
+        """``update`` on g * scale (the clipping factor) in one compiled pass."""
+        lr_t, eps_hat = self._corrected()
+        k.adam_update(p, g, state["m"], state["v"], scale, lr_t, self.beta1, self.beta2, eps_hat)
+
     def update(self, p, g, state):
         xp = get_array_module(p)
         m, v = state["m"], state["v"]
         b1, b2 = self.beta1, self.beta2
-        corr2 = math.sqrt(1.0 - b2 ** self.t)
-        lr_t = self.lr * corr2 / (1.0 - b1 ** self.t)
+        lr_t, eps_hat = self._corrected()
         tmp = g - m
         tmp *= 1 - b1
         m += tmp                                                    # m = b1 m + (1-b1) g
@@ -219,7 +278,7 @@ class Adam(Optimizer):
         tmp *= 1 - b2
         v += tmp                                                    # v = b2 v + (1-b2) g^2
         xp.sqrt(v, out=tmp)
-        tmp += self.eps * corr2
+        tmp += eps_hat
         xp.divide(m, tmp, out=tmp)
         tmp *= lr_t
         p -= tmp

@@ -1,31 +1,41 @@
-"""Fused CPU kernels for the hot loops, compiled with numba, with a numpy reference.
+"""Fused CPU kernels compiled with numba, and the switch between them and the plain numpy code.
 
-Two implementations with the same functions and signatures:
+Each hot operation has one plain version, written with ``xp = get_array_module(...)`` in
+the layer that uses it: it reads like the book, runs on cupy arrays as it is, and is the
+numpy path when the kernels are off. Its compiled twin in ``cpu`` does the same arithmetic
+in one pass over memory, and the tests hold the two together:
 
-- ``cpu``: compiled with numba (``nogil``, cached on disk), one pass over memory each;
-- ``reference``: plain numpy, the oracle in the tests and the fallback without numba.
+    kernel (``cpu``)                        plain version
+    lstm_cell_forward, lstm_cell_backward   lstm.lstm_cell_reference(_backward), and LSTM's xp path
+    masked_softmax, masked_softmax_backward attention.masked_softmax, attention.softmax_backward
+    softmax_cross_entropy                   layers.SoftmaxCrossEntropy
+    embedding_grad                          layers.Embedding.backward (scatter_add)
+    sum_squares, adam_update                optim.global_norm, optim.Adam.update
 
-Call them through this module (``kernels.lstm_cell_forward(...)``), not by importing
-the names, so that ``use`` takes effect. The implementation is chosen on first use:
-numba when it imports, else the reference, with one notice line on stderr. The
-environment variable ``ATTNSEQ_KERNELS`` (``numba``, ``numpy`` or ``auto``) or
-``use(...)`` forces one; ``active()`` names the one in use (for ``attnseq bench``).
-All kernels take numpy arrays only; cupy arrays keep their own path.
+A layer asks ``fused(*arrays)``: the compiled module when the kernels are on and every
+array is a numpy array, else None, and then runs its plain code (always so for cupy).
+
+Which path runs: the environment variable ``ATTNSEQ_KERNELS`` (``auto``, the default,
+``numba`` or ``numpy``) read on first use, or ``use(...)`` / ``using(...)`` in code
+(``attnseq bench --kernels``). ``auto`` takes numba when it imports and otherwise the numpy
+path, with one notice line on stderr; ``active()`` names the path in use.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
+import numpy as np
+
 from ...errors import ConfigError
 
-KERNELS = ("lstm_cell_forward", "lstm_cell_backward", "masked_softmax", "masked_softmax_backward",
-           "softmax_cross_entropy", "embedding_grad", "sum_squares", "adam_update")
 CHOICES = ("auto", "numba", "numpy")
 ENV = "ATTNSEQ_KERNELS"
-NOTICE = "attnseq: numba not available ({}); using the numpy reference kernels (slower, same results)"
+NOTICE = "attnseq: numba not available ({}); using the plain numpy code (slower, same results)"
 
 _active = None          # "numba" or "numpy" once chosen
+_cpu = None             # the compiled module while "numba" is active
 _noticed = False        # the fallback notice is printed once per process
 
 
@@ -39,15 +49,13 @@ def _numba_module():
 
 
 def use(name: str = "auto") -> str:
-    """Choose the kernels: "numba", "numpy" (the reference) or "auto"; returns the one now active.
+    """Choose the path: "numba", "numpy" or "auto"; returns the one now active.
 
-    "auto" takes numba when it imports and otherwise the reference, printing one
-    notice line to stderr the first time. "numba" where numba cannot import is an error.
+    "auto" takes numba when it imports and otherwise numpy, printing one notice line to
+    stderr the first time. "numba" where numba cannot import is an error.
     """
-    global _active, _noticed
+    global _active, _cpu, _noticed
     choice = (name or "auto").strip().lower()
-    if choice == "reference":
-        choice = "numpy"
     if choice not in CHOICES:
         raise ConfigError(f"kernels must be one of {', '.join(CHOICES)}, got {name!r} (from {ENV} or use())")
     impl = None
@@ -58,23 +66,34 @@ def use(name: str = "auto") -> str:
         if impl is None and not _noticed:
             print(NOTICE.format(why), file=sys.stderr)
             _noticed = True
-    if impl is None:
-        from . import reference as impl
-    globals().update({k: getattr(impl, k) for k in KERNELS})
-    _active = "numpy" if impl.__name__.endswith("reference") else "numba"
+    _cpu, _active = impl, ("numpy" if impl is None else "numba")
     return _active
 
 
 def active() -> str:
-    """The kernels in use, "numba" or "numpy"; chooses from ``ATTNSEQ_KERNELS`` if none is yet."""
+    """The path in use, "numba" or "numpy"; chosen from ``ATTNSEQ_KERNELS`` if none is yet."""
     if _active is None:
         use(os.environ.get(ENV, "auto"))
     return _active
 
 
-def __getattr__(name):
-    """The first access to a kernel chooses the implementation (numba is imported only then)."""
-    if name in KERNELS:
+@contextlib.contextmanager
+def using(name: str):
+    """``with using("numpy"):`` run on that path, then back to the one before."""
+    before = active()
+    try:
+        yield use(name)
+    finally:
+        use(before)
+
+
+def fused(*arrays):
+    """The compiled kernels (module ``cpu``) when they are on and every array is numpy's, else None."""
+    if _active is None:
         active()
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _cpu is None:
+        return None
+    for a in arrays:
+        if not isinstance(a, np.ndarray):
+            return None
+    return _cpu

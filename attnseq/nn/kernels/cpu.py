@@ -1,4 +1,8 @@
-"""The kernels compiled with numba: one loop over memory each, same signatures as ``reference``.
+"""The kernels compiled with numba: one loop over memory each, writing into arrays they are given.
+
+Shapes: N batch, H hidden size, To decoder steps, Ts source positions, M rows (tokens),
+V vocabulary, D embedding size. Gates are ordered [i, f, o, g] along the 4H axis, as in
+attnseq's LSTM parameters. Each kernel's plain numpy twin is named in ``kernels/__init__``.
 
 Written for LLVM's loop vectorizer (check with ``inspect_asm``: zmm/ymm registers,
 ``vdivps`` not ``vdivss``): plain loops over contiguous rows, one (H,) view per gate,
@@ -6,7 +10,7 @@ outputs in arrays apart from the inputs, and no libm calls inside loops, since a
 keeps a loop scalar. exp and tanh are polynomials (see ``exp``, ``tanh``, ``sigmoid``):
 in float32 Eigen's rational tanh (3e-7) serves tanh and, as tanh(x/2) / 2 + 1/2,
 sigmoid; in float64 Cephes' exp and tanh are within 2 ulp of libm, and sigmoid is the
-reference's 1 / (1 + exp(-x)), so float64 matches the reference to about 1e-15.
+book's 1 / (1 + exp(-x)), so float64 matches the numpy code to about 1e-15.
 ``fastmath`` allows reassociation (vectorized sums) and contraction (FMA), not "no
 infs / no NaNs": a NaN in the data stays a NaN. An output that is also an input
 (``dc_prev`` is ``dc``, ``dlogits`` is ``logits``, ``ds`` is ``da``) gives the same
@@ -170,7 +174,12 @@ def _sigmoid_impl(x):
 # -- LSTM cell ------------------------------------------------------------------------
 @jit
 def lstm_cell_forward(xa, ha, c_prev, gates, c, tc, h):
-    """See ``reference.lstm_cell_forward``: one pass over the (N, 4H) pre-activations."""
+    """One LSTM step from the pre-activations a = xa + ha (N, 4H), e.g. x Wx + b and h_prev Wh.
+
+    Writes the activated gates [i, f, o, g] (N, 4H), kept for backward, and the (N, H) cell
+    state c = f c_prev + i g, its tanh tc, and the hidden state h = o tanh(c). Raw weights:
+    no gate scaling. The book's cell is ``lstm.lstm_cell_reference``.
+    """
     N, H = c.shape
     if (xa.shape != (N, 4 * H) or ha.shape != (N, 4 * H) or gates.shape != (N, 4 * H)
             or c_prev.shape != (N, H) or tc.shape != (N, H) or h.shape != (N, H)):
@@ -195,7 +204,13 @@ def lstm_cell_forward(xa, ha, c_prev, gates, c, tc, h):
 
 @jit
 def lstm_cell_backward(dh, dh_rec, dc, gates, c_prev, tc, da, dc_prev):
-    """See ``reference.lstm_cell_backward``: one pass, writing da (N, 4H) and dc_prev (N, H)."""
+    """Backward through one LSTM step: ``lstm.lstm_cell_reference_backward`` with dh + dh_rec.
+
+    dh (N, H) reaches h_t from above and dh_rec (N, H) from the next step (da_{t+1} Wh^T);
+    dc (N, H) reaches c_t from the next step. With the step's gates (N, 4H), c_prev and
+    tc = tanh(c_t) (N, H), writes da (N, 4H), the gradient of the pre-activations, and
+    dc_prev (N, H). The caller then takes dh_prev = da Wh^T.
+    """
     N, H = dh.shape
     if (dh_rec.shape != (N, H) or dc.shape != (N, H) or c_prev.shape != (N, H) or tc.shape != (N, H)
             or dc_prev.shape != (N, H) or gates.shape != (N, 4 * H) or da.shape != (N, 4 * H)):
@@ -254,7 +269,11 @@ def _masked_softmax(s, lengths):
 
 
 def masked_softmax(scores, lengths):
-    """See ``reference.masked_softmax``: in place over (N, To, Ts) or (N, Ts)."""
+    """Softmax over the last axis of scores (N, To, Ts) or (N, Ts), in place; returns scores.
+
+    Row n has lengths[n] (1..Ts) real source positions followed by right padding, which
+    gets weight exactly 0 (``attention.masked_softmax`` does it with a -inf bias).
+    """
     _masked_softmax(scores if scores.ndim == 3 else scores[:, None, :], lengths)
     return scores
 
@@ -276,7 +295,10 @@ def _masked_softmax_backward(a, da, ds):
 
 
 def masked_softmax_backward(a, da, ds):
-    """See ``reference.masked_softmax_backward``: ds = a (da - sum(a da)), ds may be da."""
+    """ds = a (da - sum(a da)) over the last axis of (N, To, Ts) or (N, Ts); returns ds.
+
+    Padding has a = 0 and so gets ds = 0. ds may be da (slower). ``attention.softmax_backward``.
+    """
     if a.ndim == 2:
         a, da, ds3 = a[:, None, :], da[:, None, :], ds[:, None, :]
     else:
@@ -327,27 +349,45 @@ def _softmax_cross_entropy(logits, targets, ignore_index, dlogits, scale, use_sc
 
 
 def softmax_cross_entropy(logits, targets, ignore_index, dlogits, scale=None):
-    """See ``reference.softmax_cross_entropy`` -> (loss summed over real rows, their count)."""
+    """Cross-entropy of softmax(logits) (M, V) at targets (M,), forward and backward at once.
+
+    Rows whose target is ``ignore_index`` (padding) count nowhere. Returns (loss summed over
+    real rows as a float64, number of real rows) and writes dlogits (M, V) = (softmax -
+    onehot) * scale at real rows, 0 at ignored ones; scale defaults to 1 / count (the
+    gradient of the mean). ``layers.SoftmaxCrossEntropy`` is the numpy version.
+    """
     return _softmax_cross_entropy(logits, targets, ignore_index, dlogits,
                                   0.0 if scale is None else float(scale), scale is not None)
 
 
 # -- embedding gradient ----------------------------------------------------------------
 @jit
-def embedding_grad(ids, dout, dW):
-    """See ``reference.embedding_grad``: dW (V, D) = 0, then dW[ids[m]] += dout[m]."""
-    M, D = dout.shape
+def _embedding_grad(ids, dout, dW):
+    A, B, D = dout.shape
     V = dW.shape[0]
-    if ids.shape != (M,) or dW.shape[1] != D:
-        raise ValueError("embedding_grad: ids must be (M,), dout (M, D) and dW (V, D)")
-    for m in range(M):
-        if ids[m] < 0 or ids[m] >= V:
-            raise IndexError("embedding_grad: a token id is outside 0..V-1")
+    if ids.shape != (A, B) or dW.shape[1] != D:
+        raise ValueError("embedding_grad: ids must be (N, T), dout (N, T, D) and dW (V, D)")
+    for a in range(A):
+        for b in range(B):
+            if ids[a, b] < 0 or ids[a, b] >= V:
+                raise IndexError("embedding_grad: a token id is outside 0..V-1")
     dW[...] = 0
-    for m in range(M):
-        row, src = dW[ids[m]], dout[m]                              # (D,) rows
-        for k in range(D):
-            row[k] += src[k]
+    for a in range(A):
+        for b in range(B):
+            row, src = dW[ids[a, b]], dout[a, b]                    # (D,) rows
+            for k in range(D):
+                row[k] += src[k]
+
+
+def embedding_grad(ids, dout, dW):
+    """dW (V, D) = the sum of the dout rows by token id, zeroed first; returns dW.
+
+    ids (N, T) and dout (N, T, D) in any memory layout (no copy), or ids of another shape
+    S with dout S + (D,). Repeated ids accumulate, as ``layers.Embedding.backward``'s scatter_add.
+    """
+    if ids.ndim != 2:
+        ids, dout = ids.reshape(1, -1), dout.reshape(1, -1, dout.shape[-1])
+    _embedding_grad(ids, dout, dW)
     return dW
 
 
@@ -362,7 +402,7 @@ def _sum_squares(x):
 
 
 def sum_squares(x) -> float:
-    """See ``reference.sum_squares``: sum of x^2, accumulated in float64."""
+    """The sum of x^2 over all elements, accumulated in float64 (for the global gradient norm)."""
     return _sum_squares(x.reshape(-1))
 
 
@@ -386,7 +426,11 @@ def _flat(name, x):
 
 
 def adam_update(p, g, m, v, scale, lr_t, b1, b2, eps_hat):
-    """See ``reference.adam_update``: p, m, v updated in place from g * scale (all C-contiguous)."""
+    """One Adam step on parameter p in place, from the gradient g * scale (scale: clipping).
+
+    m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  p -= lr_t m / (sqrt(v) + eps_hat), with
+    lr_t and eps_hat the bias-corrected constants of ``optim.Adam``. p, m, v C-contiguous.
+    """
     if not (p.shape == g.shape == m.shape == v.shape):
         raise ValueError(f"adam_update: p, g, m, v must have one shape, "
                          f"got {p.shape}, {g.shape}, {m.shape}, {v.shape}")
