@@ -37,7 +37,7 @@ def model_step(model, hs, mask, log_probs: bool = False):
     """The model's decoder as a step function over encoder states hs (N, Ts, H), padding mask (N, Ts)
     (masked positions get attention weight 0): step(tokens (N,), (h, c)) -> logits (or, with
     ``log_probs``, log-probabilities) (N, V), new (h, c), attention (N, Ts)."""
-    bias = mask_bias(mask, hs.dtype)                                # (N, 1, Ts)
+    bias = mask_bias(mask, hs.dtype)                                # (N,) lengths or (N, 1, Ts) bias
     table = model.decoder.input_table()                             # (V, 4H)
 
     def step(tokens, state):
