@@ -3,7 +3,7 @@ from .nn.attention import Attention, AttentionWeights, WeightedSum
 from .nn.backend import get_array_module, gpu_available, to_device, to_numpy
 from .nn.decoders import AttentionDecoder
 from .nn.encoders import Encoder
-from .errors import AttnseqError, CheckpointError, ConfigError, DataError, DeviceError, NonFiniteError
+from .errors import AttnseqError, CheckpointError, ConfigError, DataError, DeviceError, NonFiniteError, TrainingStopped
 from .explorer import explore
 from .nn.layers import Dropout, Embedding, Linear, SoftmaxCrossEntropy
 from .nn.lstm import LSTM
@@ -21,5 +21,5 @@ __all__ = [
     "Optimizer", "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSProp", "Adam", "ClipGradNorm", "WeightDecay",
     "beam_search", "plot_attention", "explore",
     "get_array_module", "gpu_available", "to_device", "to_numpy",
-    "AttnseqError", "CheckpointError", "ConfigError", "DataError", "DeviceError", "NonFiniteError",
+    "AttnseqError", "CheckpointError", "ConfigError", "DataError", "DeviceError", "NonFiniteError", "TrainingStopped",
 ]

@@ -23,3 +23,11 @@ class ConfigError(AttnseqError, ValueError):
 
 class NonFiniteError(AttnseqError, FloatingPointError):
     """A NaN or inf appeared in the loss or the gradients."""
+
+
+class TrainingStopped(AttnseqError):
+    """Training stopped on SIGINT or SIGTERM after saving ``last/``; ``exit_code`` is 128 + the signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum, self.exit_code = signum, 128 + signum

@@ -21,7 +21,7 @@ SAVED_KEYS = {
     "hidden_size", "optimizer", "lr", "clip", "dropout", "weight_decay", "lr_decay", "patience", "seed", "device",
     "threads", "dtype", "init", "reverse_source", "bucket", "bucket_jitter", "tokenizer", "vocab_size",
     "shared_vocab", "max_len", "eval_batch_size", "examples", "skip_nonfinite", "resume", "quick", "bleu",
-    "swap_sides",
+    "swap_sides", "save_every",
 }
 FAKE = Option("warmup", int, 1, group="training", metavar="N", resumable=False, check=POSITIVE_INT,
               help="epochs of linear warm-up")
@@ -222,3 +222,12 @@ def test_config_json_holds_what_was_resolved(tiny_run, tiny_data):
     args = build_parser().parse_args(["train", "--data", str(tiny_data), "--out", str(tiny_run), *TINY])
     saved = json.loads((tiny_run / "last" / "config.json").read_text())["train"]
     assert saved == resolve_config(train_config(args)) and "plot" not in saved and "config" not in saved
+
+
+def test_toml_takes_a_bare_step_count_for_save_every(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("save_every = 2000\nepochs = 3\n")
+    assert read_toml(str(f)) == {"save_every": "2000", "epochs": 3}
+    f.write_text('save_every = 2.5\n')
+    with pytest.raises(ConfigError, match="save_every must be a string"):
+        read_toml(str(f))

@@ -23,8 +23,10 @@ from attnseq.data.tokenizers import CharTokenizer, SentencePieceTokenizer, WordT
 from attnseq.run.config import resolve_config
 from attnseq.run.training import Trainer
 
+# checkpoints at epoch ends only (mid-epoch ones: tests/test_long_runs.py)
 KILL_ARGS = ["--tokenizer", "char", "--epochs", "12", "--hidden-size", "16", "--wordvec-size", "8",
-             "--batch-size", "64", "--lr", "0.01", "--dropout", "0.1", "--no-plot", "--examples", "0", "--patience", "9"]
+             "--batch-size", "64", "--lr", "0.01", "--dropout", "0.1", "--no-plot", "--examples", "0", "--patience", "9",
+             "--save-every", "0"]
 TIMING = ("epoch_time_s", "samples_per_s", "elapsed_s", "test_eval_s")
 
 

@@ -8,6 +8,7 @@ bucketing, rows of similar source length go together and padding nearly vanishes
 from __future__ import annotations
 
 import warnings
+from array import array
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,21 +55,44 @@ class Encoded:
 
 
 def encode_pairs(pairs, src_tok: Tokenizer, tgt_tok: Tokenizer, reverse_source: bool = False,
-                 max_len: int | None = None) -> Encoded:
-    """Encode (source, target) pairs; pairs with a side longer than ``max_len`` tokens are dropped."""
-    srcs, tgts, kept = [], [], []
+                 max_len: int | None = None, keep_pairs: bool = True, compact: bool = False) -> Encoded:
+    """Encode (source, target) pairs; pairs with a side longer than ``max_len`` tokens are dropped.
+
+    Ids go into one flat array per side (4 bytes an id, not a Python list of ints each), then into the
+    padded matrices. ``keep_pairs`` False leaves ``Encoded.pairs`` empty: a training set's text is not
+    needed once encoded. ``compact`` stores the matrices as uint16 where both vocabularies fit;
+    ``take`` gives int32 batches either way.
+    """
+    src_ids, tgt_ids, src_len, tgt_len, kept = array("i"), array("i"), array("q"), array("q"), []
     for s, t in pairs:
         si, ti = src_tok.encode(s) or [UNK_ID], tgt_tok.encode(t)
         if max_len is not None and (len(si) > max_len or len(ti) > max_len):
             continue
-        srcs.append(si[::-1] if reverse_source else si)
-        tgts.append([BOS_ID] + ti + [EOS_ID])
-        kept.append((s, t))
-    if not kept:
+        src_ids.extend(si[::-1] if reverse_source else si)
+        tgt_ids.append(BOS_ID)
+        tgt_ids.extend(ti)
+        tgt_ids.append(EOS_ID)
+        src_len.append(len(si))
+        tgt_len.append(len(ti) + 2)
+        if keep_pairs:
+            kept.append((s, t))
+    if not src_len:
         raise ValueError(f"no pair is within --max-len {max_len}")
-    src, src_len = pad_rows(srcs)
-    tgt, tgt_len = pad_rows(tgts)
-    return Encoded(src, src_len, tgt, tgt_len, kept, dropped=len(pairs) - len(kept))
+    small = compact and max(src_tok.vocab_size, tgt_tok.vocab_size) <= np.iinfo(np.uint16).max + 1
+    dtype = np.uint16 if small else np.int32
+    src_len, tgt_len = np.array(src_len, dtype=np.int64), np.array(tgt_len, dtype=np.int64)
+    src = _pad_flat(np.frombuffer(src_ids, dtype=np.int32), src_len, dtype)
+    tgt = _pad_flat(np.frombuffer(tgt_ids, dtype=np.int32), tgt_len, dtype)
+    return Encoded(src, src_len, tgt, tgt_len, kept, dropped=len(pairs) - len(src_len))
+
+
+def _pad_flat(ids: np.ndarray, lengths: np.ndarray, dtype) -> np.ndarray:
+    """Rows given as their ids one after another (``ids``) and their ``lengths`` -> an (M, longest)
+    matrix, right-padded."""
+    width = int(lengths.max(initial=1))
+    out = np.full((len(lengths), width), PAD_ID, dtype=dtype)
+    out[np.arange(width) < lengths[:, None]] = ids          # row-major: row k's first lengths[k] cells
+    return out
 
 
 def batch_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None,
@@ -93,11 +117,15 @@ def batch_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator |
 
 
 def take(data: Encoded, idx: np.ndarray, pad_full: bool = False):
-    """Rows ``idx`` as (src (B, Ts), tgt (B, To)), trimmed to the batch's own longest row."""
+    """Rows ``idx`` as int32 (src (B, Ts), tgt (B, To)), trimmed to the batch's own longest row."""
     if pad_full:
-        return data.src[idx], data.tgt[idx]
-    ts, to = int(data.src_len[idx].max()), int(data.tgt_len[idx].max())
-    return data.src[idx, :ts], data.tgt[idx, :to]
+        src, tgt = data.src[idx], data.tgt[idx]
+    else:
+        ts, to = int(data.src_len[idx].max()), int(data.tgt_len[idx].max())
+        src, tgt = data.src[idx, :ts], data.tgt[idx, :to]
+    if src.dtype != np.int32:                               # compact (uint16) storage
+        src, tgt = src.astype(np.int32), tgt.astype(np.int32)
+    return src, tgt
 
 
 def padding_fraction(data: Encoded, batches, pad_full: bool = False) -> float:

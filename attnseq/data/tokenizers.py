@@ -12,6 +12,7 @@ Each saves itself into a checkpoint directory and loads back from it.
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from .io import atomic_write_bytes, atomic_write_text
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = [PAD, BOS, EOS, UNK]
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(4)
+SPM_MAX_SENTENCES = 200_000     # sentencepiece learns its pieces from at most this many texts (a fixed sample)
 
 
 class Tokenizer:
@@ -144,8 +146,14 @@ class SentencePieceTokenizer(Tokenizer):
             raise ValueError(f"sentencepiece model has special ids {ids}; attnseq needs (0, 1, 2, 3)")
 
     @classmethod
-    def train(cls, texts, vocab_size: int = 8000, model_type: str = "unigram"):
-        """Train on texts. Every character is kept, so the vocabulary grows (with a warning) to hold them all."""
+    def train(cls, texts, vocab_size: int = 8000, model_type: str = "unigram",
+              max_sentences: int | None = SPM_MAX_SENTENCES):
+        """Train on texts. Every character is kept, so the vocabulary grows (with a warning) to hold them all.
+
+        More than ``max_sentences`` texts (a big corpus): the pieces are learnt from a random sample of
+        that many (seeded, so the same texts give the same vocabulary), plus one line holding the
+        characters only the rest have; time and memory stay bounded.
+        """
         import io
         import warnings
 
@@ -153,7 +161,10 @@ class SentencePieceTokenizer(Tokenizer):
         texts = [t for t in texts if t.strip()]
         if not texts:
             raise ConfigError("sentencepiece: no non-empty text to train on")
-        chars = len({c for t in texts for c in t if not c.isspace()}) + len(SPECIALS) + 1
+        distinct = {c for c in set("".join(texts)) if not c.isspace()}
+        chars = len(distinct) + len(SPECIALS) + 1
+        if max_sentences is not None and len(texts) > max_sentences:
+            texts = _sample_keeping_chars(texts, max_sentences, distinct)
         if vocab_size < chars:
             warnings.warn(f"--vocab-size {vocab_size} cannot hold the {chars - len(SPECIALS) - 1} distinct "
                           f"characters of the training text; using {chars}", stacklevel=2)
@@ -186,6 +197,13 @@ class SentencePieceTokenizer(Tokenizer):
     def save(self, directory, name):
         atomic_write_bytes(Path(directory) / f"{name}.spm.model", self.proto)
         atomic_write_text(Path(directory) / f"{name}.json", json.dumps({"kind": self.kind}))
+
+
+def _sample_keeping_chars(texts: list[str], n: int, chars: set[str]) -> list[str]:
+    """``n`` of ``texts`` at random (seed 0), and a line of the ``chars`` none of them has."""
+    sample = random.Random(0).sample(texts, n)
+    missing = chars - set("".join(sample))
+    return sample + (["".join(sorted(missing))] if missing else [])
 
 
 TOKENIZERS = {"char": CharTokenizer, "word": WordTokenizer, "sentencepiece": SentencePieceTokenizer}

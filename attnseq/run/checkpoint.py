@@ -13,8 +13,8 @@ against the model the config describes, and the vocabularies against the
 embedding sizes. A directory is written complete under a temporary name and
 then swapped in by rename, so ``best/`` and ``last/`` are never half-written.
 
-A run directory (``RunDir``) holds ``best/``, ``last/``, ``metrics.jsonl`` and ``result.json``;
-the trainer reaches all of them through it.
+A run directory (``RunDir``) holds ``best/``, ``last/``, ``metrics.jsonl``, ``result.json`` and,
+while a trainer runs there, ``.lock``; the trainer reaches all of them through it.
 """
 from __future__ import annotations
 
@@ -22,6 +22,10 @@ import io
 import json
 import os
 import shutil
+import socket
+import time
+import warnings
+import weakref
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -255,6 +259,108 @@ _STATE_FIELDS = dict(epoch=int, step=int, best=_score, bad_epochs=int, nonfinite
 _STATE_OPTIONAL = dict(nonfinite_skipped=0)     # absent from state.json written before it existed
 
 
+@dataclass
+class EpochProgress:
+    """state.json's "in_epoch": how far a mid-epoch checkpoint is into its epoch (absent at epoch ends).
+
+    The epoch's batch order is the one ``batch_order`` draws from TrainState's ``rng`` (in a mid-epoch
+    checkpoint, the generator's state at the epoch's start); ``batches_done`` of its ``batches`` are
+    trained. ``batch_size``, ``bucket`` and ``bucket_jitter`` made that order. The rest are the
+    epoch's running sums so far: the training loss summed over ``loss_batches`` batches, the pairs
+    trained on, and the seconds spent.
+    """
+    batches_done: int = 0
+    batches: int = 0
+    batch_size: int = 0
+    bucket: bool = True
+    bucket_jitter: float = 0.0
+    loss_sum: float = 0.0
+    loss_batches: int = 0
+    samples: int = 0
+    time_s: float = 0.0
+
+    @classmethod
+    def from_json(cls, st: dict, path: Path) -> "EpochProgress | None":
+        """The "in_epoch" of state.json ``st``, checked, or None at an epoch end."""
+        raw = st.get("in_epoch")
+        if raw is None:
+            return None
+        try:
+            out = cls(**{name: _PROGRESS_TYPES[name](raw[name]) for name in _PROGRESS_TYPES})
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: missing or malformed field 'in_epoch' ({e!r}); "
+                                  "cannot resume from it") from None
+        if not 0 <= out.batches_done <= out.batches:
+            raise CheckpointError(f"{path}: 'in_epoch' has {out.batches_done} of {out.batches} batches done; "
+                                  "cannot resume from it")
+        return out
+
+    def order_matches(self, batches: int, cfg: dict) -> bool:
+        """True when ``batches`` batches drawn under ``cfg`` make the order this progress was counted in."""
+        return (self.batches, self.batch_size, self.bucket, self.bucket_jitter) == (
+            batches, cfg["batch_size"], cfg["bucket"], cfg["bucket_jitter"])
+
+
+def _strict_bool(v) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError(f"expected true or false, got {v!r}")
+    return v
+
+
+_PROGRESS_TYPES = dict(batches_done=int, batches=int, batch_size=int, bucket=_strict_bool, bucket_jitter=float,
+                       loss_sum=float, loss_batches=int, samples=int, time_s=float)
+
+
+# -- one trainer per run directory ---------------------------------------------------------------
+def _process_start(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux), else None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _running(holder: dict) -> bool:
+    """Whether the process a lock file names still runs: always assumed for another host."""
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname():
+        return True
+    if not isinstance(pid, int) or pid <= 0:
+        return False                                # garbage: no process holds it
+    if pid == os.getpid():
+        return True                                 # another trainer in this process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:                         # alive, another user's
+        return True
+    started = holder.get("started")
+    return started is None or _process_start(pid) in (None, started)     # else the pid was reused
+
+
+def _read_lock(path: Path) -> dict | None:
+    """The holder a lock file names ({"pid", "host", "started"}), or None when it is gone or unreadable."""
+    for _ in range(3):                              # a lock being created is empty for an instant
+        try:
+            holder = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(holder, dict) and isinstance(holder.get("pid"), int):
+                return holder
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    return {"pid": -1, "host": socket.gethostname()}    # garbage, not a live trainer's lock: stale
+
+
+def _unlink_if_ours(path: Path, pid: int) -> None:
+    holder = _read_lock(path)
+    if holder is not None and holder.get("pid") == pid and holder.get("host") == socket.gethostname():
+        path.unlink(missing_ok=True)
+
+
 class RunDir:
     """A run directory: ``best/`` and ``last/`` checkpoints, ``metrics.jsonl`` and ``result.json``.
 
@@ -263,13 +369,94 @@ class RunDir:
     to resume from (``resume_config``, ``load_last``, ``restore``), ``save``, ``append_metrics``,
     ``write_result`` and ``load_best``. A checkpoint swap cut short leaves only ``NAME.old``:
     ``resolve`` reads it in ``NAME``'s place and the next ``save_checkpoint`` renames it back.
+
+    ``lock``/``unlock``: one trainer per run directory, through ``RUN/.lock``.
     """
     CHECKPOINTS = ("last", "best")
+    LOCK = ".lock"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._resume_from: Path | None = None
         self._config: dict | None = None
+        self._release = None            # set while this RunDir holds RUN/.lock
+
+    # -- the lock ----------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Take ``RUN/.lock`` (created with O_EXCL, holding this PID, host and process start time),
+        creating the directory if need be. Call before ``prepare``, which removes temporaries.
+
+        Held by a running process: ConfigError naming its PID. Left by a process that no longer
+        runs on this host (a killed run): taken over, with a warning. Released by ``unlock``, at
+        the latest when this process exits.
+        """
+        if self._release is not None:
+            return
+        path = self.path / self.LOCK
+        self._mkdir()
+        for _ in range(3):
+            if self._create_lock(path):
+                self._release = weakref.finalize(self, _unlink_if_ours, path, os.getpid())
+                return
+            holder = _read_lock(path)
+            if holder is None:
+                continue                            # released meanwhile: try again
+            if _running(holder):
+                where = f" on {holder.get('host')}" if holder.get("host") != socket.gethostname() else ""
+                raise ConfigError(f"{self.path} is in use by another attnseq train (pid {holder['pid']}{where}); "
+                                  f"wait for it or stop it (if none runs, delete {path})")
+            self._take_over(path, holder)
+        raise ConfigError(f"{self.path}: could not take {path}; other trainers keep starting there")
+
+    def _create_lock(self, path: Path) -> bool:
+        """Create the lock file holding this process; False if it exists."""
+        me = dict(pid=os.getpid(), host=socket.gethostname(), started=_process_start(os.getpid()))
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            raise ConfigError(f"--out {self.path}: cannot write there ({e.strerror or e})") from None
+        try:
+            os.write(fd, json.dumps(me).encode())
+        except OSError as e:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise ConfigError(f"--out {self.path}: cannot write there ({e.strerror or e})") from None
+        os.close(fd)
+        return True
+
+    @staticmethod
+    def _take_over(path: Path, holder: dict) -> None:
+        """Remove a stale lock. It is renamed away first, so of two trainers taking it over at once
+        only one removes it; a lock that turns out to be another's fresh one is put back."""
+        aside = path.with_name(f"{path.name}.stale-{os.getpid()}")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return
+        moved = _read_lock(aside)
+        if moved is not None and moved.get("pid") != holder.get("pid"):
+            try:
+                os.link(aside, path)
+            except OSError:
+                pass
+        else:
+            warnings.warn(f"{path.parent}: the lock of pid {holder['pid']} is stale (that process no longer "
+                          "runs: a killed run?); taking it over", stacklevel=3)
+        aside.unlink(missing_ok=True)
+
+    def unlock(self) -> None:
+        """Remove ``RUN/.lock`` if this RunDir holds it."""
+        if self._release is not None:
+            self._release()
+            self._release = None
+
+    def _mkdir(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--out {self.path}: cannot write there ({e.strerror or e})") from None
 
     def holds_run(self) -> bool:
         return any((self.path / n / "config.json").exists()
@@ -284,8 +471,8 @@ class RunDir:
         has_run = self.holds_run()
         if has_run and not resume:
             raise ConfigError(f"{self.path} already holds a run; pass --resume to continue it or choose another --out")
+        self._mkdir()
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"
             probe.write_bytes(b"ok")
             probe.unlink()
@@ -295,8 +482,9 @@ class RunDir:
         return has_run and resume
 
     def _remove_temporaries(self) -> None:
-        """Checkpoints (``.NAME.tmp-PID/``) and files (``.NAME.XXXX.tmp``) that a killed run was writing."""
-        for stale in [*self.path.glob(".*.tmp-*"), *self.path.glob(".*.tmp")]:
+        """Checkpoints (``.NAME.tmp-PID/``) and files (``.NAME.XXXX.tmp``) that a killed run was writing,
+        and stale locks a killed takeover had set aside (``.lock.stale-PID``)."""
+        for stale in [*self.path.glob(".*.tmp-*"), *self.path.glob(".*.tmp"), *self.path.glob(".lock.stale-*")]:
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
             else:
@@ -329,10 +517,11 @@ class RunDir:
 
     # -- writing ---------------------------------------------------------------------------
     def save(self, model, optimizer, src_tok: Tokenizer, tgt_tok: Tokenizer, train_config: dict,
-             state: TrainState, best: bool) -> None:
-        """Save last/ (and first best/, when ``best``). A failure is a CheckpointError; the previous
-        checkpoints stay intact."""
-        args = (model, optimizer, src_tok, tgt_tok, train_config, asdict(state))
+             state: TrainState, best: bool, progress: EpochProgress | None = None) -> None:
+        """Save last/ (and first best/, when ``best``); ``progress`` for a checkpoint inside an epoch.
+        A failure is a CheckpointError; the previous checkpoints stay intact."""
+        st = asdict(state) if progress is None else dict(asdict(state), in_epoch=asdict(progress))
+        args = (model, optimizer, src_tok, tgt_tok, train_config, st)
         try:  # best first: a kill in between leaves last/ behind, so the epoch is redone and best/ saved again
             if best:
                 save_checkpoint(self.path / "best", *args)

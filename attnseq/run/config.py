@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -45,6 +46,32 @@ POSITIVE_INT = Check(lambda v: v >= 1, "a positive integer")
 POSITIVE = Check(lambda v: v > 0, "positive")
 NON_NEGATIVE = Check(lambda v: v >= 0, ">= 0")
 DEVICE = Check(lambda v: check_device(v) is not None, "cpu, gpu or gpu:N")
+_TIME_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def save_interval(text: str) -> tuple[str, float] | None:
+    """``--save-every``: "2000" -> ("steps", 2000), "10m" -> ("seconds", 600.0) (also "30s", "1.5h"),
+    "0" or "off" -> None (last/ at epoch ends only). ValueError for anything else."""
+    text = text.strip().lower()
+    if text == "off" or (text.isdigit() and int(text) == 0):
+        return None
+    if text.isdigit():
+        return "steps", int(text)
+    m = re.fullmatch(r"(\d+(?:\.\d*)?)([smh])", text)
+    if m is None or float(m[1]) == 0:
+        raise ValueError(f"not a step count or a time: {text!r}")
+    return "seconds", float(m[1]) * _TIME_UNITS[m[2]]
+
+
+def _is_interval(text: str) -> bool:
+    try:
+        save_interval(text)
+    except ValueError:
+        return False
+    return True
+
+
+SAVE_EVERY = Check(_is_interval, "a step count (2000), minutes (10m), seconds (30s) or hours (1h); 0: epoch ends only")
 
 
 @dataclass(frozen=True)
@@ -155,6 +182,9 @@ OPTIONS: tuple[Option, ...] = (
       check=Check(lambda v: v >= 0, "0 (one per core) or a positive integer"),
       help="CPU: train on N row shards of each batch in N threads; 0: one per core, at least 32 rows each; 1: off"),
     O("resume", bool, False, group="training", help="continue the run in --out from last/"),
+    O("save_every", str, "10m", group="training", metavar="N|10m", check=SAVE_EVERY,
+      help="also save last/ inside an epoch, every N steps or every so many minutes (10m; 30s, 1h), so a "
+           "--resume continues from that step; 0: at epoch ends only"),
     O("quick", bool, False, group="training", help=_quick_help()),
     O("skip_nonfinite", bool, False, group="training",
       help="skip (and count) a batch whose loss or gradient is NaN/inf instead of stopping"),
@@ -283,6 +313,8 @@ def read_toml(path: str, options=OPTIONS) -> dict:
         name = key.replace("-", "_")
         if name in out:
             raise ConfigError(f"--config {path}: {spelt[name]} and {key} are the same option; give it once")
+        if keys[name].type is str and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)                              # save_every = 2000 means "2000", as on the command line
         msg = problem(keys[name], value)
         if msg:
             raise ConfigError(f"--config {path}: {key} {msg}, got {_toml_repr(value)}")

@@ -2,11 +2,21 @@
 
 ``train(cfg)`` is what ``attnseq train`` and ``scripts/train.py`` call. ``cfg`` is a plain dict
 keyed by the options of ``attnseq.run.config`` (``batch_size`` for ``--batch-size``); ``train``
-fills in the defaults. Everything on disk goes through ``RunDir``.
+fills in the defaults. Everything on disk goes through ``RunDir``, which also holds the run
+directory's lock while a Trainer exists.
+
+Long runs: ``--save-every`` also saves ``last/`` inside an epoch, with how far into the epoch's
+batch order it is (``EpochProgress``), so ``--resume`` continues from that step and ends exactly
+where an uninterrupted run would. SIGINT or SIGTERM while training finishes the current step,
+saves ``last/`` and raises ``TrainingStopped`` (the CLI exits 130 or 143); a second signal raises
+KeyboardInterrupt at once. The handlers are installed only while the epochs run.
 """
 from __future__ import annotations
 
 import math
+import shlex
+import signal
+import threading
 import time
 
 import numpy as np
@@ -14,14 +24,41 @@ import numpy as np
 from . import faults
 from ..data.batching import Encoded, batch_order, encode_pairs, padding_fraction, take
 from ..data.corpus import build_tokenizers, load_data
-from ..errors import NonFiniteError
+from ..errors import NonFiniteError, TrainingStopped
 from ..nn.layers import Dropout
 from ..nn.model import AttentionSeq2seq
 from ..nn.optim import NonFiniteGradient, build_optimizer
-from .checkpoint import RunDir, TrainState
-from .config import resolve_config
+from .checkpoint import EpochProgress, RunDir, TrainState
+from .config import resolve_config, save_interval
 from .evaluation import evaluate
 from .parallel import for_training
+
+
+class StopSignals:
+    """While entered (in the main thread only): SIGINT and SIGTERM set ``signum`` and nothing else,
+    so the training loop can stop between steps; a second signal raises KeyboardInterrupt at once.
+    On exit the previous handlers come back."""
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
 
 
 def _dropout_rng(model) -> np.random.Generator:
@@ -33,6 +70,8 @@ class Trainer:
 
     ``cfg`` is a resolved config (``resolve_config``). ``run_dir`` is the RunDir of ``cfg["out"]``
     when the caller has one (it keeps the config.json that resolving a ``--resume`` already read).
+    Building a Trainer takes the run directory's lock (a ConfigError if another trainer holds it);
+    ``run()`` releases it, whatever happens.
     """
 
     def __init__(self, cfg: dict, log=print, run_dir: RunDir | None = None):
@@ -43,18 +82,32 @@ class Trainer:
         self.rng = np.random.default_rng(cfg["seed"])
         # best/ is chosen by valid exact match, ties broken by lower valid loss
         self.epoch, self.step, self.best, self.bad_epochs, self.skipped = 0, 0, [-1.0, -math.inf], 0, 0
+        self.progress: EpochProgress | None = None      # a mid-epoch checkpoint's, until its epoch resumes
+        self.save_every = save_interval(cfg["save_every"])
+        self.stop, self.runner = StopSignals(), None
+        self.run_dir.lock()                             # released by run(), or here if setting up fails
+        try:
+            self._set_up()
+        except BaseException:
+            self.run_dir.unlock()
+            raise
+
+    # -- setting up ------------------------------------------------------------------------
+    def _set_up(self) -> None:
         resuming = self._open_run_dir()
         if resuming:
             self._resume()
-        self.data = self._load_data()
+        data = self._load_data()
         if not resuming:
-            self._new_model()
-        self.sets = {name: self._encode(pairs, name) for name, pairs in self.data.items() if pairs}
-        self.runner = for_training(self.model, cfg["threads"], cfg["batch_size"])  # the model, or row shards on threads
+            self._new_model(data["train"])
+        self.sets = {name: self._encode(pairs, name) for name, pairs in data.items() if pairs}
+        del data                                        # the pairs' text lives on only in valid's and test's Encoded
+        self.runner = for_training(self.model, self.cfg["threads"], self.cfg["batch_size"])  # model or row shards
         if resuming:
-            self.log(f"resumed {self.out} at epoch {self.epoch}, step {self.step}")
+            where = f", batch {self.progress.batches_done} of epoch {self.epoch + 1}" if self.progress else ""
+            self.log(f"resumed {self.out} at epoch {self.epoch}, step {self.step}{where}")
+        self.last_save = time.perf_counter()
 
-    # -- setting up ------------------------------------------------------------------------
     def _open_run_dir(self) -> bool:
         """Get --out ready; True when there is a checkpoint to resume from."""
         resuming = self.run_dir.prepare(self.cfg["resume"])
@@ -72,6 +125,7 @@ class Trainer:
         self.bad_epochs, self.skipped = state.bad_epochs, state.nonfinite_skipped
         self.rng.bit_generator.state = state.rng
         _dropout_rng(self.model).bit_generator.state = state.dropout_rng
+        self.progress = EpochProgress.from_json(ck.state, ck.path / "state.json")
 
     def _load_data(self) -> dict[str, list]:
         data = load_data(self.cfg)
@@ -79,10 +133,10 @@ class Trainer:
             self.log(f"note: no --valid given; {len(data['valid'])} pairs of {self.cfg['train']} held out to validate")
         return data
 
-    def _new_model(self) -> None:
+    def _new_model(self, train_pairs) -> None:
         """Tokenizers trained on the training split, a fresh model on cfg's device, and its optimizer."""
         cfg = self.cfg
-        self.src_tok, self.tgt_tok = build_tokenizers(cfg, self.data["train"])
+        self.src_tok, self.tgt_tok = build_tokenizers(cfg, train_pairs)
         self.model = AttentionSeq2seq(self.src_tok.vocab_size, self.tgt_tok.vocab_size, cfg["wordvec_size"],
                                       cfg["hidden_size"], dropout=cfg["dropout"], init=cfg["init"],
                                       dtype=cfg["dtype"], seed=cfg["seed"])
@@ -96,40 +150,82 @@ class Trainer:
                                weight_decay=cfg["weight_decay"])
 
     def _encode(self, pairs, name) -> Encoded:
+        """The split as id matrices; the training split's compact (uint16 ids) and without its text."""
+        train = name == "train"
         enc = encode_pairs(pairs, self.src_tok, self.tgt_tok, self.cfg["reverse_source"],
-                           self.cfg["max_len"] if name == "train" else None)
+                           self.cfg["max_len"] if train else None, keep_pairs=not train, compact=train)
         if enc.dropped:
             self.log(f"note: {enc.dropped} {name} pairs longer than --max-len {self.cfg['max_len']} were left out")
         return enc
 
     # -- one epoch ---------------------------------------------------------------------------
     def train_epoch(self) -> dict:
+        """One pass over the training data in a fresh batch order, or the rest of a resumed epoch's."""
         from tqdm import tqdm
         data, cfg = self.sets["train"], self.cfg
         self.model.train()
+        self.epoch_rng = self.rng.bit_generator.state   # the epoch's batch order is drawn from this state
         batches = batch_order(data.src_len, cfg["batch_size"], self.rng, cfg["bucket"], cfg["bucket_jitter"],
                               then_by=data.tgt_len)
-        pad_frac = padding_fraction(data, batches)
-        t0, seen, total_loss, n_loss = time.perf_counter(), 0, 0.0, 0
-        bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{cfg['epochs']}", unit="batch", leave=False,
-                   dynamic_ncols=True, disable=None, mininterval=0.5)
-        for idx in bar:
-            src, tgt = take(data, idx)
-            loss = self.runner.forward(src, tgt)
-            self.step += 1
-            faults.point("train-step")
-            if not self._step(loss):
-                continue
-            total_loss += float(loss)
-            n_loss += 1
-            seen += len(idx)
+        progress = self._epoch_progress(len(batches))
+        t0, time_before = time.perf_counter(), progress.time_s
+        bar = tqdm(total=len(batches), initial=progress.batches_done, desc=f"epoch {self.epoch + 1}/{cfg['epochs']}",
+                   unit="batch", leave=False, dynamic_ncols=True, disable=None, mininterval=0.5)
+        for idx in batches[progress.batches_done:]:
+            self._train_batch(data, idx, progress)
+            progress.batches_done += 1
+            progress.time_s = time_before + time.perf_counter() - t0
+            bar.update()
             if self.step % 10 == 0:
-                bar.set_postfix(loss=f"{total_loss / n_loss:.4f}",
-                                samples_s=f"{seen / (time.perf_counter() - t0):.0f}", refresh=False)
+                bar.set_postfix(loss=f"{progress.loss_sum / max(progress.loss_batches, 1):.4f}",
+                                samples_s=f"{progress.samples / max(progress.time_s, 1e-9):.0f}", refresh=False)
+            self._between_steps(progress)
         bar.close()
-        dt = time.perf_counter() - t0
-        return dict(train_loss=total_loss / max(n_loss, 1), epoch_time_s=dt, samples_per_s=seen / dt,
-                    padding_fraction=pad_frac)
+        dt = max(progress.time_s, 1e-9)
+        return dict(train_loss=progress.loss_sum / max(progress.loss_batches, 1), epoch_time_s=dt,
+                    samples_per_s=progress.samples / dt, padding_fraction=padding_fraction(data, batches))
+
+    def _epoch_progress(self, n_batches: int) -> EpochProgress:
+        """Zero sums for a new epoch, or the sums of the mid-epoch checkpoint being resumed."""
+        cfg, progress, self.progress = self.cfg, self.progress, None
+        if progress is not None and not progress.order_matches(n_batches, cfg):
+            self.log(f"note: --batch-size, --bucket or --bucket-jitter changed since the checkpoint, "
+                     f"{progress.batches_done} batches into epoch {self.epoch + 1}; that epoch starts over "
+                     "in a new batch order")
+            progress = None
+        if progress is None:
+            progress = EpochProgress(batches=n_batches, batch_size=cfg["batch_size"], bucket=cfg["bucket"],
+                                     bucket_jitter=cfg["bucket_jitter"])
+        return progress
+
+    def _train_batch(self, data: Encoded, idx, progress: EpochProgress) -> None:
+        """Forward, backward and update on rows ``idx``; its loss and pairs join ``progress``'s sums."""
+        src, tgt = take(data, idx)
+        loss = self.runner.forward(src, tgt)
+        self.step += 1
+        faults.point("train-step")
+        if self._step(loss):
+            progress.loss_sum += float(loss)
+            progress.loss_batches += 1
+            progress.samples += len(idx)
+
+    def _between_steps(self, progress: EpochProgress) -> None:
+        """Save last/ when --save-every says so; on a stop signal, save it and raise TrainingStopped."""
+        stopping = self.stop.signum is not None
+        more = progress.batches_done < progress.batches        # else the epoch's end saves at once
+        if stopping or (more and self._save_due()):
+            self._save(progress=progress)
+            faults.point("mid-epoch-saved")
+        if stopping:
+            raise self._stopped(mid_epoch=True)
+
+    def _save_due(self) -> bool:
+        if self.save_every is None:
+            return False
+        kind, every = self.save_every
+        if kind == "steps":
+            return self.step % every == 0
+        return time.perf_counter() - self.last_save >= every
 
     def _step(self, loss) -> bool:
         """Backward and update, unless the loss or the gradient norm is NaN/inf: then stop, or skip the batch."""
@@ -153,28 +249,45 @@ class Trainer:
 
     # -- epochs, evaluation, checkpoints ----------------------------------------------------
     def run(self) -> dict:
+        """Train to the last epoch (or an early stop), then ``finish``. Releases the run directory's lock."""
         try:
-            return self._run()
+            with self.stop:
+                self._run_epochs()
+            return self.finish()
         finally:
-            if self.runner is not self.model:
+            if self.runner is not None and self.runner is not self.model:
                 self.runner.close()
+            self.run_dir.unlock()
 
-    def _run(self) -> dict:
-        while self.epoch < self.cfg["epochs"]:
+    def _run_epochs(self) -> None:
+        cfg = self.cfg
+        while self.epoch < cfg["epochs"] and self.bad_epochs < cfg["patience"]:
             stats = self.train_epoch()
             self.epoch += 1
             valid = self._evaluate(self.model, self.sets["valid"])
             improved = self._track_best(valid)
             row = self._metrics_row(stats, valid)
-            self.opt.lr *= self.cfg["lr_decay"]
+            self.opt.lr *= cfg["lr_decay"]
             self.run_dir.append_metrics(row)
-            self.run_dir.save(self.model, self.opt, self.src_tok, self.tgt_tok, dict(self.cfg), self._state(),
-                              best=improved)
+            self._save(best=improved)
             self._report(row, valid)
-            if self.bad_epochs >= self.cfg["patience"]:
-                self.log(f"early stop: no better valid exact match (or loss) for {self.cfg['patience']} epochs")
-                break
-        return self.finish()
+            if self.bad_epochs >= cfg["patience"]:
+                self.log(f"early stop: no better valid exact match (or loss) for {cfg['patience']} epochs")
+            if self.stop.signum is not None:
+                raise self._stopped(mid_epoch=False)
+
+    def _save(self, best: bool = False, progress: EpochProgress | None = None) -> None:
+        """last/ (and best/): at an epoch's end, or inside one with ``progress`` (state.rng: the epoch's start)."""
+        self.run_dir.save(self.model, self.opt, self.src_tok, self.tgt_tok, dict(self.cfg),
+                          self._state(mid_epoch=progress is not None), best=best, progress=progress)
+        self.last_save = time.perf_counter()
+
+    def _stopped(self, mid_epoch: bool) -> TrainingStopped:
+        """The stop after a signal, last/ saved: one line saying where, and how to resume."""
+        where = f"in epoch {self.epoch + 1} at step {self.step}" if mid_epoch else \
+            f"after epoch {self.epoch} (step {self.step})"
+        return TrainingStopped(f"stopped {where}; checkpoint in {self.out / 'last'} — resume with: "
+                               f"attnseq train --out {shlex.quote(str(self.out))} --resume", self.stop.signum)
 
     def _evaluate(self, model, data: Encoded, predictions: bool = True) -> dict:
         scores = evaluate(model, data, self.tgt_tok, self.cfg["eval_batch_size"], bool(self.cfg["bleu"]))
@@ -202,9 +315,10 @@ class Trainer:
             row.update({f"test_{k}": v for k, v in test.items()}, test_eval_s=time.perf_counter() - t0)
         return row
 
-    def _state(self) -> TrainState:
+    def _state(self, mid_epoch: bool = False) -> TrainState:
+        rng = self.epoch_rng if mid_epoch else self.rng.bit_generator.state
         return TrainState(epoch=self.epoch, step=self.step, best=self.best, bad_epochs=self.bad_epochs,
-                          nonfinite_skipped=self.skipped, rng=self.rng.bit_generator.state,
+                          nonfinite_skipped=self.skipped, rng=rng,
                           dropout_rng=_dropout_rng(self.model).bit_generator.state)
 
     def _report(self, row: dict, valid: dict) -> None:
@@ -262,7 +376,11 @@ class Trainer:
 
 
 def train(cfg: dict, log=print) -> dict:
-    """Train from a config dict (keys: ``attnseq.run.config.OPTIONS``); returns the final metrics."""
+    """Train from a config dict (keys: ``attnseq.run.config.OPTIONS``); returns the final metrics.
+
+    Called from the main thread, SIGINT and SIGTERM stop it gracefully meanwhile (``TrainingStopped``,
+    last/ saved); the caller's own handlers are back when it returns or raises.
+    """
     out = cfg.get("out")
     run_dir = RunDir(out) if isinstance(out, str) else None     # shared, so a --resume reads config.json once
     return Trainer(resolve_config(cfg, run_dir), log, run_dir).run()
