@@ -7,9 +7,12 @@
 
 Greedy decoding, one sentence at a time, following manifest.json: encode the sentence, cut it to
 max_input_len tokens, reverse it if reverse_source; run encoder.onnx once; then feed
-decoder_step.onnx the previous token (bos first) and its own h, c until it picks eos or the
-output reaches the manifest's max_output_len (scale * source length + offset). A blank line
-translates to a blank line.
+decoder_step.onnx the previous token (bos first), the encoder outputs it reads as they are
+(decoder_memory: hs, and the keys of a learned attention score) and its own state (decoder_state:
+h, c, and feed with input feeding; the encoder gives the first) until it picks eos or the output
+reaches the manifest's max_output_len (scale * source length + offset). A blank line translates to
+a blank line. Exports from before decoder_memory/decoder_state were written read as the book
+model's: memory hs, state h and c.
 The same loop is a few lines in C++, C#, Java or JavaScript with their onnxruntime packages.
 """
 import json
@@ -54,7 +57,11 @@ class GreedyTranslator:
         self.encoder = ort.InferenceSession(str(d / m["graphs"]["encoder"]["file"]), providers=["CPUExecutionProvider"])
         self.decoder = ort.InferenceSession(str(d / m["graphs"]["decoder_step"]["file"]),
                                             providers=["CPUExecutionProvider"])
-        self.dec_outputs = [o["name"] for o in m["graphs"]["decoder_step"]["outputs"]]
+        self.enc_outputs = [o["name"] for o in m["graphs"]["encoder"]["outputs"]]
+        self.memory = m.get("decoder_memory", ["hs"])
+        self.state = m.get("decoder_state", [dict(input="h", output="h_out", initial="h0"),
+                                             dict(input="c", output="c_out", initial="c0")])
+        self.dec_outputs = ["log_probs"] + [s["output"] for s in self.state]
 
     def translate(self, text: str) -> str:
         if not text.strip():
@@ -63,14 +70,17 @@ class GreedyTranslator:
         if self.m["reverse_source"]:
             ids = ids[::-1]
         src = np.array([ids], dtype=np.int64)                   # (1, Ts)
-        hs, h, c = self.encoder.run(None, {"src_ids": src, "src_lengths": np.array([len(ids)], dtype=np.int64)})
-        mask = np.ones(src.shape, dtype=bool)                   # one sentence: no padding
+        enc = dict(zip(self.enc_outputs, self.encoder.run(
+            self.enc_outputs, {"src_ids": src, "src_lengths": np.array([len(ids)], dtype=np.int64)})))
+        feed = {name: enc[name] for name in self.memory}        # hs (and keys): the same at every step
+        feed["src_mask"] = np.ones(src.shape, dtype=bool)       # one sentence: no padding
+        state = {s["input"]: enc[s["initial"]] for s in self.state}   # h, c (and feed) to start
         rule = self.m["max_output_len"]
         token = np.array([self.ids["bos"]], dtype=np.int64)
         out = []
         for _ in range(rule["scale"] * len(ids) + rule["offset"]):
-            log_probs, h, c, _ = self.decoder.run(self.dec_outputs, {"prev_token": token, "h": h, "c": c,
-                                                                     "hs": hs, "src_mask": mask})
+            log_probs, *new = self.decoder.run(self.dec_outputs, {**feed, **state, "prev_token": token})
+            state = {s["input"]: value for s, value in zip(self.state, new)}
             token = log_probs.argmax(axis=1)                    # (1,)
             if token[0] == self.ids["eos"]:
                 break

@@ -24,18 +24,34 @@ from attnseq.export.onnx_graphs import build_graphs                    # noqa: E
 from attnseq.nn.model import AttentionSeq2seq                          # noqa: E402
 from attnseq.run.checkpoint import load_checkpoint, save_checkpoint    # noqa: E402
 from attnseq.run import decoding                                       # noqa: E402
-from attnseq.run.decoding import default_max_len, log_softmax          # noqa: E402
+from attnseq.run.decoding import LEGACY_RULE, OutputLengthRule, log_softmax   # noqa: E402
 from attnseq.run.inference import Translator                           # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "docs" / "onnx_greedy_example.py"
 
 
-def random_model(dtype="float32", seed=3, Vs=13, Vt=11):
+# model options, one at a time and all at once: every one must export and translate as attnseq does
+ALL_OPTIONS = dict(encoder_layers=2, decoder_layers=2, bidirectional=True, attention="additive", input_feeding=True,
+                   label_smoothing=0.1, tie_embeddings=True)
+OPTIONS = {
+    "encoder_layers": dict(encoder_layers=2),
+    "decoder_layers": dict(decoder_layers=2),
+    "layers_bridged": dict(encoder_layers=3, decoder_layers=2),
+    "bidirectional": dict(bidirectional=True),
+    "general": dict(attention="general"),
+    "additive": dict(attention="additive"),
+    "input_feeding": dict(input_feeding=True),
+    "tie_embeddings": dict(tie_embeddings=True),
+    "all": ALL_OPTIONS,
+}
+
+
+def random_model(dtype="float32", seed=3, Vs=13, Vt=11, hidden_size=7, scale=0.7, **options):
     """A small model whose every parameter (biases included) is random, so a misplaced gate shows."""
-    model = AttentionSeq2seq(Vs, Vt, wordvec_size=5, hidden_size=7, dtype=dtype, seed=seed)
+    model = AttentionSeq2seq(Vs, Vt, wordvec_size=5, hidden_size=hidden_size, dtype=dtype, seed=seed, **options)
     rng = np.random.default_rng(seed)
-    model.load_state_dict({k: (rng.standard_normal(v.shape) * 0.7).astype(dtype)
+    model.load_state_dict({k: (rng.standard_normal(v.shape) * scale).astype(dtype)
                            for k, v in model.state_dict().items()})
     return model
 
@@ -93,8 +109,9 @@ def test_manifest_says_what_a_runtime_needs(export_dir, tiny_run):
     ck = load_checkpoint(tiny_run)
     assert m["special_ids"] == dict(pad=0, bos=1, eos=2, unk=3)
     assert m["reverse_source"] is False and m["max_input_len"] == Translator(str(tiny_run)).max_input_len
-    rule = m["max_output_len"]
-    assert all(rule["scale"] * ts + rule["offset"] == default_max_len(ts) for ts in range(1, 5000))
+    rule, own = m["max_output_len"], ck.model.output_len_rule           # the checkpoint's config.json's
+    assert ck.config["max_output_len"]["scale"] == own.scale
+    assert all(rule["scale"] * ts + rule["offset"] == own(ts) for ts in range(1, 5000))
     assert m["model"]["tgt_vocab_size"] == ck.tgt_tok.vocab_size
     assert m["tokenizers"]["source"] == dict(kind="char", name="src_vocab", files=["src_vocab.json"])
     assert sorted(os.listdir(export_dir)) == sorted(list(m["files"]) + ["manifest.json"])
@@ -102,26 +119,44 @@ def test_manifest_says_what_a_runtime_needs(export_dir, tiny_run):
         assert (export_dir / name).read_bytes() == (ck.path / name).read_bytes()
 
 
-@pytest.mark.parametrize("which", ["random", "trained"])
+def runner_of(model) -> OnnxSeq2seq:
+    graphs = build_graphs(exportable_weights(model, Path("config.json")), model.config)
+    return OnnxSeq2seq(*(graphs[g].SerializeToString() for g in ("encoder", "decoder_step")))
+
+
+def state_as_runner_keeps_it(model, state) -> list:
+    """attnseq's decoding state (h, c; h~ as h's last row with input feeding) as the runtime's (h, c[, feed])."""
+    h, c = state
+    if not model.config["input_feeding"]:
+        return [h, c]
+    L = model.config["decoder_layers"]
+    return [h[:, 0] if L == 1 else h[:, :L], c[:, 0] if L == 1 else c, h[:, L]]
+
+
+@pytest.mark.parametrize("which", ["random", "trained", *OPTIONS])
 def test_onnxruntime_log_probs_match_attnseq_per_step(which, tiny_run):
-    """Encoder outputs and teacher-forced decoder steps of a padded batch, against attnseq's forward."""
-    model = random_model() if which == "random" else load_checkpoint(tiny_run).model
+    """Encoder outputs and teacher-forced decoder steps of a padded batch, against attnseq's forward:
+    the book model random and trained, and random models with each option and all at once."""
+    if which in OPTIONS:
+        model = random_model(hidden_size=8, **OPTIONS[which])
+    else:
+        model = random_model() if which == "random" else load_checkpoint(tiny_run).model
     Vs, Vt = model.config["src_vocab_size"], model.config["tgt_vocab_size"]
     lengths = [9, 5, 1, 7]
     src = padded_batch(Vs, lengths)
     tgt = np.concatenate([np.ones((4, 1), np.int64), np.random.default_rng(1).integers(3, Vt, (4, 8))], axis=1)
     with model.eval_mode():
-        hs_ref, (h_ref, c_ref), _ = model.encode(src)
+        hs_ref, state_ref, _ = model.encode(src)
         want = log_softmax(model.logits(src, tgt))                        # (N, 8, V) for tgt[:, 1:]
         att_ref = model.attention_weights.copy()                          # (N, 8, Ts)
-    graphs = build_graphs(exportable_weights(model, Path("config.json")), model.config)
-    runner = OnnxSeq2seq(*(graphs[g].SerializeToString() for g in ("encoder", "decoder_step")))
-    hs, state, mask = runner.encode(src)
+    runner = runner_of(model)
+    memory, state, mask = runner.encode(src)
     real = mask[:, :, None]
-    np.testing.assert_allclose(np.where(real, hs, 0), np.where(real, hs_ref, 0), atol=1e-5)
-    np.testing.assert_allclose(state[0], h_ref, atol=1e-5)               # at each row's last real token
-    np.testing.assert_allclose(state[1], c_ref, atol=1e-5)
-    step = runner.step_fn(hs, mask)
+    np.testing.assert_allclose(np.where(real, memory["hs"], 0), np.where(real, hs_ref, 0), atol=1e-5)
+    assert len(state) == 2 + model.config["input_feeding"]
+    for got, ref in zip(state, state_as_runner_keeps_it(model, state_ref)):
+        np.testing.assert_allclose(got, ref, atol=1e-5)                   # the decoder's start
+    step = runner.step_fn(memory, mask)
     for t in range(tgt.shape[1] - 1):
         logp, state, a = step(tgt[:, t], state)
         np.testing.assert_allclose(logp, want[:, t], atol=1e-4, err_msg=f"step {t}")
@@ -164,8 +199,8 @@ def test_beam_identical_on_a_sample(translators, tiny_data):
 
 
 def test_outputs_cut_at_max_len_and_reversed_sources_match(word_ckpt, tmp_path):
-    """Random word model: no eos in sight, so outputs stop at 2 * Ts + 10 or --max-len; sources reversed,
-    and cut to the run's max_len (4) tokens."""
+    """Random word model: no eos in sight, so outputs stop at 2 * Ts + 10 (its config.json, as those saved
+    before rules were fitted, has no rule) or --max-len; sources reversed, and cut to the run's max_len (4)."""
     d = export_onnx(word_ckpt, tmp_path / "word-onnx")
     texts = ["the cat sat on the mat", "a dog", "we read good songs in the park", "unknown words here", ""]
     ref, ours = Translator(str(word_ckpt)), OnnxTranslator(d)
@@ -177,20 +212,27 @@ def test_outputs_cut_at_max_len_and_reversed_sources_match(word_ckpt, tmp_path):
     assert [len(t.out_tokens) for t in ours.translate(["a dog", "we read"])] == [2 * 2 + 10] * 2
 
 
-def test_the_output_length_rule_is_decodings(word_ckpt, tmp_path, monkeypatch):
-    """The manifest records whatever decoding.default_max_len says, and the runtime follows the manifest."""
-    monkeypatch.setattr(decoding, "default_max_len", lambda ts: 3 * int(ts) + 1)
-    d = export_onnx(word_ckpt, tmp_path / "rule")
-    assert json.loads((d / "manifest.json").read_text())["max_output_len"]["rule"] == "3 * Ts + 1"
-    ref, ours = Translator(str(word_ckpt)), OnnxTranslator(d)
+def test_the_manifest_carries_the_checkpoints_rule_or_an_override(word_ckpt, tmp_path):
+    """The manifest records the checkpoint's own rule (config.json's max_output_len), or export's
+    --max-output-len; onnxruntime follows the manifest as attnseq follows config.json; translate's
+    max_len beats both."""
+    config = json.loads((word_ckpt / "config.json").read_text())
+    assert "max_output_len" not in config and load_checkpoint(word_ckpt).model.output_len_rule == LEGACY_RULE
+    ckpt = tmp_path / "ruled"
+    shutil.copytree(word_ckpt, ckpt)
+    config["max_output_len"] = OutputLengthRule(3, 1).to_json()
+    (ckpt / "config.json").write_text(json.dumps(config))
     texts = ["a dog", "we read", "the cat"]                               # no eos: outputs run to the limit
-    assert_same(ours.translate(texts), ref.translate(texts))
-    assert [len(t.out_tokens) for t in ours.translate(texts)] == [3 * 2 + 1] * 3
-    monkeypatch.setattr(decoding, "default_max_len", lambda ts: min(2 * int(ts) + 10, 60))
-    with pytest.raises(ConfigError, match="60 tokens for a 26-token source.*not 2 \\* Ts \\+ 10") as e:
-        export_onnx(word_ckpt, tmp_path / "capped")
-    one_line(e)
-    assert not (tmp_path / "capped").exists()
+    ref = Translator(str(ckpt))
+    for override, want in ((None, 3 * 2 + 1), ("5", 5), ("1*Ts+4", 2 + 4)):
+        d = export_onnx(ckpt, tmp_path / f"export-{override}", max_output_len=override)
+        rule = json.loads((d / "manifest.json").read_text())["max_output_len"]
+        ours = OnnxTranslator(d)
+        assert [len(t.out_tokens) for t in ours.translate(texts)] == [want] * 3, rule["rule"]
+        assert_same(ours.translate(texts), ref.translate(texts, max_len=override and OutputLengthRule.parse(override)))
+        assert [len(t.out_tokens) for t in ours.translate(texts, max_len=4, beam=2)] == [4] * 3
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "cli"), "--max-output-len", "2*Ts+1"]) == 0
+    assert json.loads((tmp_path / "cli" / "manifest.json").read_text())["max_output_len"]["rule"] == "2 * Ts + 1"
 
 
 def test_details_token_probs_match(translators, tiny_data):
@@ -347,10 +389,105 @@ def test_out_dir_rules(tiny_run, tmp_path):
 
 def test_options_the_export_cannot_express_are_refused():
     model = random_model()
-    model.config["attention"] = "additive"                  # a model option from a later attnseq
-    with pytest.raises(ConfigError, match="model option.*attention.*not supported") as e:
+    model.config["coverage_penalty"] = 0.2                  # a model option from a later attnseq
+    with pytest.raises(ConfigError, match="model option.*coverage_penalty.*not supported") as e:
         exportable_weights(model, Path("run/best/config.json"))
     one_line(e)
+
+
+def test_a_parameter_the_graphs_do_not_read_is_refused():
+    """A parameter no node reads is an option the graphs do not express: refused by name, never dropped."""
+    model = random_model(hidden_size=8, **ALL_OPTIONS)
+    weights = exportable_weights(model, Path("config.json"))
+    weights["decoder.coverage.W"] = np.zeros((3, 3), np.float32)
+    with pytest.raises(ConfigError, match="parameters decoder.coverage.W are not read by the ONNX graphs") as e:
+        build_graphs(weights, model.config)
+    one_line(e)
+
+
+@pytest.mark.parametrize("which", OPTIONS)
+def test_greedy_and_beam_identical_for_every_option(which):
+    """Random models with each option and all at once: onnxruntime's greedy ids and beam hypotheses are
+    attnseq's (the state, stacked and with h~, reordered by the beam alike), scores within 1e-4."""
+    model = random_model(hidden_size=8, seed=7, scale=2.0, **OPTIONS[which])   # weights large enough that
+    src = padded_batch(13, [6, 2, 4, 1, 5], seed=4)                            # outputs follow the source
+    runner = runner_of(model)
+    ids, weights = model.generate(src, max_len=9)
+    assert len({tuple(row) for row in ids.tolist()}) >= 3                   # not one output for every row
+    got_ids, got_weights = runner.greedy(src, 9)
+    np.testing.assert_array_equal(got_ids, ids)
+    np.testing.assert_allclose(got_weights, weights, atol=1e-5)
+    want = decoding.beam_search(model, src, beam_size=3, alpha=0.6, max_len=9, n_best=2)
+    got = runner.beam(src, 3, 0.6, 9, 2)
+    for hyps_got, hyps_want in zip(got, want):
+        assert [h.ids for h in hyps_got] == [h.ids for h in hyps_want]
+        for a, b in zip(hyps_got, hyps_want):
+            assert abs(a.score - b.score) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def options_ckpt(tmp_path_factory):
+    """A word-level checkpoint with every model option at once, random weights."""
+    texts = ["the cat sat on the mat", "a dog ran in the park", "we read good songs"]
+    src_tok, tgt_tok = WordTokenizer.build(texts), WordTokenizer.build([t.upper() for t in texts])
+    model = random_model(Vs=src_tok.vocab_size, Vt=tgt_tok.vocab_size, hidden_size=8, seed=11, **ALL_OPTIONS)
+    d = tmp_path_factory.mktemp("options") / "ckpt"
+    save_checkpoint(d, model, None, src_tok, tgt_tok, {"reverse_source": True}, {"epoch": 0, "step": 0})
+    return d
+
+
+def test_every_option_at_once_exports_and_translates_the_same(options_ckpt, tmp_path):
+    """A checkpoint with every option: manifest (format 2, its state and memory), OnnxTranslator greedy
+    and beam against Translator, and the plain-Python example."""
+    d = export_onnx(options_ckpt, tmp_path / "options-onnx")
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["format_version"] == 2
+    assert {k: m["model"][k] for k in ALL_OPTIONS if k != "label_smoothing"} == \
+        {k: v for k, v in ALL_OPTIONS.items() if k != "label_smoothing"}
+    assert m["decoder_memory"] == ["hs", "keys"]
+    assert [s["input"] for s in m["decoder_state"]] == ["h", "c", "feed"]
+    shapes = {e["name"]: e["shape"] for e in m["graphs"]["decoder_step"]["inputs"]}
+    assert shapes["h"] == [2, "N", 8] and shapes["c"] == [2, "N", 8] and shapes["feed"] == ["N", 8]
+    texts = ["the cat sat on the mat", "a dog", "we read good songs in the park", "unknown words here", ""]
+    ref, ours = Translator(str(options_ckpt)), OnnxTranslator(d)
+    assert_same(ours.translate(texts), ref.translate(texts))
+    assert_same(ours.translate(texts, beam=3, n_best=2), ref.translate(texts, beam=3, n_best=2))
+    assert run_example(d, texts) == [t.text for t in ref.translate(texts, batch_size=1)]
+
+
+def test_book_exports_keep_format_1_and_old_manifests_still_read(export_dir, translators, tmp_path):
+    """The book model's export keeps format_version 1 (older attnseq runs it); a manifest written before
+    decoder_memory, decoder_state and the option keys existed reads as the book model's."""
+    m = json.loads((export_dir / "manifest.json").read_text())
+    assert m["format_version"] == 1 and m["decoder_memory"] == ["hs"]
+    assert m["decoder_state"] == [dict(input="h", output="h_out", initial="h0"),
+                                  dict(input="c", output="c_out", initial="c0")]
+    old = tmp_path / "old"
+    shutil.copytree(export_dir, old)
+
+    def strip(m):
+        del m["decoder_memory"], m["decoder_state"], m["decoding"]["step"]
+        m["model"] = {k: m["model"][k] for k in ("src_vocab_size", "tgt_vocab_size", "wordvec_size", "hidden_size")}
+    edit_manifest(old, strip)
+    texts = ["Tuesday, Sept 25 1984", "9/25/84", ""]
+    assert [t.text for t in OnnxTranslator(old).translate(texts)] == [t.text for t in translators[0].translate(texts)]
+    assert run_example(old, texts) == [t.text for t in translators[0].translate(texts, batch_size=1)]
+
+
+def test_manifest_options_disagreeing_with_the_graphs_are_named(export_dir, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(export_dir, bad)
+    edit_manifest(bad, lambda m: m["model"].update(input_feeding=True))
+    with pytest.raises(CheckpointError, match="format_version 1 cannot hold model options") as e:
+        OnnxTranslator(bad)
+    one_line(e)
+    edit_manifest(bad, lambda m: m.update(format_version=2))
+    with pytest.raises(CheckpointError, match="'decoder_state' is .* but the model options give") as e:
+        OnnxTranslator(bad)
+    one_line(e)
+    edit_manifest(bad, lambda m: m.update(format_version=3))
+    with pytest.raises(CheckpointError, match="format_version 3, this attnseq reads 1 and 2"):
+        OnnxTranslator(bad)
 
 
 def test_float64_needs_an_explicit_cast():

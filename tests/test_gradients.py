@@ -14,7 +14,9 @@ from helpers import numerical_grad, random_like, rel_error
 from kernel_paths import kernel_path  # noqa: F401 (a fixture)
 
 from attnseq import LSTM, Attention, AttentionSeq2seq, Embedding, Linear, SoftmaxCrossEntropy
-from attnseq.nn.attention import AttentionWeights, WeightedSum
+from attnseq.nn.attention import AttentionWeights, WeightedSum, make_weights
+from attnseq.nn.encoders import BiLSTM, Bridge
+from attnseq.nn.layers import TiedOutput
 
 # every test on both CPU paths: the fused kernels and the plain numpy code
 pytestmark = pytest.mark.usefixtures("kernel_path")
@@ -105,19 +107,151 @@ def attention_errors(xp):
     return errors
 
 
-def cross_entropy_errors(xp):
+def cross_entropy_errors(xp, smoothing=0.0):
     logits = random_like(xp, (N, 4, 6), 1)
     targets = xp.asarray([[1, 2, 0, 0], [3, 3, 3, 0], [5, 0, 0, 0]])  # 0 is padding
-    ce = SoftmaxCrossEntropy(ignore_index=0)
+    ce = SoftmaxCrossEntropy(ignore_index=0, smoothing=smoothing)
     f = lambda: ce.forward(logits, targets)
     f()
     dl = ce.backward()
-    return {"cross_entropy.dlogits": rel_error(dl, numerical_grad(f, logits))}
+    return {f"cross_entropy(smoothing={smoothing}).dlogits": rel_error(dl, numerical_grad(f, logits))}
 
 
-def whole_model_errors(xp, dropout):
-    """Every parameter of AttentionSeq2seq, with padded sources and targets."""
-    model = AttentionSeq2seq(9, 8, 3, 4, dtype="float64", seed=3, dropout=dropout)
+def named_param_errors(module, loss_fn, name):
+    """{name.path: error} for every parameter under ``module`` (already backpropagated)."""
+    return {f"{name}.{path}": rel_error(mod.grads[i].copy(), numerical_grad(loss_fn, mod.params[i]))
+            for path, mod, i in module.named_parameters()}
+
+
+def score_errors(xp, score):
+    """The attention weights with a learned score (general, additive), padded source: hd, hs, parameters."""
+    hs, hd = random_like(xp, (N, T, H), 1), random_like(xp, (N, 4, H), 2)
+    mask = source_mask(xp, [5, 2, 1], T)
+    Ra = random_like(xp, (N, 4, T), 4)
+    w = make_weights(score, H, np.random.default_rng(5), dtype=np.float64).to(device_of(xp))
+    f = lambda: (w.forward(hd, hs, mask) * Ra).sum()
+    f()
+    dhd, dhs = w.backward(Ra)
+    errors = {f"{score}_weights.dhd": rel_error(dhd, numerical_grad(f, hd)),
+              f"{score}_weights.dhs": rel_error(dhs, numerical_grad(f, hs))}
+    errors.update(named_param_errors(w, f, f"{score}_weights"))
+    return errors
+
+
+def attention_steps_errors(xp, score):
+    """Attention run one decoder step at a time (begin_steps / forward_step / backward_step), as input
+    feeding runs it, against finite differences of the same loop; padded source."""
+    To = 4
+    hs, hd = random_like(xp, (N, T, H), 1), random_like(xp, (N, To, H), 2)
+    mask = source_mask(xp, [5, 2, 1], T)
+    R = random_like(xp, (N, To, H), 3)
+    att = Attention(score, H, np.random.default_rng(5), dtype=np.float64).to(device_of(xp))
+
+    def loss():
+        att.begin_steps(hs, mask, To)
+        return sum(float((att.forward_step(t, hd[:, t]) * R[:, t]).sum()) for t in range(To))
+
+    loss()
+    dhd = [None] * To
+    for t in range(To - 1, -1, -1):
+        dhd[t] = att.backward_step(t, R[:, t]).copy()
+    dhs = att.end_backward_steps()
+    name = f"attention_steps({score})"
+    errors = {f"{name}.dhd": rel_error(xp.stack(dhd, axis=1), numerical_grad(loss, hd)),
+              f"{name}.dhs": rel_error(dhs, numerical_grad(loss, hs))}
+    errors.update(named_param_errors(att, loss, name))
+    return errors
+
+
+def lstm_steps_errors(xp):
+    """The LSTM run step by step with part of each input known up front (``fixed``) and the rest
+    written before each step, as input feeding runs it."""
+    Df = 3
+    lstm = LSTM(D + 2, H, np.random.default_rng(1), dtype=np.float64).to(device_of(xp))
+    fixed, rest = random_like(xp, (T, N, Df), 2), random_like(xp, (T, N, D + 2 - Df), 3)
+    h0, c0 = random_like(xp, (N, H), 4), random_like(xp, (N, H), 5)
+    R = random_like(xp, (T, N, H), 6)
+
+    def loss():
+        lstm.begin_steps(T, N, h0, c0, fixed=fixed, dtype=np.float64, xp=xp)
+        total = 0.0
+        for t in range(T):
+            lstm.inputs(t)[...] = rest[t]
+            total += float((lstm.run_step(t) * R[t]).sum())
+        return total
+
+    loss()
+    lstm.begin_backward_steps()
+    drest = [None] * T
+    for t in range(T - 1, -1, -1):
+        drest[t] = lstm.backward_step(t, R[t]).copy()
+    dfixed, dh0, dc0 = lstm.end_backward_steps()
+    errors = param_errors(lstm, loss, "lstm_steps")
+    for x_name, analytic, x in (("fixed", dfixed, fixed), ("rest", xp.stack(drest), rest), ("h0", dh0, h0),
+                                ("c0", dc0, c0)):
+        errors[f"lstm_steps.d{x_name}"] = rel_error(analytic, numerical_grad(loss, x))
+    return errors
+
+
+def bilstm_errors(xp):
+    """Bidirectional LSTM over padded rows: parameters of both directions, inputs, final states."""
+    bi = BiLSTM(D, 2 * H, np.random.default_rng(1), dtype=np.float64).to(device_of(xp))
+    for lstm in (bi.fw, bi.bw):                                      # random biases, not just the forget 1s
+        lstm.params[2][...] = random_like(xp, lstm.params[2].shape, 8)
+    xs = random_like(xp, (N, T, D), 2)
+    lengths = xp.asarray([5, 3, 1])
+    real = xp.arange(T)[None, :, None] < lengths[:, None, None]
+    R = random_like(xp, (N, T, 2 * H), 5) * real                   # zero at padding, as attention makes it
+    Rh, Rc = random_like(xp, (N, 2 * H), 6), random_like(xp, (N, 2 * H), 7)
+
+    def loss():
+        hs = bi.forward(xs, lengths=lengths)
+        return (hs * R).sum() + (bi.h_final * Rh).sum() + (bi.c_final * Rc).sum()
+
+    loss()
+    dxs, _, _ = bi.backward(R, Rh, Rc)
+    errors = named_param_errors(bi, loss, "bilstm")
+    errors["bilstm.dxs"] = rel_error(dxs, numerical_grad(loss, xs))
+    return errors
+
+
+def bridge_errors(xp):
+    br = Bridge(2 * H, 2, H, np.random.default_rng(0), dtype=np.float64).to(device_of(xp))
+    hf, cf = random_like(xp, (N, 2 * H), 1), random_like(xp, (N, 2 * H), 2)
+    Rh, Rc = random_like(xp, (N, 2, H), 3), random_like(xp, (N, 2, H), 4)
+
+    def loss():
+        h, c = br.forward(hf, cf)
+        return (h * Rh).sum() + (c * Rc).sum()
+
+    loss()
+    dhf, dcf = br.backward(Rh, Rc)
+    errors = named_param_errors(br, loss, "bridge")
+    errors["bridge.dhf"] = rel_error(dhf, numerical_grad(loss, hf))
+    errors["bridge.dcf"] = rel_error(dcf, numerical_grad(loss, cf))
+    return errors
+
+
+def tied_output_errors(xp):
+    out = TiedOutput(5, D, 7, np.random.default_rng(0), dtype=np.float64).to(device_of(xp))
+    out.params[0][...] = random_like(xp, (7,), 9)                   # a random bias
+    x, E, R = random_like(xp, (N, T, 5), 1), random_like(xp, (7, D), 2), random_like(xp, (N, T, 7), 3)
+    f = lambda: (out.forward(x, E) * R).sum()
+    f()
+    dx = out.backward(R)
+    errors = named_param_errors(out, f, "tied_output")
+    errors["tied_output.dx"] = rel_error(dx, numerical_grad(f, x))
+    errors["tied_output.dE"] = rel_error(out.dE.copy(), numerical_grad(f, E))
+    return errors
+
+
+def whole_model_errors(xp, dropout, **options):
+    """Every parameter of AttentionSeq2seq (with model ``options``), with padded sources and targets."""
+    model = AttentionSeq2seq(9, 8, 3, 4, dtype="float64", seed=3, dropout=dropout, **options)
+    if options:  # every parameter random, biases too, std 1: with the small init, gradients at the far end
+        # of deeper models are near 1e-5, where finite differences' rounding noise is 1e-6 of them
+        rng = np.random.default_rng(4)
+        model.load_state_dict({k: rng.standard_normal(v.shape) for k, v in model.state_dict().items()})
     model.to(device_of(xp))
     src = np.array([[5, 6, 7, 8, 4], [4, 4, 6, 0, 0], [8, 0, 0, 0, 0]])
     tgt = np.array([[1, 4, 5, 6, 2], [1, 7, 2, 0, 0], [1, 2, 0, 0, 0]])
@@ -130,7 +264,8 @@ def whole_model_errors(xp, dropout):
 
     loss()
     model.backward()
-    return {f"model(dropout={dropout}).{path}": rel_error(mod.grads[i].copy(), numerical_grad(loss, mod.params[i]))
+    name = ",".join([f"dropout={dropout}"] + [f"{k}={v}" for k, v in options.items()])
+    return {f"model({name}).{path}": rel_error(mod.grads[i].copy(), numerical_grad(loss, mod.params[i]))
             for path, mod, i in model.named_parameters()}
 
 
@@ -141,9 +276,39 @@ CHECKS = {
     "linear": linear_errors,
     "attention": attention_errors,
     "cross_entropy": cross_entropy_errors,
+    "cross_entropy_smoothing": functools.partial(cross_entropy_errors, smoothing=0.1),
+    "general_weights": functools.partial(score_errors, score="general"),
+    "additive_weights": functools.partial(score_errors, score="additive"),
+    "attention_steps_dot": functools.partial(attention_steps_errors, score="dot"),
+    "attention_steps_general": functools.partial(attention_steps_errors, score="general"),
+    "attention_steps_additive": functools.partial(attention_steps_errors, score="additive"),
+    "lstm_steps": lstm_steps_errors,
+    "bilstm": bilstm_errors,
+    "bridge": bridge_errors,
+    "tied_output": tied_output_errors,
     "model": functools.partial(whole_model_errors, dropout=0.0),
     "model_dropout": functools.partial(whole_model_errors, dropout=0.3),
 }
+# the model with each option, some together, and all at once (also with dropout): every parameter
+ALL_OPTIONS = dict(encoder_layers=2, decoder_layers=2, bidirectional=True, attention="additive",
+                   input_feeding=True, label_smoothing=0.1, tie_embeddings=True)
+MODEL_OPTIONS = {
+    "model_bidirectional": dict(bidirectional=True),
+    "model_encoder_layers": dict(encoder_layers=2),
+    "model_decoder_layers": dict(decoder_layers=3),
+    "model_layers": dict(encoder_layers=2, decoder_layers=2),
+    "model_general": dict(attention="general"),
+    "model_additive": dict(attention="additive"),
+    "model_input_feeding": dict(input_feeding=True),
+    "model_input_feeding_layers": dict(input_feeding=True, decoder_layers=2, attention="general"),
+    "model_label_smoothing": dict(label_smoothing=0.1),
+    "model_tied": dict(tie_embeddings=True),
+    "model_tied_feeding": dict(tie_embeddings=True, input_feeding=True),
+    "model_all": ALL_OPTIONS,
+}
+CHECKS.update({name: functools.partial(whole_model_errors, dropout=0.0, **opts)
+               for name, opts in MODEL_OPTIONS.items()})
+CHECKS["model_all_dropout"] = functools.partial(whole_model_errors, dropout=0.3, **ALL_OPTIONS)
 
 
 @pytest.mark.parametrize("check", CHECKS)

@@ -136,6 +136,39 @@ def test_step_equals_forward_at_every_position(xp, N, H):
     close(hs, hs_ref, "forward")
 
 
+@pytest.mark.parametrize("N, H", [(3, 5), (1, 3), (2, 11)])
+@pytest.mark.parametrize("fixed", [0, 2, D])
+def test_step_by_step_pass_equals_the_reference(xp, N, H, fixed):
+    """``begin_steps``/``run_step`` and ``backward_step``/``end_backward_steps`` (input feeding's time loop),
+    with the first ``fixed`` input features given up front and the rest written before each step, give the
+    reference's states and every gradient."""
+    lstm, xs, h0, c0 = make(xp, N, H)
+    dhs = random_like(xp, (N, T, H), 10)
+    hs_ref, _, _, steps = reference_forward(lstm, xs, h0, c0, None)
+    grads_ref, dxs_ref, dh0_ref, dc0_ref = reference_backward(lstm, steps, dhs, xp.zeros_like(h0), xp.zeros_like(c0),
+                                                              None)
+    xs_tm = xs.transpose(1, 0, 2)                                   # (T, N, D)
+    lstm.begin_steps(T, N, h0, c0, fixed=xp.ascontiguousarray(xs_tm[:, :, :fixed]) if fixed else None,
+                     dtype=np.float64, xp=xp)
+    for t in range(T):
+        lstm.inputs(t)[...] = xs_tm[t, :, fixed:]
+        close(lstm.run_step(t), hs_ref[:, t], f"h at step {t}")
+    lstm.begin_backward_steps()
+    drest = [None] * T
+    for t in range(T - 1, -1, -1):
+        rest = lstm.backward_step(t, dhs[:, t])
+        drest[t] = None if rest is None else rest.copy()
+    dfixed, dh0, dc0 = lstm.end_backward_steps()
+    for name, g, g_ref in zip(lstm.param_names, lstm.grads, grads_ref):
+        close(g, g_ref, f"d{name}")
+    if fixed:
+        close(dfixed.transpose(1, 0, 2), dxs_ref[:, :, :fixed], "d fixed inputs")
+    if fixed < D:
+        close(xp.stack(drest, axis=1), dxs_ref[:, :, fixed:], "d the rest")
+    close(dh0, dh0_ref, "dh0")
+    close(dc0, dc0_ref, "dc0")
+
+
 def test_reference_backward_matches_numerical_gradients():
     """The oracle itself: the reference cell's backward against finite differences."""
     N, H = 2, 3

@@ -20,23 +20,22 @@ from ..data.io import atomic_write_bytes
 from ..data.tokenizers import BOS_ID, EOS_ID, PAD_ID
 from ..errors import CheckpointError, ConfigError
 from ..nn.backend import to_numpy
-from ..run import decoding
 from ..run.checkpoint import load_checkpoint
-from ..run.decoding import log_softmax
+from ..run.decoding import OutputLengthRule, log_softmax, model_rule
 from ..run.inference import DEFAULT_MAX_INPUT
 from .spec import (DECODER_STEP, ENCODER, GRAPH_FILES, MANIFEST, TOKENIZER_NAMES, build_manifest,
-                   is_export_dir, output_len_from_rule, output_len_rule, require)
+                   is_export_dir, output_len_rule, require)
 
 SELF_CHECK_TOL = 1e-3           # largest |log-prob difference| the export accepts (float32 graphs)
-RULE_CHECKED_UP_TO = 4096       # source lengths the recorded output-length rule is checked at, at least
 
 
-def export_onnx(ckpt: str | Path, out: str | Path, *, cast_float32: bool = False) -> Path:
+def export_onnx(ckpt: str | Path, out: str | Path, *, cast_float32: bool = False, max_output_len=None) -> Path:
     """Export the checkpoint ``ckpt`` (a run dir means its best/) to the directory ``out``.
 
     A float64 checkpoint is refused unless ``cast_float32`` (the graphs are float32). The
-    manifest's output-length rule is read off ``decoding.default_max_len``, the one place that
-    says it. Raises
+    manifest's output-length rule is the checkpoint's own (``decoding.model_rule``: the one in its
+    config.json, 2 * Ts + 10 for a checkpoint saved without one) unless ``max_output_len`` (tokens,
+    "S*Ts+O" or an ``OutputLengthRule``, as ``--max-output-len``) replaces it. Raises
     ``MissingExtraError`` without onnx/onnxruntime, ``ConfigError`` for an option the export
     cannot express or an unusable ``out``, ``CheckpointError`` for a bad checkpoint.
     """
@@ -57,7 +56,7 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, cast_float32: bool = False
     provenance = dict(attnseq_version=__version__, checkpoint=str(ck.path), epoch=state.get("epoch"),
                       step=state.get("step"), checkpoint_dtype=config["dtype"])
     max_input_len = train.get("max_len") or DEFAULT_MAX_INPUT
-    rule = output_length_rule(decoding.default_max_len, max(max_input_len, RULE_CHECKED_UP_TO))
+    rule = manifest_rule(ck.model, max_output_len)
     manifest = build_manifest(config, tokenizers, bool(train.get("reverse_source", False)), max_input_len,
                               rule, files, provenance)
     files[MANIFEST] = json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8")
@@ -65,16 +64,11 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, cast_float32: bool = False
     return out
 
 
-def output_length_rule(max_len_of, up_to: int) -> dict:
-    """attnseq's default output length ``max_len_of(Ts)`` as the manifest's rule, scale * Ts + offset,
-    checked against it for every Ts from 1 to ``up_to``; ConfigError when no such rule gives it."""
-    first, second = max_len_of(1), max_len_of(2)
-    rule = output_len_rule(second - first, 2 * first - second)
-    for ts in range(1, up_to + 1):
-        if output_len_from_rule(rule, ts) != max_len_of(ts):
-            raise ConfigError(f"attnseq's default output length ({max_len_of(ts)} tokens for a {ts}-token source) "
-                              f"is not {rule['rule']}, the form the ONNX manifest records; not exported")
-    return rule
+def manifest_rule(model, override=None) -> dict:
+    """The manifest's ``max_output_len``: ``override`` (tokens, "S*Ts+O" or an ``OutputLengthRule``) or the
+    model's own rule, which is linear by construction, so the manifest records it exactly."""
+    rule = model_rule(model) if override is None else OutputLengthRule.parse(override)
+    return output_len_rule(rule.scale, rule.offset)
 
 
 def _copy_tokenizers(ck, files: dict) -> dict:
@@ -98,7 +92,7 @@ def _read(path: Path) -> bytes:
 
 def exportable_weights(model, where: Path, cast_float32: bool = False) -> dict:
     """The model's parameters as float32 numpy arrays, or a ConfigError naming what cannot be exported."""
-    from .onnx_graphs import KNOWN_MODEL_KEYS, PARAMS
+    from .onnx_graphs import KNOWN_MODEL_KEYS
     config = model.config
     unknown = sorted(set(config) - KNOWN_MODEL_KEYS)
     if unknown:
@@ -107,10 +101,7 @@ def exportable_weights(model, where: Path, cast_float32: bool = False) -> dict:
     ids = (config.get("pad_id", PAD_ID), config.get("bos_id", BOS_ID), config.get("eos_id", EOS_ID))
     if ids != (PAD_ID, BOS_ID, EOS_ID):
         raise ConfigError(f"{where}: special ids pad/bos/eos {ids}; the export supports {(PAD_ID, BOS_ID, EOS_ID)}")
-    weights = {k: to_numpy(v) for k, v in model.state_dict().items()}
-    if set(weights) != set(PARAMS):
-        raise ConfigError(f"{where}: parameters {sorted(set(weights) ^ set(PARAMS))} are not what the ONNX export "
-                          f"knows; not exported")
+    weights = {k: to_numpy(v) for k, v in model.state_dict().items()}   # build_graphs refuses any left unread
     if config["dtype"] != "float32":
         if not cast_float32:
             raise ConfigError(f"{where}: model option dtype {config['dtype']}: the ONNX graphs are float32 "
@@ -134,8 +125,8 @@ def self_check(model, graphs: dict, tol: float = SELF_CHECK_TOL) -> float:
     with model.eval_mode():
         want = to_numpy(log_softmax(model.logits(src, np.concatenate([tgt, tgt[:, :1]], axis=1))))  # (N, 5, V)
     runner = OnnxSeq2seq(graphs[ENCODER], graphs[DECODER_STEP])
-    hs, state, mask = runner.encode(src)
-    step = runner.step_fn(hs, mask)
+    memory, state, mask = runner.encode(src)
+    step = runner.step_fn(memory, mask)
     worst = 0.0
     for t in range(tgt.shape[1]):
         logp, state, _ = step(tgt[:, t], state)

@@ -2,26 +2,41 @@
 
 No tracing and no torch: each graph is written node by node from the checkpoint's parameters
 (``model.state_dict()``: ``encoder.embed.W`` (Vs, D), ``encoder.lstm.Wx`` (D, 4H), ``.Wh`` (H, 4H),
-``.b`` (4H), the same under ``decoder.``, and ``decoder.out.W`` (2H, V), ``.b`` (V)).
+``.b`` (4H), the same under ``decoder.``, and ``decoder.out.W`` (2H, V), ``.b`` (V) for the book
+model; the options add their own, listed below). Every parameter must be read by some node
+(``Weights`` counts them): one left unread would be an option these graphs do not express, and the
+export is refused rather than written wrong.
 
-encoder.onnx, src_ids (N, Ts), src_lengths (N,) -> hs (N, Ts, H), h0, c0 (N, H):
-    Gather (embedding) -> Transpose to time-major -> **the ONNX LSTM operator** -> back to (N, Ts, H).
+encoder.onnx, src_ids (N, Ts), src_lengths (N,) -> hs (N, Ts, H), [keys (N, Ts, H)], h0, c0, [feed0]:
+    Gather (embedding) -> Transpose to time-major -> **the ONNX LSTM operator**, one node per layer
+    (``encoder.lstm``, ``encoder.lstm2`` ...) -> back to (N, Ts, H).
     The encoder is a recurrence over Ts, and the LSTM operator is that recurrence as one node
     which every runtime implements natively (onnxruntime on CPU, mobile and web, TensorRT,
     OpenVINO...). Its ``sequence_lens`` input stops each row at its own length, so Y_h / Y_c are
     the state at each row's last real token, which is attnseq's rule; hs past a row's length
     comes out as zeros (attnseq computes values there; attention masks them either way).
+    A bidirectional layer (``.fw``, ``.bw``, each H/2) is one node with direction="bidirectional":
+    with sequence_lens its reverse direction starts at each row's last real token, attnseq's rule
+    too; Y (Ts, 2, N, H/2) becomes [forward, backward] on the last axis, as attnseq concatenates.
     Writing the recurrence by hand would need a Scan or Loop subgraph, which runtimes support
     less widely and run slower. The cost is a reordering of the weights: attnseq orders the
     gates [i, f, o, g] with Wx (D, 4H), ONNX [i, o, f, c] with W = (1, 4H, D), i.e. Wx^T.
-decoder_step.onnx, prev_token (N,), h, c (N, H), hs (N, Ts, H), src_mask (N, Ts)
-        -> log_probs (N, V), h_out, c_out (N, H), attention (N, Ts):
+    The decoder's start: each layer's final state (h0, c0 (N, H) for one decoder layer, (L, N, H)
+    for L), or through ``encoder.bridge`` (h, c: Linear + Tanh over all layers' final states side by
+    side). A learned attention score's keys (general: hs W; additive: hs Wk + b) are made here once.
+    With input feeding, feed0: zeros (N, H).
+decoder_step.onnx, prev_token (N,), h, c, [feed (N, H)], hs (N, Ts, H), [keys], src_mask (N, Ts)
+        -> log_probs (N, V), h_out, c_out, [feed_out], attention (N, Ts):
     **plain MatMul and elementwise ops**, as in ``AttentionDecoder.step``: one step has no loop
     for the LSTM operator to absorb, and plain ops let the input projection be one Gather from
-    attnseq's own decoding table (V, 4H) = embed.W @ Wx + b, computed here exactly as
-    ``AttentionDecoder.input_table`` does. Then h @ Wh, the four gates, the cell update;
-    dot-product scores hs . h, Where(src_mask, scores, -inf), Softmax over Ts (padding gets
-    weight exactly 0), context = a . hs, logits = [context, h] @ W + b, LogSoftmax.
+    attnseq's own decoding table (V, 4H) = embed.W @ Wx + b (Wx's embedding rows with input
+    feeding, feed @ the rest added), computed here exactly as ``AttentionDecoder.input_table`` does.
+    Then per layer h @ Wh, the four gates, the cell update (layers above the first: their input
+    h @ Wx + b); scores of the top h against the keys (hs for the dot score; for the additive
+    score v . tanh(h Wq + keys)), Where(src_mask, scores, -inf), Softmax over Ts (padding gets
+    weight exactly 0), context = a . hs; the output layer reads [context, h], or with input feeding
+    feed_out = tanh([context, h] W_c + b_c); logits = x W + b, or tied to the embedding
+    (x W_p + b_p) E^T + b; LogSoftmax.
 
 The graphs are float32 (onnxruntime's LSTM kernel has no float64); the exporter refuses a
 float64 checkpoint unless asked to cast it.
@@ -32,14 +47,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .spec import DECODER_STEP, ENCODER, IR_VERSION, OPSET, graph_io
+from ..errors import ConfigError
+from .spec import DECODER_STEP, ENCODER, IR_VERSION, OPSET, graph_io, model_options
 
 # the model config keys (AttentionSeq2seq.config) that these graphs express; any other key is a
 # model option the export does not know and is refused
 KNOWN_MODEL_KEYS = {"src_vocab_size", "tgt_vocab_size", "wordvec_size", "hidden_size", "dropout", "init", "dtype",
-                    "seed", "pad_id", "bos_id", "eos_id"}
-PARAMS = ("encoder.embed.W", "encoder.lstm.Wx", "encoder.lstm.Wh", "encoder.lstm.b",
-          "decoder.embed.W", "decoder.lstm.Wx", "decoder.lstm.Wh", "decoder.lstm.b", "decoder.out.W", "decoder.out.b")
+                    "seed", "pad_id", "bos_id", "eos_id", "encoder_layers", "decoder_layers", "bidirectional",
+                    "attention", "input_feeding", "label_smoothing", "tie_embeddings"}
 ELEM = {"int64": TensorProto.INT64, "float32": TensorProto.FLOAT, "bool": TensorProto.BOOL}
 
 
@@ -49,96 +64,221 @@ def onnx_gate_order(H: int) -> np.ndarray:
     return np.concatenate([i, o, f, g])
 
 
+class Weights(dict):
+    """The checkpoint's arrays by state_dict name, remembering which ones a graph read."""
+
+    def __init__(self, arrays: dict):
+        super().__init__(arrays)
+        self.read = set()
+
+    def __getitem__(self, name):
+        self.read.add(name)
+        return super().__getitem__(name)
+
+
+class Graph:
+    """Nodes and initializers under construction; ``op`` returns its output's name."""
+
+    def __init__(self):
+        self.nodes, self.inits, self._count = [], {}, 0
+
+    def const(self, name: str, array) -> str:
+        array = np.asarray(array)
+        self.inits[name] = array if array.flags.c_contiguous else np.ascontiguousarray(array)   # keeps 0-d 0-d
+        return name
+
+    def op(self, op_type: str, inputs: list, out: str | None = None, **attrs) -> str:
+        return self.ops(op_type, inputs, [out], **attrs)[0]
+
+    def ops(self, op_type: str, inputs: list, outs: list, **attrs) -> list:
+        outs = [o or self._name(op_type) for o in outs]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, **attrs))
+        return outs
+
+    def _name(self, op_type: str) -> str:
+        self._count += 1
+        return f"{op_type.lower()}_{self._count}"
+
+    def model(self, name: str, io: dict, doc: str) -> onnx.ModelProto:
+        inits = [numpy_helper.from_array(a, k) for k, a in self.inits.items()]
+        graph = helper.make_graph(self.nodes, name, _value_infos(io["inputs"]), _value_infos(io["outputs"]), inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
+                                 producer_name="attnseq", doc_string=doc)
+
+
 def _value_infos(specs: list) -> list:
     return [helper.make_tensor_value_info(s["name"], ELEM[s["dtype"]], s["shape"]) for s in specs]
-
-
-def _model(nodes, name: str, io: dict, initializers: dict, doc: str) -> onnx.ModelProto:
-    inits = [numpy_helper.from_array(np.ascontiguousarray(a), k) for k, a in initializers.items()]
-    graph = helper.make_graph(nodes, name, _value_infos(io["inputs"]), _value_infos(io["outputs"]), inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
-                              producer_name="attnseq", doc_string=doc)
-    return model
 
 
 def _axes(*axes) -> np.ndarray:
     return np.array(axes, dtype=np.int64)
 
 
-def encoder_graph(w: dict, config: dict) -> onnx.ModelProto:
+def _layer_names(prefix: str, layers: int) -> list:
+    """``encoder.lstm``, ``encoder.lstm2`` ... as the modules are named."""
+    return [prefix + ("lstm" if k == 1 else f"lstm{k}") for k in range(1, layers + 1)]
+
+
+# -- the encoder ---------------------------------------------------------------------------------
+def _lstm_node(g: Graph, w: Weights, name: str, x_tm: str, lengths: str, bidirectional: bool):
+    """One encoder layer as the ONNX LSTM operator: x_tm (Ts, N, Din) -> y (Ts, N, H), y_h, y_c (N, H)."""
+    dirs = [f"{name}.fw", f"{name}.bw"] if bidirectional else [name]
+    Hd = w[f"{dirs[0]}.Wh"].shape[0]                                 # each direction's size
+    order = onnx_gate_order(Hd)
+    W = np.stack([w[f"{d}.Wx"][:, order].T for d in dirs])          # (dirs, 4Hd, Din)
+    R = np.stack([w[f"{d}.Wh"][:, order].T for d in dirs])          # (dirs, 4Hd, Hd)
+    B = np.stack([np.concatenate([w[f"{d}.b"][order], np.zeros(4 * Hd, np.float32)]) for d in dirs])  # Wb, Rb
+    k = name.replace(".", "_")
+    y, y_h, y_c = g.ops("LSTM", [x_tm, g.const(f"{k}_W", W), g.const(f"{k}_R", R), g.const(f"{k}_B", B), lengths],
+                        [None, None, None], hidden_size=Hd, direction="bidirectional" if bidirectional else "forward")
+    if not bidirectional:                                           # y (Ts, 1, N, H), y_h (1, N, H)
+        return g.op("Squeeze", [y, "axis1"]), g.op("Squeeze", [y_h, "axis0"]), g.op("Squeeze", [y_c, "axis0"])
+    y = g.op("Reshape", [g.op("Transpose", [y], perm=[0, 2, 1, 3]), "shape_00m"])   # (Ts, N, 2, H/2) -> (Ts, N, H)
+    finals = [g.op("Reshape", [g.op("Transpose", [s], perm=[1, 0, 2]), "shape_0m"]) for s in (y_h, y_c)]
+    return y, finals[0], finals[1]                                  # [forward, backward] on the last axis
+
+
+def _start_state(g: Graph, w: Weights, finals: list, o: dict, H: int) -> list:
+    """The decoder's h0, c0 from each encoder layer's final (h, c): directly, or through the bridge."""
+    L = o["decoder_layers"]
+    if o["bidirectional"] or o["encoder_layers"] != L:
+        out = []
+        for k, part in enumerate(("h", "c")):
+            x = g.op("Concat", [f[k] for f in finals], axis=1) if len(finals) > 1 else finals[0][k]   # (N, Le*H)
+            y = g.op("Add", [g.op("MatMul", [x, g.const(f"bridge_{part}_W", w[f"encoder.bridge.{part}.W"])]),
+                             g.const(f"bridge_{part}_b", w[f"encoder.bridge.{part}.b"])])
+            y = g.op("Tanh", [y])                                   # (N, L*H)
+            if L > 1:
+                y = g.op("Transpose", [g.op("Reshape", [y, g.const(f"shape_0_{L}_{H}", _axes(0, L, H))])],
+                         perm=[1, 0, 2])                            # (L, N, H)
+            out.append(g.op("Identity", [y], f"{part}0"))
+        return out
+    if L == 1:
+        return [g.op("Identity", [finals[0][k]], f"{part}0") for k, part in enumerate(("h", "c"))]
+    return [g.op("Concat", [g.op("Unsqueeze", [f[k], "axis0"]) for f in finals], f"{part}0", axis=0)
+            for k, part in enumerate(("h", "c"))]                   # (L, N, H)
+
+
+def _keys(g: Graph, w: Weights, attention: str, hs: str) -> str:
+    """The attention score's keys from hs (N, Ts, H): hs W (general), hs Wk + b (additive)."""
+    if attention == "general":
+        return g.op("MatMul", [hs, g.const("score_W", w["decoder.attention.weight.W"])], "keys")
+    return g.op("Add", [g.op("MatMul", [hs, g.const("key_W", w["decoder.attention.weight.key.W"])]),
+                        g.const("key_b", w["decoder.attention.weight.key.b"])], "keys")
+
+
+def encoder_graph(w: Weights, config: dict) -> onnx.ModelProto:
     """encoder.onnx from float32 weights ``w`` (state_dict names)."""
     H = config["hidden_size"]
-    order = onnx_gate_order(H)
-    Wx, Wh, b = w["encoder.lstm.Wx"], w["encoder.lstm.Wh"], w["encoder.lstm.b"]
-    inits = {
-        "embed_W": w["encoder.embed.W"],                                    # (Vs, D)
-        "lstm_W": Wx[:, order].T[None],                                     # (1, 4H, D)
-        "lstm_R": Wh[:, order].T[None],                                     # (1, 4H, H)
-        "lstm_B": np.concatenate([b[order], np.zeros(4 * H, b.dtype)])[None],  # (1, 8H): Wb then Rb
-        "axis0": _axes(0), "axis1": _axes(1),
-    }
-    n = helper.make_node
-    nodes = [
-        n("Gather", ["embed_W", "src_ids"], ["x"]),                         # (N, Ts, D)
-        n("Transpose", ["x"], ["x_tm"], perm=[1, 0, 2]),                    # (Ts, N, D)
-        n("Cast", ["src_lengths"], ["lengths32"], to=TensorProto.INT32),
-        n("LSTM", ["x_tm", "lstm_W", "lstm_R", "lstm_B", "lengths32"], ["y", "y_h", "y_c"],
-          hidden_size=H, direction="forward"),                              # y (Ts, 1, N, H), y_h (1, N, H)
-        n("Squeeze", ["y", "axis1"], ["y_tm"]),                             # (Ts, N, H)
-        n("Transpose", ["y_tm"], ["hs"], perm=[1, 0, 2]),                   # (N, Ts, H)
-        n("Squeeze", ["y_h", "axis0"], ["h0"]),                             # (N, H)
-        n("Squeeze", ["y_c", "axis0"], ["c0"]),
-    ]
-    io = graph_io(H, config["tgt_vocab_size"])[ENCODER]
-    return _model(nodes, "attnseq_encoder", io, inits,
-                  "attnseq encoder: src_ids (N, Ts), src_lengths (N,) -> hs (N, Ts, H), h0, c0 (N, H)")
+    o = model_options(config)
+    g = Graph()
+    for name, axes in (("axis0", (0,)), ("axis1", (1,)), ("shape_00m", (0, 0, -1)), ("shape_0m", (0, -1))):
+        g.const(name, _axes(*axes))
+    x = g.op("Gather", [g.const("embed_W", w["encoder.embed.W"]), "src_ids"])      # (N, Ts, D)
+    x_tm = g.op("Transpose", [x], perm=[1, 0, 2])                                   # (Ts, N, D)
+    lengths = g.op("Cast", ["src_lengths"], to=TensorProto.INT32)
+    finals = []
+    for name in _layer_names("encoder.", o["encoder_layers"]):
+        x_tm, y_h, y_c = _lstm_node(g, w, name, x_tm, lengths, o["bidirectional"])  # (Ts, N, H), (N, H)
+        finals.append((y_h, y_c))
+    hs = g.op("Transpose", [x_tm], "hs", perm=[1, 0, 2])                            # (N, Ts, H)
+    if o["attention"] != "dot":
+        _keys(g, w, o["attention"], hs)
+    _start_state(g, w, finals, o, H)
+    if o["input_feeding"]:
+        n = g.op("Slice", [g.op("Shape", ["src_ids"]), g.const("zero", _axes(0)), g.const("one", _axes(1))])
+        g.op("ConstantOfShape", [g.op("Concat", [n, g.const("H", _axes(H))], axis=0)], "feed0",
+             value=numpy_helper.from_array(np.zeros(1, np.float32)))                # (N, H) zeros
+    io = graph_io(H, config["tgt_vocab_size"], **o)[ENCODER]
+    outs = ", ".join(e["name"] for e in io["outputs"])
+    return g.model("attnseq_encoder", io, f"attnseq encoder: src_ids (N, Ts), src_lengths (N,) -> {outs}")
 
 
-def decoder_step_graph(w: dict, config: dict) -> onnx.ModelProto:
+# -- the decoder step -------------------------------------------------------------------------------
+def _cell(g: Graph, xw: str, h: str, c: str, Wh: str, H: int):
+    """One LSTM step in plain ops: xw (N, 4H) the input's share, h, c (N, H) -> h_new, c_new."""
+    gates = g.op("Add", [g.op("MatMul", [h, Wh]), xw])              # (N, 4H), blocks [i, f, o, g]
+    a_i, a_f, a_o, a_g = g.ops("Split", [gates, g.const(f"split4_{H}", _axes(H, H, H, H))], [None] * 4, axis=1)
+    i, f, o, cand = g.op("Sigmoid", [a_i]), g.op("Sigmoid", [a_f]), g.op("Sigmoid", [a_o]), g.op("Tanh", [a_g])
+    c_new = g.op("Add", [g.op("Mul", [f, c]), g.op("Mul", [i, cand])])
+    return g.op("Mul", [o, g.op("Tanh", [c_new])]), c_new
+
+
+def _scores(g: Graph, w: Weights, attention: str, h: str) -> str:
+    """Scores (N, Ts) of the top decoder state h (N, H) against the keys (hs for the dot score)."""
+    if attention == "additive":
+        q = g.op("Unsqueeze", [g.op("MatMul", [h, g.const("Wq", w["decoder.attention.weight.Wq"])]), "axis1"])
+        e = g.op("Tanh", [g.op("Add", [q, "keys"])])               # (N, Ts, A)
+        return g.op("MatMul", [e, g.const("v", w["decoder.attention.weight.v"])])   # (N, Ts)
+    keys = "hs" if attention == "dot" else "keys"
+    return g.op("Squeeze", [g.op("MatMul", [keys, g.op("Unsqueeze", [h, "axis2"])]), "axis2"])   # (N, Ts)
+
+
+def _logits(g: Graph, w: Weights, x: str, tied: bool) -> str:
+    """logits (N, V) from what the output layer reads: x W + b, or (x W_p + b_p) E^T + b when tied."""
+    if tied:
+        p = g.op("Add", [g.op("MatMul", [x, g.const("proj_W", w["decoder.out.proj.W"])]),
+                         g.const("proj_b", w["decoder.out.proj.b"])])          # (N, D)
+        x, W = p, g.const("embed_T", w["decoder.embed.W"].T)                    # E^T (D, V)
+    else:
+        W = g.const("out_W", w["decoder.out.W"])
+    return g.op("Add", [g.op("MatMul", [x, W]), g.const("out_b", w["decoder.out.b"])])
+
+
+def decoder_step_graph(w: Weights, config: dict) -> onnx.ModelProto:
     """decoder_step.onnx from float32 weights ``w`` (state_dict names)."""
-    H = config["hidden_size"]
-    table = w["decoder.embed.W"] @ w["decoder.lstm.Wx"] + w["decoder.lstm.b"]   # as AttentionDecoder.input_table
-    inits = {
-        "input_table": table,                                               # (V, 4H)
-        "lstm_Wh": w["decoder.lstm.Wh"],                                    # (H, 4H)
-        "out_W": w["decoder.out.W"], "out_b": w["decoder.out.b"],           # (2H, V), (V,)
-        "neg_inf": np.array(-np.inf, dtype=np.float32),
-        "axis1": _axes(1), "axis2": _axes(2), "split4": _axes(H, H, H, H),
-    }
-    n = helper.make_node
-    nodes = [
-        n("Gather", ["input_table", "prev_token"], ["xw"]),                 # (N, 4H)
-        n("MatMul", ["h", "lstm_Wh"], ["hw"]),
-        n("Add", ["hw", "xw"], ["gates"]),                                  # (N, 4H), blocks [i, f, o, g]
-        n("Split", ["gates", "split4"], ["a_i", "a_f", "a_o", "a_g"], axis=1),
-        n("Sigmoid", ["a_i"], ["g_i"]), n("Sigmoid", ["a_f"], ["g_f"]),
-        n("Sigmoid", ["a_o"], ["g_o"]), n("Tanh", ["a_g"], ["g_g"]),
-        n("Mul", ["g_f", "c"], ["fc"]), n("Mul", ["g_i", "g_g"], ["ig"]),
-        n("Add", ["fc", "ig"], ["c_out"]),                                  # (N, H)
-        n("Tanh", ["c_out"], ["tc"]),
-        n("Mul", ["g_o", "tc"], ["h_out"]),                                 # (N, H)
-        n("Unsqueeze", ["h_out", "axis2"], ["h_col"]),                      # (N, H, 1)
-        n("MatMul", ["hs", "h_col"], ["scores3"]),                          # (N, Ts, 1)
-        n("Squeeze", ["scores3", "axis2"], ["scores"]),                     # (N, Ts)
-        n("Where", ["src_mask", "scores", "neg_inf"], ["scores_masked"]),
-        n("Softmax", ["scores_masked"], ["attention"], axis=-1),            # (N, Ts), 0 at padding
-        n("Unsqueeze", ["attention", "axis1"], ["a_row"]),                  # (N, 1, Ts)
-        n("MatMul", ["a_row", "hs"], ["context3"]),                         # (N, 1, H)
-        n("Squeeze", ["context3", "axis1"], ["context"]),                   # (N, H)
-        n("Concat", ["context", "h_out"], ["cat"], axis=1),                 # (N, 2H)
-        n("MatMul", ["cat", "out_W"], ["cat_W"]),
-        n("Add", ["cat_W", "out_b"], ["logits"]),                           # (N, V)
-        n("LogSoftmax", ["logits"], ["log_probs"], axis=-1),
-    ]
-    io = graph_io(H, config["tgt_vocab_size"])[DECODER_STEP]
-    return _model(nodes, "attnseq_decoder_step", io, inits,
-                  "attnseq decoder step: prev_token (N,), h, c (N, H), hs (N, Ts, H), src_mask (N, Ts) "
-                  "-> log_probs (N, V), h_out, c_out (N, H), attention (N, Ts)")
+    H, D = config["hidden_size"], config["wordvec_size"]
+    o = model_options(config)
+    L = o["decoder_layers"]
+    g = Graph()
+    for name, axes in (("axis0", (0,)), ("axis1", (1,)), ("axis2", (2,))):
+        g.const(name, _axes(*axes))
+    g.const("neg_inf", np.array(-np.inf, dtype=np.float32))
+    names = _layer_names("decoder.", L)
+    Wx = w["decoder.lstm.Wx"]
+    table = w["decoder.embed.W"] @ Wx[:D] + w["decoder.lstm.b"]     # (V, 4H) as AttentionDecoder.input_table
+    xw = g.op("Gather", [g.const("input_table", table), "prev_token"])             # (N, 4H)
+    if o["input_feeding"]:
+        xw = g.op("Add", [xw, g.op("MatMul", ["feed", g.const("feed_Wx", Wx[D:])])])   # feed's share
+    hs_new, cs_new = [], []
+    for l, name in enumerate(names):
+        if l > 0:                                                   # the layer below's new h as input
+            xw = g.op("Add", [g.op("MatMul", [hs_new[-1], g.const(f"{name}_Wx", w[f"{name}.Wx"])]),
+                              g.const(f"{name}_b", w[f"{name}.b"])])
+        h, c = ("h", "c") if L == 1 else (g.op("Gather", [s, g.const(f"layer{l}", np.array(l, np.int64))], axis=0)
+                                          for s in ("h", "c"))     # (N, H)
+        h, c = _cell(g, xw, h, c, g.const(f"{name}_Wh", w[f"{name}.Wh"]), H)
+        hs_new.append(h)
+        cs_new.append(c)
+    h = hs_new[-1]
+    scores = g.op("Where", ["src_mask", _scores(g, w, o["attention"], h), "neg_inf"])
+    a = g.op("Softmax", [scores], "attention", axis=-1)             # (N, Ts), 0 at padding
+    context = g.op("Squeeze", [g.op("MatMul", [g.op("Unsqueeze", [a, "axis1"]), "hs"]), "axis1"])   # (N, H)
+    x = g.op("Concat", [context, h], axis=1)                        # (N, 2H)
+    if o["input_feeding"]:
+        x = g.op("Tanh", [g.op("Add", [g.op("MatMul", [x, g.const("Wc", w["decoder.attentional.W"])]),
+                                       g.const("bc", w["decoder.attentional.b"])])], "feed_out")   # (N, H)
+    g.op("LogSoftmax", [_logits(g, w, x, o["tie_embeddings"])], "log_probs", axis=-1)
+    for part, news in (("h", hs_new), ("c", cs_new)):
+        if L == 1:
+            g.op("Identity", [news[0]], f"{part}_out")
+        else:
+            g.op("Concat", [g.op("Unsqueeze", [s, "axis0"]) for s in news], f"{part}_out", axis=0)   # (L, N, H)
+    io = graph_io(H, config["tgt_vocab_size"], **o)[DECODER_STEP]
+    ins, outs = (", ".join(e["name"] for e in io[k]) for k in ("inputs", "outputs"))
+    return g.model("attnseq_decoder_step", io, f"attnseq decoder step: {ins} -> {outs}")
 
 
 def build_graphs(weights: dict, config: dict) -> dict:
-    """graph name -> checked ModelProto, from float32 weights keyed like ``model.state_dict()``."""
-    graphs = {ENCODER: encoder_graph(weights, config), DECODER_STEP: decoder_step_graph(weights, config)}
+    """graph name -> checked ModelProto, from float32 weights keyed like ``model.state_dict()``.
+
+    ConfigError when a parameter is read by neither graph (an option these graphs do not express)."""
+    w = Weights(weights)
+    graphs = {ENCODER: encoder_graph(w, config), DECODER_STEP: decoder_step_graph(w, config)}
+    unread = sorted(set(weights) - w.read)
+    if unread:
+        raise ConfigError(f"parameters {', '.join(unread)} are not read by the ONNX graphs (a model option the "
+                          f"export does not express); not exported")
     for model in graphs.values():
         onnx.checker.check_model(model, full_check=True)
     return graphs

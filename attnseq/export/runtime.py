@@ -2,7 +2,9 @@
 
 ``OnnxSeq2seq`` holds the two graphs in onnxruntime sessions and gives what the searches in
 ``attnseq.run.decoding`` take: ``encode`` (the encoder graph) and ``step_fn`` (the decoder-step
-graph as ``step(tokens (N,), (h, c)) -> log_probs (N, V), (h, c), attention (N, Ts)``).
+graph as ``step(tokens (N,), state) -> log_probs (N, V), state, attention (N, Ts)``, the state
+being the manifest's ``decoder_state`` arrays, (h, c) or (h, c, feed), kept batch-first for the
+searches to reorder: (N, H), or (N, L, H) for the graphs' (L, N, H)).
 ``OnnxTranslator`` loads and checks a directory (manifest keys, file sizes and checksums, the
 graphs' inputs and outputs, the tokenizers) and is a ``TranslatorBase``: tokenization,
 truncation, source reversal, blank in -> blank out and the ``Translation`` objects are the
@@ -18,13 +20,21 @@ import numpy as np
 from ..data.batching import pad_rows
 from ..data.tokenizers import BOS_ID, EOS_ID, PAD_ID, UNK_ID, load_tokenizer
 from ..errors import CheckpointError, ConfigError
-from ..run.decoding import EVAL_BATCH_SIZE, beam_search_core, greedy_search, map_rows, output_length
+from ..run.decoding import (EVAL_BATCH_SIZE, OutputLengthRule, beam_search_core, greedy_search, map_rows,
+                             output_length, output_limit)
 from ..run.inference import TranslatorBase
-from .spec import (DECODER_STEP, ENCODER, GRAPH_FILES, MANIFEST, ORT_TYPES, TOKENIZER_NAMES, output_len_from_rule,
-                   read_listed_file, read_manifest, require)
+from .spec import (DECODER_STEP, ENCODER, GRAPH_FILES, MANIFEST, ORT_TYPES, TOKENIZER_NAMES, decoder_state,
+                   output_len_from_rule, read_listed_file, read_manifest, require)
 
-ENCODER_OUTPUTS = ["hs", "h0", "c0"]
-DECODER_OUTPUTS = ["log_probs", "h_out", "c_out", "attention"]
+
+def _batch_first(x):
+    """A state array as the graphs give it, (N, H) or (L, N, H) -> batch first, (N, H) or (N, L, H) (a view)."""
+    return x if x.ndim == 2 else x.transpose(1, 0, 2)
+
+
+def _layer_first(x):
+    """The inverse of ``_batch_first``, contiguous, as onnxruntime takes it."""
+    return x if x.ndim == 2 else np.ascontiguousarray(x.transpose(1, 0, 2))
 
 
 def _session(ort, data: bytes, path: Path, threads: int):
@@ -50,13 +60,19 @@ class OnnxSeq2seq:
     xp = np
 
     def __init__(self, encoder: bytes, decoder_step: bytes, pad_id: int = PAD_ID, bos_id: int = BOS_ID,
-                 eos_id: int = EOS_ID, threads: int = 1, names: dict | None = None):
+                 eos_id: int = EOS_ID, threads: int = 1, names: dict | None = None, state: list | None = None):
         ort = require("onnxruntime")
         names = names or {g: Path(f) for g, f in GRAPH_FILES.items()}
         self.names = names
         self.encoder = _session(ort, encoder, names[ENCODER], threads)
         self.decoder = _session(ort, decoder_step, names[DECODER_STEP], threads)
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+        self.encoder_outputs = [o.name for o in self.encoder.get_outputs()]
+        step_inputs = {i.name for i in self.decoder.get_inputs()}
+        # the manifest's decoder_state, else read off the graph: input feeding adds "feed"
+        self.state = state or decoder_state({"input_feeding": "feed" in step_inputs})
+        self.memory = [n for n in self.encoder_outputs if n in step_inputs]   # hs, and the keys
+        self.step_outputs = ["log_probs"] + [s["output"] for s in self.state] + ["attention"]
 
     def replica(self) -> "OnnxSeq2seq":
         return self
@@ -74,30 +90,36 @@ class OnnxSeq2seq:
                     raise CheckpointError(f"{self.names[g]}: {side} are {got}, but {MANIFEST} says {want}")
 
     def encode(self, src):
-        """src (N, Ts) ids, right-padded -> hs (N, Ts, H), (h0, c0) each (N, H), mask (N, Ts) True at real tokens."""
+        """src (N, Ts) ids, right-padded -> memory {"hs": (N, Ts, H), ["keys": (N, Ts, H)]}, the start
+        state (batch first: (h, c) or (h, c, feed)), mask (N, Ts) True at real tokens."""
         src = np.ascontiguousarray(src, dtype=np.int64)
         mask = src != self.pad_id                                   # (N, Ts)
         lengths = mask.sum(axis=1)                                  # (N,)
-        hs, h, c = self.encoder.run(ENCODER_OUTPUTS, {"src_ids": src, "src_lengths": lengths})
-        return hs, (h, c), mask
+        out = dict(zip(self.encoder_outputs, self.encoder.run(self.encoder_outputs,
+                                                               {"src_ids": src, "src_lengths": lengths})))
+        state = tuple(_batch_first(out[s["initial"]]) for s in self.state)
+        return {k: out[k] for k in self.memory}, state, mask
 
-    def step_fn(self, hs, mask):
-        """The decoder-step graph over hs (N, Ts, H), mask (N, Ts) as a step function for
-        ``greedy_search``/``beam_search_core``: step(tokens (N,), (h, c)) -> log_probs (N, V), (h, c), a (N, Ts)."""
-        run = self.decoder.run
-        feed = {"hs": np.ascontiguousarray(hs), "src_mask": np.ascontiguousarray(mask)}
+    def step_fn(self, memory, mask):
+        """The decoder-step graph over ``memory`` (from ``encode``), mask (N, Ts) as a step function for
+        ``greedy_search``/``beam_search_core``: step(tokens (N,), state) -> log_probs (N, V), state, a (N, Ts)."""
+        run, names = self.decoder.run, self.step_outputs
+        inputs = [s["input"] for s in self.state]
+        feed = {k: np.ascontiguousarray(v) for k, v in memory.items()}
+        feed["src_mask"] = np.ascontiguousarray(mask)
 
         def step(tokens, state):
-            feed["prev_token"], feed["h"], feed["c"] = tokens, state[0], state[1]
-            logp, h, c, a = run(DECODER_OUTPUTS, feed)
-            return logp, (h, c), a
+            feed["prev_token"] = tokens
+            feed.update((name, _layer_first(s)) for name, s in zip(inputs, state))
+            logp, *new, a = run(names, feed)
+            return logp, tuple(_batch_first(s) for s in new), a
         return step
 
     def teacher_forced_probs(self, src, tgt) -> np.ndarray:
         """src (N, Ts), tgt (N, L + 1) = [bos, y1 .. yL] right-padded -> (N, L): the probability of
         each y_t after bos, y1 .. y_t-1 (entries past a row's length are for its padding)."""
-        hs, state, mask = self.encode(src)
-        step = self.step_fn(hs, mask)
+        memory, state, mask = self.encode(src)
+        step = self.step_fn(memory, mask)
         tgt = np.asarray(tgt, dtype=np.int64)
         probs = np.empty((len(tgt), tgt.shape[1] - 1))
         for t in range(tgt.shape[1] - 1):
@@ -107,17 +129,18 @@ class OnnxSeq2seq:
 
     def greedy(self, src, max_len: int):
         """Greedy decoding of one batch src (N, Ts) -> ids (N, L) (pad after eos), weights (N, L, Ts)."""
-        hs, state, mask = self.encode(src)
+        memory, state, mask = self.encode(src)
         N, Ts = mask.shape
-        return greedy_search(self.step_fn(hs, mask), state, N, Ts, self.bos_id, self.eos_id, max_len, self.pad_id)
+        return greedy_search(self.step_fn(memory, mask), state, N, Ts, self.bos_id, self.eos_id, max_len, self.pad_id)
 
     def beam(self, src, beam_size: int, alpha: float, max_len: int, n_best: int):
         """Beam search on one batch src (N, Ts) -> per row its ``n_best`` Hypothesis, best first."""
-        hs, (h, c), mask = self.encode(src)
+        memory, state, mask = self.encode(src)
         N, Ts = mask.shape
         k = beam_size
-        step = self.step_fn(np.repeat(hs, k, axis=0), np.repeat(mask, k, axis=0))    # (N*k, Ts, H)
-        state = (np.repeat(h, k, axis=0), np.repeat(c, k, axis=0))                  # (N*k, H)
+        step = self.step_fn({name: np.repeat(m, k, axis=0) for name, m in memory.items()},
+                            np.repeat(mask, k, axis=0))                             # (N*k, Ts, H)
+        state = tuple(np.repeat(s, k, axis=0) for s in state)                       # (N*k, ...)
         return beam_search_core(step, state, N, Ts, self.bos_id, self.eos_id, k, alpha, max_len, n_best, np)
 
 
@@ -142,7 +165,7 @@ class OnnxTranslator(TranslatorBase):
             raise ConfigError(f"threads must be 0 (one per core) or a positive integer, got {threads!r}")
         self.threads = threads
         self.graphs = OnnxSeq2seq(data[GRAPH_FILES[ENCODER]], data[GRAPH_FILES[DECODER_STEP]], threads=1,
-                                  names={g: d / f for g, f in GRAPH_FILES.items()})
+                                  names={g: d / f for g, f in GRAPH_FILES.items()}, state=m["decoder_state"])
         self.graphs.check_io(m["graphs"])                           # the graphs first: they are what runs
         self.src_tok, self.tgt_tok = (self._tokenizer(side) for side in ("source", "target"))
         self.reverse = m["reverse_source"]
@@ -166,9 +189,14 @@ class OnnxTranslator(TranslatorBase):
                                   f"has {tok.vocab_size} entries")
         return tok
 
+    @property
+    def output_rule(self) -> OutputLengthRule:
+        """The manifest's rule for the longest output: the checkpoint's at export (or export's --max-output-len)."""
+        rule = self.manifest["max_output_len"]
+        return OutputLengthRule(rule["scale"], rule["offset"])
+
     def max_output_len(self, ts: int) -> int:
-        """The manifest's rule for the longest output of a batch whose longest source has ``ts`` tokens
-        (recorded at export from ``decoding.default_max_len``)."""
+        """The manifest's rule for the longest output of a batch whose longest source has ``ts`` tokens."""
         return output_len_from_rule(self.manifest["max_output_len"], ts)
 
     def greedy_rows(self, src, src_len, batch_size, max_len):
@@ -176,7 +204,7 @@ class OnnxTranslator(TranslatorBase):
 
         def run(graphs, idx):
             ts = int(src_len[idx].max())
-            ids, w = graphs.greedy(src[idx, :ts], max_len or self.max_output_len(ts))   # (B, L), (B, L, ts)
+            ids, w = graphs.greedy(src[idx, :ts], output_limit(ts, max_len, self.output_rule))  # (B, L), (B, L, ts)
             ends = [output_length(row_ids, eos) for row_ids in ids]
             return [(ids[k, :n], w[k, :n, :int(src_len[row])]) for k, (row, n) in enumerate(zip(idx, ends))]
 
@@ -186,7 +214,7 @@ class OnnxTranslator(TranslatorBase):
     def beam_rows(self, src, src_len, beam, alpha, max_len, n_best, batch_size):
         def run(graphs, idx):
             ts = int(src_len[idx].max())
-            return graphs.beam(src[idx, :ts], beam, alpha, max_len or self.max_output_len(ts), n_best)
+            return graphs.beam(src[idx, :ts], beam, alpha, output_limit(ts, max_len, self.output_rule), n_best)
 
         return map_rows(self.graphs, run, src_len, batch_size, self.threads)
 

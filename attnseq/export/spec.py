@@ -15,7 +15,8 @@ from ..errors import AttnseqError, CheckpointError
 from ..data.tokenizers import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 FORMAT = "attnseq-onnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2      # 2: graphs whose inputs differ from the book model's (layers, input feeding, keys)
+READS_VERSIONS = (1, 2)  # 1: the book model's inputs and outputs, which every export of it keeps
 OPSET = 17              # onnxruntime >= 1.13 and onnx >= 1.12 run it; LSTM-14, Softmax-13
 IR_VERSION = 8          # the IR that goes with opset 17: newer onnx writes a newer one that older runtimes refuse
 MANIFEST = "manifest.json"
@@ -44,35 +45,87 @@ def _io(name, dtype, shape, doc):
     return dict(name=name, dtype=dtype, shape=list(shape), doc=doc)
 
 
-def graph_io(hidden_size: int, tgt_vocab_size: int, dtype: str = "float32") -> dict:
+# The model options that shape the graphs, with the book model's values (a config or manifest
+# "model" without a key means the book's). label_smoothing and dropout do not change inference.
+BOOK_OPTIONS = dict(encoder_layers=1, decoder_layers=1, bidirectional=False, attention="dot",
+                    input_feeding=False, tie_embeddings=False)
+SCORES = ("dot", "general", "additive")
+
+
+def model_options(model: dict) -> dict:
+    """The graph-shaping options of a model config or a manifest's "model" (missing keys: the book's)."""
+    return {k: model.get(k, v) for k, v in BOOK_OPTIONS.items()}
+
+
+def decoder_state(options: dict) -> list:
+    """The decoder step's state: [{"input", "output", "initial"}], each input fed the encoder's output
+    ``initial`` at the first step and the step's own ``output`` after."""
+    state = [dict(input="h", output="h_out", initial="h0"), dict(input="c", output="c_out", initial="c0")]
+    if options.get("input_feeding"):
+        state.append(dict(input="feed", output="feed_out", initial="feed0"))
+    return state
+
+
+def decoder_memory(options: dict) -> list:
+    """Encoder outputs fed to every decoder step as they are: hs, and the attention keys for a learned score."""
+    return ["hs"] + (["keys"] if options.get("attention", "dot") != "dot" else [])
+
+
+def io_version(options: dict) -> int:
+    """1 when the graphs' inputs and outputs are the book model's (older attnseq runs them), else 2."""
+    o = {**BOOK_OPTIONS, **options}
+    same = o["decoder_layers"] == 1 and not o["input_feeding"] and o["attention"] == "dot"
+    return 1 if same else 2
+
+
+def graph_io(hidden_size: int, tgt_vocab_size: int, dtype: str = "float32", **options) -> dict:
     """graph -> {"inputs": [...], "outputs": [...]}, each entry {name, dtype, shape, doc}.
 
-    Shapes use the symbolic dimensions N (batch rows) and Ts (source length); H and V are fixed.
+    Shapes use the symbolic dimensions N (batch rows) and Ts (source length); H, V and the layer
+    count L are fixed. ``options`` (``BOOK_OPTIONS`` keys) add what they need: h and c are (L, N, H)
+    with L > 1 decoder layers, else (N, H); input feeding adds the state feed (N, H) (feed0 zeros
+    from the encoder); a learned attention score (general, additive) adds the keys (N, Ts, H) the
+    encoder makes once and every step reads.
     """
     H, V = hidden_size, tgt_vocab_size
+    o = {**BOOK_OPTIONS, **options}
+    L, feeding, keys = o["decoder_layers"], o["input_feeding"], o["attention"] != "dot"
+    state = ["N", H] if L == 1 else [L, "N", H]
+    bridged = o["bidirectional"] or o["encoder_layers"] != L
+    start = ("the encoder's final states through the bridge (linear + tanh)" if bridged else
+             "the encoder's h at each row's last real token" if L == 1 else
+             "each encoder layer's h at each row's last real token")
+    feed_in = [_io("feed", dtype, ["N", H], "the attentional vector of the last step (feed0 at the first)")]
+    feed_out = [_io("feed_out", dtype, ["N", H], "this step's attentional vector tanh(W_c [context, h])")]
+    keys_io = [_io("keys", dtype, ["N", "Ts", H], f"the {o['attention']} score's keys, made once from hs")]
     return {
         ENCODER: dict(
             inputs=[_io("src_ids", "int64", ["N", "Ts"], "source token ids, right-padded with the pad id"),
                     _io("src_lengths", "int64", ["N"], "real tokens per row, 1 <= length <= Ts")],
-            outputs=[_io("hs", dtype, ["N", "Ts", H], "encoder states; rows past their length are zero"),
-                     _io("h0", dtype, ["N", H], "decoder's initial h: the encoder's h at each row's last real token"),
-                     _io("c0", dtype, ["N", H], "decoder's initial c, likewise")]),
+            outputs=[_io("hs", dtype, ["N", "Ts", H], "encoder states; rows past their length are zero")]
+            + (keys_io if keys else [])
+            + [_io("h0", dtype, state, f"decoder's initial h: {start}"),
+               _io("c0", dtype, state, "decoder's initial c, likewise")]
+            + ([_io("feed0", dtype, ["N", H], "the decoder's first attentional vector: zeros")] if feeding else [])),
         DECODER_STEP: dict(
             inputs=[_io("prev_token", "int64", ["N"], "the previous output token (bos at the first step)"),
-                    _io("h", dtype, ["N", H], "decoder h (h0 at the first step)"),
-                    _io("c", dtype, ["N", H], "decoder c (c0 at the first step)"),
-                    _io("hs", dtype, ["N", "Ts", H], "the encoder's hs"),
-                    _io("src_mask", "bool", ["N", "Ts"], "True at real source tokens (src_ids != pad)")],
+                    _io("h", dtype, state, "decoder h (h0 at the first step)"),
+                    _io("c", dtype, state, "decoder c (c0 at the first step)")]
+            + (feed_in if feeding else [])
+            + [_io("hs", dtype, ["N", "Ts", H], "the encoder's hs")]
+            + (keys_io if keys else [])
+            + [_io("src_mask", "bool", ["N", "Ts"], "True at real source tokens (src_ids != pad)")],
             outputs=[_io("log_probs", dtype, ["N", V], "log-softmax over the target vocabulary"),
-                     _io("h_out", dtype, ["N", H], "new h"),
-                     _io("c_out", dtype, ["N", H], "new c"),
-                     _io("attention", dtype, ["N", "Ts"], "attention weights over the source, 0 at padding")]),
+                     _io("h_out", dtype, state, "new h"),
+                     _io("c_out", dtype, state, "new c")]
+            + (feed_out if feeding else [])
+            + [_io("attention", dtype, ["N", "Ts"], "attention weights over the source, 0 at padding")]),
     }
 
 
 def output_len_rule(scale: int, offset: int) -> dict:
     """The manifest's ``max_output_len``: the longest output is scale * Ts + offset tokens."""
-    return dict(scale=int(scale), offset=int(offset), rule=f"{scale} * Ts + {offset}",
+    return dict(scale=int(scale), offset=int(offset), rule=f"{scale} * Ts {'-' if offset < 0 else '+'} {abs(offset)}",
                 Ts="tokens of the longest source in the batch (after truncation to max_input_len)")
 
 
@@ -93,14 +146,16 @@ def build_manifest(model_config: dict, tokenizers: dict, reverse_source: bool, m
     ``output_len_rule``; ``files``: file name -> bytes.
     """
     H, V = model_config["hidden_size"], model_config["tgt_vocab_size"]
-    io = graph_io(H, V)
+    options = model_options(model_config)
+    io = graph_io(H, V, **options)
     return {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": io_version(options),
         "opset": OPSET,
         "ir_version": IR_VERSION,
         "dtype": "float32",
-        "model": {k: int(model_config[k]) for k in ("src_vocab_size", "tgt_vocab_size", "wordvec_size", "hidden_size")},
+        "model": {**{k: int(model_config[k]) for k in ("src_vocab_size", "tgt_vocab_size", "wordvec_size",
+                                                       "hidden_size")}, **options},
         "special_ids": {"pad": int(model_config.get("pad_id", PAD_ID)), "bos": int(model_config.get("bos_id", BOS_ID)),
                         "eos": int(model_config.get("eos_id", EOS_ID)), "unk": UNK_ID},
         "tokenizers": tokenizers,
@@ -111,7 +166,12 @@ def build_manifest(model_config: dict, tokenizers: dict, reverse_source: bool, m
             "blank_input": "a blank line is encoded as [unk] and its output is the empty string",
             "greedy": "argmax of log_probs at every step, until eos or max_output_len tokens",
             "source": "encode, truncate to max_input_len, then reverse when reverse_source",
+            "step": "decoder_step reads prev_token, src_mask, every decoder_memory output of the encoder as it "
+                    "is, and its decoder_state: each input the encoder's 'initial' output first, then the "
+                    "step's own 'output'",
         },
+        "decoder_memory": decoder_memory(options),
+        "decoder_state": decoder_state(options),
         "graphs": {g: dict(file=GRAPH_FILES[g], **io[g]) for g in (ENCODER, DECODER_STEP)},
         "files": {name: file_digest(data) for name, data in sorted(files.items())},
         "provenance": provenance,
@@ -159,8 +219,9 @@ def read_manifest(directory: str | Path) -> dict:
         _need(path, m, key, kind)
     if m["format"] != FORMAT:
         _fail(path, f"format {m['format']!r}, expected {FORMAT!r}")
-    if m["format_version"] != FORMAT_VERSION:
-        _fail(path, f"format_version {m['format_version']}, this attnseq reads {FORMAT_VERSION}")
+    if m["format_version"] not in READS_VERSIONS:
+        _fail(path, f"format_version {m['format_version']}, this attnseq reads "
+                    f"{' and '.join(map(str, READS_VERSIONS))}")
     if m["dtype"] != "float32":
         _fail(path, f"dtype {m['dtype']!r}: this attnseq runs float32 exports only")
     for key in ("src_vocab_size", "tgt_vocab_size", "wordvec_size", "hidden_size"):
@@ -182,7 +243,8 @@ def read_manifest(directory: str | Path) -> dict:
         for f in _need(path, tok, "files", list, f"tokenizers.{side}."):
             if f not in m["files"]:
                 _fail(path, f"tokenizer file {f!r} is not listed under 'files'")
-    expected = graph_io(m["model"]["hidden_size"], m["model"]["tgt_vocab_size"])
+    options = _read_options(path, m)
+    expected = graph_io(m["model"]["hidden_size"], m["model"]["tgt_vocab_size"], **options)
     for g, file in GRAPH_FILES.items():
         spec = _need(path, m["graphs"], g, dict, "graphs.")
         if _need(path, spec, "file", str, f"graphs.{g}.") != file:
@@ -195,12 +257,32 @@ def read_manifest(directory: str | Path) -> dict:
             want = [(e["name"], e["dtype"], e["shape"]) for e in expected[g][side]]
             if got != want:
                 _fail(path, f"'graphs.{g}.{side}' is {got}, but model sizes "
-                            f"(hidden {m['model']['hidden_size']}, vocab {m['model']['tgt_vocab_size']}) give {want}")
+                            f"(hidden {m['model']['hidden_size']}, vocab {m['model']['tgt_vocab_size']}) "
+                            f"and options give {want}")
     for name, digest in m["files"].items():
         if not isinstance(digest, dict) or not isinstance(digest.get("bytes"), int) or \
                 not isinstance(digest.get("sha256"), str):
             _fail(path, f"'files.{name}' must be {{\"bytes\": int, \"sha256\": str}}")
     return m
+
+
+def _read_options(path: Path, m: dict) -> dict:
+    """The manifest's model options (missing: the book's; an export of version 1 has none), checked,
+    with ``decoder_memory`` and ``decoder_state`` filled in or checked against them."""
+    options = model_options(m["model"])
+    for key, book in BOOK_OPTIONS.items():
+        kind = type(book)
+        _need(path, options, key, kind, "model.")
+        if kind is int and options[key] < 1:
+            _fail(path, f"'model.{key}' must be positive")
+    if options["attention"] not in SCORES:
+        _fail(path, f"'model.attention' is {options['attention']!r}; this attnseq knows {', '.join(SCORES)}")
+    if m["format_version"] < io_version(options):
+        _fail(path, f"format_version {m['format_version']} cannot hold model options {options}")
+    for key, want in (("decoder_memory", decoder_memory(options)), ("decoder_state", decoder_state(options))):
+        if m.setdefault(key, want) != want:
+            _fail(path, f"'{key}' is {m[key]}, but the model options give {want}")
+    return options
 
 
 def read_listed_file(directory: str | Path, manifest: dict, name: str) -> bytes:

@@ -1,21 +1,38 @@
 """The attention decoder.
 
-An LSTM started from the encoder's final state; for every decoder state h_t,
-dot-product attention over the encoder states ``hs`` (padding masked) gives a
-context c_t; [c_t, h_t] goes through a linear layer to vocabulary logits.
+An LSTM started from the encoder's final state; for every decoder state h_t, attention over the
+encoder states ``hs`` (padding masked) gives a context c_t; [c_t, h_t] goes through a linear layer
+to vocabulary logits (the book's decoder). Options:
 
-``forward`` does this for all To steps at once (teacher forcing, with caches for
-``backward``); ``step`` does one step for decoding through the same layers'
-cache-free pieces (``LSTM.step``, ``Attention.apply``, ``Linear.apply``).
-Shapes: N batch, Ts source length, To target length, H hidden size, V vocabulary.
+- ``layers`` stacked LSTMs, dropout between them; attention reads the top one.
+- ``attention``: the score, "dot" (the book's), "general" or "additive" (see ``attention.py``).
+- ``input_feeding`` (Luong): the attentional vector h~_t = tanh(W_c [c_t, h_t] + b_c) (N, H) is what
+  the output layer reads, and it joins the next step's input: the bottom LSTM reads [y_{t-1}, h~_{t-1}]
+  (D + H), h~_0 = 0. Teacher forcing then runs every layer and the attention step by step
+  (``_forward_feeding``), in preallocated time-major buffers, the embeddings' share of the LSTM input
+  projection for all steps in one product and only h~'s share per step; its backward goes back
+  through time step by step.
+- ``tie_embeddings``: the output layer is ``TiedOutput``, logits = (x W_p + b_p) E^T + b with E the
+  decoder's input embedding (V, D): one array in the checkpoint, its gradient from both uses.
+
+``forward`` does all To steps (teacher forcing, with caches for ``backward``); ``step`` does one
+step for decoding through the same layers' cache-free pieces (``LSTM.step``, ``Attention.apply``,
+``Linear.apply``). Shapes: N batch, Ts source length, To target length, D embedding size, H hidden
+size, V vocabulary, L layers.
+
+The decoding state (what ``step`` takes and returns, what ``initial_state`` makes from the
+encoder's): the pair (h, c). For the book's decoder (one layer, no input feeding) h and c are
+(N, H). Otherwise they stack rows: c (N, L, H) one row per layer, h (N, L, H) likewise and, with
+input feeding, one more row at the end holding h~ of the last step: h (N, L + 1, H). Every
+search reorders it along N like any other state.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .attention import Attention, mask_bias
+from .attention import SCORES, Attention, mask_bias
 from .backend import get_array_module
-from .layers import Dropout, Embedding, Linear
+from .layers import Dropout, Embedding, Linear, TiedOutput
 from .lstm import LSTM
 from .module import Module
 from .search import greedy_search
@@ -24,30 +41,113 @@ from .search import greedy_search
 class AttentionDecoder(Module):
     """forward(tgt_in (N, To), hs (N, Ts, H), state (h, c), src_mask (N, Ts)) -> logits (N, To, V).
 
-    src_mask is True at real source tokens; attention gives padding weight 0.
+    src_mask is True at real source tokens; attention gives padding weight 0. ``state`` is the
+    encoder's (see ``Encoder``) or ``initial_state`` of it.
     """
 
     def __init__(self, vocab_size: int, wordvec_size: int, hidden_size: int, *,
-                 rng: np.random.Generator, init: str = "xavier", dtype=np.float32, dropout: float = 0.0):
+                 rng: np.random.Generator, init: str = "xavier", dtype=np.float32, dropout: float = 0.0,
+                 layers: int = 1, attention: str = "dot", input_feeding: bool = False,
+                 tie_embeddings: bool = False):
         super().__init__()
-        self.add_module("embed", Embedding(vocab_size, wordvec_size, rng, dtype))
+        if attention not in SCORES:
+            raise ValueError(f"attention must be one of {', '.join(SCORES)}, got {attention!r}")
+        D, H = wordvec_size, hidden_size
+        self.add_module("embed", Embedding(vocab_size, D, rng, dtype))
         self.add_module("drop_in", Dropout(dropout, rng))
-        self.add_module("lstm", LSTM(wordvec_size, hidden_size, rng, init, dtype))
-        self.add_module("attention", Attention())
+        self.add_module("lstm", LSTM(D + (H if input_feeding else 0), H, rng, init, dtype))
+        for k in range(2, layers + 1):
+            self.add_module(f"drop{k}", Dropout(dropout, rng))
+            self.add_module(f"lstm{k}", LSTM(H, H, rng, init, dtype))
+        self.add_module("attention", Attention(attention, H, rng, init, dtype))
+        if input_feeding:
+            self.add_module("attentional", Linear(2 * H, H, rng, init, dtype))     # W_c, b_c
         self.add_module("drop_out", Dropout(dropout, rng))
-        self.add_module("out", Linear(2 * hidden_size, vocab_size, rng, init, dtype))
+        out_in = H if input_feeding else 2 * H
+        self.add_module("out", TiedOutput(out_in, D, vocab_size, rng, init, dtype) if tie_embeddings
+                        else Linear(out_in, vocab_size, rng, init, dtype))
         self.vocab_size = vocab_size
+        self.wordvec_size = wordvec_size
         self.hidden_size = hidden_size
+        self.layers = layers
+        self.input_feeding = input_feeding
+        self.tie_embeddings = tie_embeddings
+        self._feeding = None                                        # _forward_feeding's cache
+
+    def _stack(self):
+        """[(lstm, dropout before it or None)] bottom to top."""
+        return [(self.lstm, None)] + [(getattr(self, f"lstm{k}"), getattr(self, f"drop{k}"))
+                                      for k in range(2, self.layers + 1)]
+
+    # -- the state -------------------------------------------------------------
+    @property
+    def _stacked(self) -> bool:
+        return self.layers > 1 or self.input_feeding
+
+    def initial_state(self, state):
+        """The encoder's state (h, c) -> the decoding state: with input feeding, h gets the h~_0 = 0 row."""
+        if not self.input_feeding:
+            return state
+        h, c = state
+        xp = get_array_module(h)
+        if h.ndim == 2:
+            h, c = h[:, None], c[:, None]                           # (N, 1, H)
+        if h.shape[1] > self.layers:                                # it has its h~ row already
+            return h, c
+        return xp.concatenate([h, xp.zeros_like(h[:, :1])], axis=1), c
+
+    def _split_state(self, state):
+        """(h, c) -> [h_l (N, H)], [c_l (N, H)] per layer, and h~ (N, H) or None (zeros)."""
+        h, c = state
+        if not self._stacked:
+            return [h], [c], None
+        if h.ndim == 2:                                             # an encoder's single layer
+            h, c = h[:, None], c[:, None]
+        L = self.layers
+        feed = h[:, L] if self.input_feeding and h.shape[1] > L else None
+        return [h[:, l] for l in range(L)], [c[:, l] for l in range(L)], feed
+
+    def _join_state(self, hl, cl, feed):
+        if not self._stacked:
+            return hl[0], cl[0]
+        xp = get_array_module(hl[0])
+        return xp.stack(hl + ([feed] if self.input_feeding else []), axis=1), xp.stack(cl, axis=1)
+
+    def _encoder_grads(self, dh0s, dc0s):
+        """Per-layer start-state gradients -> the shape of the encoder's state: (N, H) or (N, L, H)."""
+        if self.layers == 1:
+            return dh0s[0], dc0s[0]
+        xp = get_array_module(dh0s[0])
+        return xp.stack(dh0s, axis=1), xp.stack(dc0s, axis=1)
+
+    # -- the output layer ------------------------------------------------------
+    def _out_forward(self, x):
+        x = self.drop_out.forward(x)
+        return self.out.forward(x, self.embed.params[0]) if self.tie_embeddings else self.out.forward(x)
+
+    def _out_apply(self, x):
+        return self.out.apply(x, self.embed.params[0]) if self.tie_embeddings else self.out.apply(x)
+
+    def _embed_backward(self, dx):
+        """dx (N, To, D) the embeddings' gradient -> the embedding's; a tied E adds the output's share."""
+        self.embed.backward(self.drop_in.backward(dx))
+        if self.tie_embeddings:
+            self.embed.grads[0] += self.out.dE
 
     # -- teacher forcing ---------------------------------------------------
     def forward(self, tgt_in, hs, state, src_mask=None):
+        if self.input_feeding:
+            return self._forward_feeding(tgt_in, hs, state, src_mask)
         xp = get_array_module(hs)
-        h0, c0 = state
+        h0s, c0s, _ = self._split_state(state)
         x = self.drop_in.forward(self.embed.forward(tgt_in))        # (N, To, D)
-        hd = self.lstm.forward(x, h0, c0)                           # (N, To, H)
-        context = self.attention.forward(hd, hs, src_mask)          # (N, To, H)
-        cat = xp.concatenate([context, hd], axis=-1)                # (N, To, 2H)
-        return self.out.forward(self.drop_out.forward(cat))         # (N, To, V)
+        for l, (lstm, drop) in enumerate(self._stack()):
+            if drop is not None:
+                x = drop.forward(x)
+            x = lstm.forward(x, h0s[l], c0s[l])                     # (N, To, H)
+        context = self.attention.forward(x, hs, src_mask)           # (N, To, H)
+        cat = xp.concatenate([context, x], axis=-1)                 # (N, To, 2H)
+        return self._out_forward(cat)                               # (N, To, V)
 
     @property
     def attention_weights(self):
@@ -55,37 +155,139 @@ class AttentionDecoder(Module):
         return self.attention.weights
 
     def backward(self, dlogits):
-        """dlogits (N, To, V) -> dhs (N, Ts, H), dh0, dc0 (N, H)."""
+        """dlogits (N, To, V) -> dhs (N, Ts, H), dh0, dc0 in the shape of the encoder's state."""
+        if self.input_feeding:
+            return self._backward_feeding(dlogits)
         H = self.hidden_size
         dcat = self.drop_out.backward(self.out.backward(dlogits))   # (N, To, 2H)
         dhd, dhs = self.attention.backward(dcat[..., :H])
         dhd += dcat[..., H:]
-        dx, dh0, dc0 = self.lstm.backward(dhd)
-        self.embed.backward(self.drop_in.backward(dx))
-        return dhs, dh0, dc0
+        dh0s, dc0s = [], []
+        d = dhd
+        for lstm, drop in reversed(self._stack()):
+            d, dh0, dc0 = lstm.backward(d)
+            dh0s.insert(0, dh0)
+            dc0s.insert(0, dc0)
+            if drop is not None:
+                d = drop.backward(d)
+        self._embed_backward(d)
+        return (dhs,) + self._encoder_grads(dh0s, dc0s)
+
+    # -- teacher forcing with input feeding: step by step ----------------------------------------
+    def _forward_feeding(self, tgt_in, hs, state, src_mask):
+        xp = get_array_module(hs)
+        N, To = tgt_in.shape
+        H, dt = self.hidden_size, hs.dtype
+        stack = self._stack()
+        h0s, c0s, feed0 = self._split_state(state)
+        x = self.drop_in.forward(self.embed.forward(tgt_in))        # (N, To, D)
+        x_tm = self.buffer("x_tm", (To, N, x.shape[2]), dt, xp)     # (To, N, D) time-major
+        x_tm[...] = x.transpose(1, 0, 2)
+        stack[0][0].begin_steps(To, N, h0s[0], c0s[0], fixed=x_tm, dtype=dt, xp=xp)
+        masks = [None]
+        for l, (lstm, drop) in enumerate(stack[1:], 1):
+            lstm.begin_steps(To, N, h0s[l], c0s[l], dtype=dt, xp=xp)
+            masks.append(drop.draw((To, N, H), dt, xp))             # (To, N, H) or None
+        self.attention.begin_steps(hs, src_mask, To)
+        Wc, bc = self.attentional.params
+        cat = self.buffer("cat", (To, N, 2 * H), dt, xp)            # [c_t, h_t] of every step
+        Ht = self.buffer("Ht", (To + 1, N, H), dt, xp)              # Ht[t + 1] = h~_t, Ht[0] = h~_0
+        Ht[0] = 0 if feed0 is None else feed0
+        for t in range(To):
+            stack[0][0].inputs(t)[...] = Ht[t]                      # h~_{t-1} joins the input
+            h = stack[0][0].run_step(t)                             # (N, H)
+            for (lstm, _), mask in zip(stack[1:], masks[1:]):
+                xp.multiply(h, 1 if mask is None else mask[t], out=lstm.inputs(t))
+                h = lstm.run_step(t)
+            cat[t, :, :H] = self.attention.forward_step(t, h)       # c_t (N, H)
+            cat[t, :, H:] = h
+            xp.matmul(cat[t], Wc, out=Ht[t + 1])                    # (N, H)
+            Ht[t + 1] += bc
+            xp.tanh(Ht[t + 1], out=Ht[t + 1])
+        logits = self._out_forward(Ht[1:].transpose(1, 0, 2))       # (N, To, V) from h~ (N, To, H)
+        self._feeding = (masks, cat, Ht) if self.training else None
+        if not self.training:                                       # nothing kept for a backward
+            for lstm, _ in stack:
+                lstm.cache = lstm._steps = None
+            self.attention._steps = None
+        return logits
+
+    def _backward_feeding(self, dlogits):
+        xp = get_array_module(dlogits)
+        masks, cat, Ht = self._feeding
+        To, N, H2 = cat.shape
+        H, dt = H2 // 2, cat.dtype
+        stack = self._stack()
+        Wc = self.attentional.params[0]
+        dHt = self.buffer("dHt", (To, N, H), dt, xp)                # from the output layer, then at h~_t
+        dHt[...] = self.drop_out.backward(self.out.backward(dlogits)).transpose(1, 0, 2)
+        dPre = self.buffer("dPre", (To, N, H), dt, xp)              # at W_c [c_t, h_t] + b_c
+        dcat = self.buffer("dcat", (N, 2 * H), dt, xp)
+        dfeed = self.buffer("dfeed", (N, H), dt, xp)                # from step t + 1's input into h~_t
+        dfeed.fill(0)
+        for lstm, _ in stack:
+            lstm.begin_backward_steps()
+        for t in range(To - 1, -1, -1):
+            g = dPre[t]
+            xp.add(dHt[t], dfeed, out=g)                            # all of h~_t's gradient
+            xp.multiply(Ht[t + 1], Ht[t + 1], out=dHt[t])           # dHt[t] is spent: scratch
+            xp.subtract(1, dHt[t], out=dHt[t])
+            g *= dHt[t]                                             # through the tanh
+            xp.matmul(g, Wc.T, out=dcat)                            # (N, 2H) -> [dc_t, dh_t]
+            dh = dcat[:, H:]
+            dh += self.attention.backward_step(t, dcat[:, :H])
+            for (lstm, _), mask in zip(stack[:0:-1], masks[:0:-1]):
+                dh = lstm.backward_step(t, dh)                      # (N, H) into the layer below
+                if mask is not None:
+                    dh *= mask[t]
+            dfeed = stack[0][0].backward_step(t, dh)                # (N, H) into h~_{t-1}
+        self.attentional.param_grads(cat, dPre)                     # all steps in one product
+        dhs = self.attention.end_backward_steps()                   # (N, Ts, H)
+        dh0s, dc0s = [], []
+        for lstm, _ in stack:
+            dx_tm, dh0, dc0 = lstm.end_backward_steps()
+            if lstm is self.lstm:
+                dx = dx_tm.transpose(1, 0, 2)                       # (N, To, D) at the embeddings
+            dh0s.append(dh0)
+            dc0s.append(dc0)
+        self._embed_backward(dx)
+        return (dhs,) + self._encoder_grads(dh0s, dc0s)
 
     # -- decoding ------------------------------------------------------------
     def input_table(self):
-        """(V, 4H): every token's embedding already projected by the LSTM (x @ Wx + b)."""
+        """(V, 4H): every token's embedding already projected by the bottom LSTM (x @ Wx + b; with
+        input feeding, the embedding rows of Wx only)."""
         W, = self.embed.params                                      # (V, D): row v embeds token v
         return self.lstm.project(W)
 
     def step(self, tokens, state, hs, bias, table=None):
         """One decoding step, no cache.
 
-        tokens (N,), state (h, c) each (N, H), hs (N, Ts, H), bias from ``mask_bias``
-        (the padding mask as the softmax takes it), table from ``input_table()`` (computed here when None)
-        -> logits (N, V), new state, attention weights (N, Ts).
+        tokens (N,), state the decoding state (see the module docstring), hs (N, Ts, H), bias from
+        ``mask_bias`` (the padding mask as the softmax takes it), table from ``input_table()``
+        (computed here when None) -> logits (N, V), new state, attention weights (N, Ts).
+        The attention's keys are made once per hs (``AttentionWeights.keys_for``).
         """
         xp = get_array_module(hs)
         table = self.input_table() if table is None else table
-        h, c = self.lstm.step(table[tokens], *state)                # (N, H)
+        hl, cl, feed = self._split_state(state)
+        xw = table[tokens]                                          # (N, 4H), a new array
+        if feed is not None:
+            xw += feed @ self.lstm.params[0][self.wordvec_size:]   # h~_{t-1}'s share of the input
+        new_h, new_c = [], []
+        for l, (lstm, _) in enumerate(self._stack()):
+            h, c = lstm.step(xw if l == 0 else lstm.project(new_h[-1]), hl[l], cl[l])   # (N, H)
+            new_h.append(h)
+            new_c.append(c)
         context, a = self.attention.apply(h[:, None], hs, bias)     # (N, 1, H), (N, 1, Ts)
-        logits = self.out.apply(xp.concatenate([context[:, 0], h], axis=1))   # (N, V)
-        return logits, (h, c), a[:, 0]
+        x = xp.concatenate([context[:, 0], h], axis=1)              # (N, 2H)
+        if self.input_feeding:
+            x = feed = xp.tanh(self.attentional.apply(x))           # h~_t (N, H)
+        logits = self._out_apply(x)                                 # (N, V)
+        return logits, self._join_state(new_h, new_c, feed), a[:, 0]
 
     def generate(self, hs, state, src_mask, bos_id: int, eos_id: int, max_len: int, pad_id: int = 0):
-        """Batched greedy decoding.
+        """Batched greedy decoding from the encoder's output (its state, or ``initial_state`` of it).
 
         -> ids (N, L) with ``pad_id`` after each row's end-of-sequence token, and
         the attention weights (N, L, Ts) of each emitted token (zeros after eos).
@@ -96,4 +298,5 @@ class AttentionDecoder(Module):
 
         def step(tokens, state):
             return self.step(tokens, state, hs, bias, table)
-        return greedy_search(step, state, N, Ts, bos_id, eos_id, max_len, pad_id, get_array_module(hs))
+        return greedy_search(step, self.initial_state(state), N, Ts, bos_id, eos_id, max_len, pad_id,
+                             get_array_module(hs))

@@ -1,4 +1,4 @@
-"""Layers with explicit ``forward``/``backward``: Embedding, Linear, SoftmaxCrossEntropy, Dropout.
+"""Layers with explicit ``forward``/``backward``: Embedding, Linear, SoftmaxCrossEntropy, TiedOutput, Dropout.
 
 Shapes: N batch, T time, D input (embedding) size, H hidden size, V vocabulary.
 Every layer keeps ``params`` and ``grads`` as parallel lists (see ``Module``),
@@ -81,25 +81,37 @@ class Linear(Module):
 
     def backward(self, dy):
         W, b = self.params
+        dy2 = self.param_grads(self.x2, dy)
+        return (dy2 @ W.T).reshape(*dy.shape[:-1], -1)
+
+    def param_grads(self, x, dy):
+        """Write dW = x^T dy and db = sum dy for inputs x (..., D) and output gradients dy (..., O)
+        (any leading shape, the same number of rows) -> dy as (rows, O)."""
         dW, db = self.grads
         dy2 = dy.reshape(-1, dy.shape[-1])
-        get_array_module(dy).matmul(self.x2.T, dy2, out=dW)
+        get_array_module(dy).matmul(x.reshape(-1, x.shape[-1]).T, dy2, out=dW)
         dy2.sum(axis=0, out=db)
-        return (dy2 @ W.T).reshape(*dy.shape[:-1], -1)
+        return dy2
 
 
 class SoftmaxCrossEntropy(Module):
     """Mean cross-entropy over real tokens: logits (N, T, V), targets (N, T) -> scalar.
 
     Positions whose target equals ``ignore_index`` (padding) count neither in the
-    sum nor in the mean. All arithmetic stays in the logits' dtype (the fused kernel
-    sums the loss in float64). On the kernel path the forward pass also writes the
-    gradient of the mean, dlogits (N*T, V), which ``backward`` hands back.
+    sum nor in the mean. With ``smoothing`` eps > 0 (label smoothing) the target
+    distribution is (1 - eps) one-hot + eps / V over the whole vocabulary, as PyTorch's
+    ``label_smoothing``: a row's loss is (1 - eps) (-log p_y) + eps mean_k (-log p_k)
+    and its gradient softmax - target. All arithmetic stays in the logits' dtype (the
+    fused kernel sums the loss in float64). On the kernel path the forward pass also
+    writes the gradient of the mean, dlogits (N*T, V), which ``backward`` hands back.
     """
 
-    def __init__(self, ignore_index: int = 0):
+    def __init__(self, ignore_index: int = 0, smoothing: float = 0.0):
         super().__init__()
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {smoothing}")
         self.ignore_index = ignore_index
+        self.smoothing = float(smoothing)
         self.cache = None
         self.dlogits = None                                         # the kernel path's (dlogits, logits shape)
 
@@ -110,6 +122,7 @@ class SoftmaxCrossEntropy(Module):
         self.dlogits = None
         xp = get_array_module(logits)
         V = logits.shape[-1]
+        eps = self.smoothing
         z = logits.reshape(-1, V)
         t = targets.ravel()
         m = z.max(axis=1, keepdims=True)
@@ -117,7 +130,10 @@ class SoftmaxCrossEntropy(Module):
         xp.exp(p, out=p)
         s = p.sum(axis=1, keepdims=True)
         rows = xp.arange(t.size)
-        nll = xp.log(s[:, 0]) - (z[rows, t] - m[:, 0])              # -log softmax at the target
+        log_s = xp.log(s[:, 0])
+        nll = log_s - (z[rows, t] - m[:, 0])                        # -log softmax at the target
+        if eps > 0:                                                 # mean over k of -log softmax
+            nll = (1 - eps) * nll + eps * (log_s - (z.mean(axis=1) - m[:, 0]))
         p /= s
         mask = (t != self.ignore_index).astype(logits.dtype)        # (N*T,)
         count = xp.maximum(mask.sum(), 1)
@@ -130,7 +146,8 @@ class SoftmaxCrossEntropy(Module):
         V = logits.shape[-1]
         z = logits.reshape(-1, V)                                   # (N*T, V)
         dz = self.buffer("dlogits", z.shape, z.dtype, np)
-        total, count = k.softmax_cross_entropy(z, targets.reshape(-1), self.ignore_index, dz)
+        total, count = k.softmax_cross_entropy(z, targets.reshape(-1), self.ignore_index, dz,
+                                               smoothing=self.smoothing)
         self.cache, self.dlogits = None, (dz, logits.shape)
         return logits.dtype.type(total / max(count, 1))
 
@@ -142,11 +159,57 @@ class SoftmaxCrossEntropy(Module):
             return dz.reshape(shape)
         p, t, mask, count, shape = self.cache
         xp = get_array_module(p)
+        eps = self.smoothing
         dz = p                                                      # reuse: softmax is not needed again
-        dz[xp.arange(t.size), t] -= 1
+        dz[xp.arange(t.size), t] -= 1 - eps
+        if eps > 0:
+            dz -= eps / shape[-1]                                   # the uniform part of the target
         dz *= (mask * (dout / count))[:, None]
         self.cache = None
         return dz.reshape(shape)
+
+
+class TiedOutput(Module):
+    """Logits through the decoder's own input embedding: x (N, T, I) -> (x Wp + bp) E^T + b (N, T, V).
+
+    E (V, D) is the embedding, passed in on every call and not a parameter here, so a
+    checkpoint holds it once (``decoder.embed.W``). ``proj`` (Linear I -> D) maps what the
+    output layer reads to the embedding size; b (V). ``backward`` leaves E's gradient from
+    the output side in ``dE`` (V, D), for the embedding's owner to add to its own.
+    """
+
+    def __init__(self, in_size: int, dim: int, vocab_size: int, rng: np.random.Generator,
+                 init: str = "xavier", dtype=np.float32):
+        super().__init__()
+        self.add_module("proj", Linear(in_size, dim, rng, init, dtype))
+        self.add_param("b", np.zeros(vocab_size, dtype=dtype))
+        self.cache = None
+        self.dE = None
+
+    def apply(self, x, E):
+        """x (..., I), E (V, D) -> logits (..., V); caches nothing."""
+        return self._logits(self.proj.apply(x), E)
+
+    def _logits(self, p, E):
+        y = p.reshape(-1, p.shape[-1]) @ E.T                        # (rows, V)
+        y += self.params[0]
+        return y.reshape(*p.shape[:-1], -1)
+
+    def forward(self, x, E):
+        p = self.proj.forward(x)                                    # (N, T, D)
+        self.cache = (p.reshape(-1, p.shape[-1]), E)
+        return self._logits(p, E)
+
+    def backward(self, dy):
+        """dy (N, T, V) -> dx (N, T, I); writes db and proj's gradients, leaves dE (V, D)."""
+        p2, E = self.cache
+        xp = get_array_module(dy)
+        dy2 = dy.reshape(-1, dy.shape[-1])                          # (rows, V)
+        dy2.sum(axis=0, out=self.grads[0])
+        self.dE = self.buffer("dE", E.shape, E.dtype, xp)
+        xp.matmul(dy2.T, p2, out=self.dE)                           # (V, D)
+        dp = (dy2 @ E).reshape(*dy.shape[:-1], -1)                  # (N, T, D)
+        return self.proj.backward(dp)
 
 
 class Dropout(Module):
@@ -161,13 +224,19 @@ class Dropout(Module):
         self.mask = None
 
     def forward(self, x):
+        mask = self.draw(x.shape, x.dtype, get_array_module(x))
+        return x if mask is None else x * mask
+
+    def draw(self, shape, dtype, xp):
+        """The mask (kept units 1/(1-p), dropped 0) for an array of ``shape``, kept for ``backward``;
+        None in eval mode or with p = 0. A time loop draws its (T, N, H) mask once and applies step t's slice."""
         if not self.training or self.p == 0.0:
             self.mask = None
-            return x
-        xp = get_array_module(x)
-        keep = self.rng.random(x.shape, dtype=np.float32) >= self.p        # float32: no float64 draw
-        self.mask = xp.asarray(keep, dtype=x.dtype) / x.dtype.type(1.0 - self.p)
-        return x * self.mask
+            return None
+        dtype = np.dtype(dtype)
+        keep = self.rng.random(shape, dtype=np.float32) >= self.p          # float32: no float64 draw
+        self.mask = xp.asarray(keep, dtype=dtype) / dtype.type(1.0 - self.p)
+        return self.mask
 
     def backward(self, dout):
         return dout if self.mask is None else dout * self.mask

@@ -218,6 +218,7 @@ class LSTM(Module):
         self.hidden_size = H
         self.cache = None
         self.h_final = self.c_final = None
+        self._steps = self._back = None                             # a ``begin_steps`` pass and its backward
 
     def _scaled_params(self, xp, dtype):
         """Copies of Wx, Wh, b with ``scale_gates_`` applied: products with them come out scaled."""
@@ -294,25 +295,31 @@ class LSTM(Module):
         On the kernel path dh0 and dc0 live in this layer's buffers until its next backward.
         """
         Wx, Wh, b = self.params
-        dWx, dWh, db = self.grads
         if self.cache is None:
             raise RuntimeError("LSTM.backward needs a forward pass in training mode first")
         k, X, G, P, Hs, Cs, TC, lengths = self.cache               # k: the kernels the forward ran on
-        xp = get_array_module(dhs)
         T, N, H4 = G.shape
-        H = H4 // 4
         dH, dC = self._incoming_grads(dhs, dh_final, dc_final, lengths)
         dc_last = dc_final if lengths is None else None             # else it enters through dC
         if k:
             dA, dh, dc = self._backward_steps_fused(k, dH, dC, dc_last, G, Cs, TC, Wh)
         else:
             dA, dh, dc = self._backward_steps(dH, dC, dc_last, G, P, Cs, TC, Wh)
-        dA2 = dA.reshape(T * N, H4)
-        xp.matmul(X.T, dA2, out=dWx)
-        xp.matmul(Hs[:-1].reshape(T * N, H).T, dA2, out=dWh)
-        dA2.sum(axis=0, out=db)
+        dA2 = self._param_grads(X, Hs, dA)
         dxs = (dA2 @ Wx.T).reshape(T, N, -1).transpose(1, 0, 2)    # (N, T, D)
         return dxs, dh, dc
+
+    def _param_grads(self, X, Hs, dA):
+        """dWx = X^T dA, dWh = h_prev^T dA, db = sum dA, each one product over all steps:
+        X (T*N, D) inputs, Hs (T+1, N, H), dA (T, N, 4H) -> dA as (T*N, 4H)."""
+        xp = get_array_module(dA)
+        dWx, dWh, db = self.grads
+        T, N, H4 = dA.shape
+        dA2 = dA.reshape(T * N, H4)
+        xp.matmul(X.T, dA2, out=dWx)
+        xp.matmul(Hs[:-1].reshape(T * N, H4 // 4).T, dA2, out=dWh)
+        dA2.sum(axis=0, out=db)
+        return dA2
 
     def _backward_steps_fused(self, k, dH, dC, dc_last, G, Cs, TC, Wh):
         """The time loop back with the compiled cell ``k.lstm_cell_backward`` -> dA (T, N, 4H), dh0, dc0 (N, H)."""
@@ -370,11 +377,118 @@ class LSTM(Module):
         dC[last, rows] = dc_final
         return dH, dC
 
+    # -- one step at a time, with caches: inputs known only step by step -------------------------
+    def begin_steps(self, T: int, N: int, h0=None, c0=None, fixed=None, dtype=None, xp=np):
+        """Open a training-mode pass that the caller runs one step at a time with ``run_step``.
+
+        For inputs known only as the loop goes (input feeding: the attentional vector of step
+        t - 1 joins step t's input). Step t's input x_t (N, D) is [fixed_t, rest_t]: ``fixed``
+        (T, N, Df) time-major, known now, projected here for all steps in one product (the
+        embeddings); rest_t (N, D - Df), written by the caller into ``inputs(t)`` before
+        ``run_step(t)``, projected there. h0, c0 (N, H) or None (zeros). Then, backwards,
+        ``begin_backward_steps``, ``backward_step`` from t = T - 1 down to 0 and ``end_backward_steps``.
+        """
+        Wx, Wh, b = self.params
+        dt = np.dtype(dtype or Wx.dtype)
+        D, H4 = Wx.shape
+        Df = 0 if fixed is None else fixed.shape[2]
+        X = self.buffer("X", (T, N, D), dt, xp)                     # (T, N, D) time-major inputs
+        A = self.buffer("A", (T, N, H4), dt, xp)                    # (T, N, 4H) input pre-activations
+        if Df:
+            X[:, :, :Df] = fixed
+            xp.matmul(fixed.reshape(T * N, Df), Wx[:Df], out=A.reshape(T * N, H4))
+            A += b
+        else:
+            A[...] = b
+        Hs, Cs = self.buffer("Hs", (T + 1, N, H4 // 4), dt, xp), self.buffer("Cs", (T + 1, N, H4 // 4), dt, xp)
+        TC = self.buffer("TC", (T, N, H4 // 4), dt, xp)             # tanh(c_t)
+        Hs[0] = 0 if h0 is None else h0
+        Cs[0] = 0 if c0 is None else c0
+        k = kernels.fused(X, *self.params)
+        G = self.buffer("G", (T, N, H4), dt, np) if k else A        # gates; in A itself on the xp path
+        P = None if k else self.buffer("P", (T, N, H4 // 4), dt, xp)
+        self.cache = (k, X.reshape(T * N, D), G, P, Hs, Cs, TC, None)
+        self._steps = (Df, X, A, self.buffer("rec", (N, H4), dt, xp), self.buffer("tmp", (N, H4 // 4), dt, xp))
+
+    def inputs(self, t: int):
+        """The (N, D - Df) part of step t's input that ``run_step(t)`` projects: for the caller to fill."""
+        Df, X = self._steps[:2]
+        return X[t, :, Df:]
+
+    def run_step(self, t: int):
+        """Step t of a pass opened by ``begin_steps`` -> h_t (N, H), a view valid until the next pass."""
+        k, _, G, P, Hs, Cs, TC, _ = self.cache
+        Df, X, A, rec, tmp = self._steps
+        Wx, Wh, _ = self.params
+        xp = get_array_module(A)
+        if Df < Wx.shape[0]:
+            xp.matmul(X[t, :, Df:], Wx[Df:], out=rec)               # (N, 4H) the rest of the input
+            A[t] += rec
+        xp.matmul(Hs[t], Wh, out=rec)                               # (N, 4H)
+        if k:
+            k.lstm_cell_forward(A[t], rec, Cs[t], G[t], Cs[t + 1], TC[t], Hs[t + 1])
+        else:
+            A[t] += rec
+            with ignore_overflow(xp):
+                lstm_cell_forward_(scale_gates_(A[t]), Cs[t], Cs[t + 1], TC[t], Hs[t + 1], tmp, P[t])
+        return Hs[t + 1]
+
+    def begin_backward_steps(self):
+        """Start the backward of a ``begin_steps`` pass: zero gradients reaching the last step."""
+        k, _, G, P, Hs, Cs, TC, _ = self.cache
+        Df, X = self._steps[:2]
+        xp = get_array_module(Hs)
+        T, N, H4 = G.shape
+        dt = G.dtype
+        dA = self.buffer("A" if k else "dA", (T, N, H4), dt, xp)     # kernel path: the projections are spent
+        dh, dc, dc_prev = (self.buffer(name, (N, H4 // 4), dt, xp) for name in ("dh", "dc", "dc_prev"))
+        dh.fill(0)
+        dc.fill(0)
+        dx = self.buffer("dx_rest", (N, X.shape[2] - Df), dt, xp)
+        deriv = None if k else self.buffer("deriv", (N, H4), dt, xp)
+        self._back = [dA, dh, dc, dc_prev, dx, deriv, self.buffer("tmp", (N, H4 // 4), dt, xp)]
+
+    def backward_step(self, t: int, dh_in):
+        """Back through step t (from T - 1 down to 0): dh_in (N, H) the gradient reaching h_t from
+        outside this layer -> the gradient of the rest of step t's input (N, D - Df), in a buffer
+        overwritten by the next call (None when the whole input was ``fixed``)."""
+        k, _, G, P, Hs, Cs, TC, _ = self.cache
+        Df, X = self._steps[:2]
+        dA, dh, dc, dc_prev, dx, deriv, tmp = self._back
+        Wx, Wh, _ = self.params
+        xp = get_array_module(dh_in)
+        if k:
+            k.lstm_cell_backward(dh_in, dh, dc, G[t], Cs[t], TC[t], dA[t], dc_prev)
+            self._back[2], self._back[3] = dc_prev, dc               # two buffers: no output aliases an input
+        else:
+            dh += dh_in
+            lstm_cell_backward_(dh, dc, G[t], Cs[t], TC[t], P[t], dA[t], deriv, tmp)
+        xp.matmul(dA[t], Wh.T, out=dh)                              # (N, H) to h_{t-1}
+        if Df == Wx.shape[0]:
+            return None
+        return xp.matmul(dA[t], Wx[Df:].T, out=dx)                  # (N, D - Df)
+
+    def end_backward_steps(self):
+        """Finish the backward: write the weight gradients (one product each over all steps)
+        -> the gradient of ``fixed`` (T, N, Df) (None without it), dh0, dc0 (N, H)."""
+        k, X2, G, P, Hs, Cs, TC, _ = self.cache
+        Df = self._steps[0]
+        dA, dh, dc = self._back[:3]
+        T, N, H4 = G.shape
+        dA2 = self._param_grads(X2, Hs, dA)
+        Wx = self.params[0]
+        dfixed = (dA2 @ Wx[:Df].T).reshape(T, N, Df) if Df else None
+        return dfixed, dh, dc
+
     # -- decoding ----------------------------------------------------------
     def project(self, x):
-        """x (..., D) -> x @ Wx + b (..., 4H): the input half of the pre-activations, for ``step``."""
+        """x (..., D) -> x @ Wx + b (..., 4H): the input half of the pre-activations, for ``step``.
+
+        x may be the first D' < D input features only (the decoder's embeddings, when the
+        attentional vector fills the rest): then x @ Wx[:D'] + b, the rest added by the caller.
+        """
         Wx, _, b = self.params
-        xw = x @ Wx
+        xw = x @ Wx[:x.shape[-1]]
         xw += b
         return xw
 

@@ -7,6 +7,7 @@ from .backend import get_array_module
 from .checks import check_ids, check_mask
 from .decoders import AttentionDecoder
 from .encoders import Encoder
+from .attention import SCORES
 from .layers import INIT_SCHEMES, SoftmaxCrossEntropy
 from .module import Module
 from ..data.tokenizers import BOS_ID, EOS_ID, PAD_ID
@@ -18,12 +19,23 @@ class AttentionSeq2seq(Module):
     Batches are token-id arrays, right-padded with ``pad_id``:
     ``src`` (N, Ts) and ``tgt`` (N, To + 1) = [bos, y_1 .. y_k, eos, pad ..].
     The decoder reads ``tgt[:, :-1]`` and is scored against ``tgt[:, 1:]``.
+
+    Options (each also a key of ``config``; the defaults are the book's model, and a config
+    without a key means its default, so older checkpoints load as they were):
+    ``encoder_layers``, ``decoder_layers`` (>= 1, ``dropout`` between layers); ``bidirectional``
+    encoder (each direction hidden_size // 2, hs their concatenation: hidden_size must be even;
+    a bridge, linear + tanh, maps the final states to the decoder's, as it does whenever the layer
+    counts differ); ``attention`` "dot" | "general" | "additive"; ``input_feeding`` (Luong);
+    ``label_smoothing`` eps in [0, 1) in the training loss; ``tie_embeddings`` (the decoder's
+    input embedding is also its output projection).
     """
 
     def __init__(self, src_vocab_size: int, tgt_vocab_size: int, wordvec_size: int = 16,
                  hidden_size: int = 256, *, dropout: float = 0.0, init: str = "xavier",
                  dtype="float32", seed: int = 0, pad_id: int = PAD_ID, bos_id: int = BOS_ID,
-                 eos_id: int = EOS_ID):
+                 eos_id: int = EOS_ID, encoder_layers: int = 1, decoder_layers: int = 1,
+                 bidirectional: bool = False, attention: str = "dot", input_feeding: bool = False,
+                 label_smoothing: float = 0.0, tie_embeddings: bool = False):
         super().__init__()
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64):
@@ -31,18 +43,38 @@ class AttentionSeq2seq(Module):
         if init not in INIT_SCHEMES:
             raise ValueError(f"init must be one of {INIT_SCHEMES}, got {init!r}")
         for name, v in (("src_vocab_size", src_vocab_size), ("tgt_vocab_size", tgt_vocab_size),
-                        ("wordvec_size", wordvec_size), ("hidden_size", hidden_size)):
-            if not isinstance(v, (int, np.integer)) or v < 1:
+                        ("wordvec_size", wordvec_size), ("hidden_size", hidden_size),
+                        ("encoder_layers", encoder_layers), ("decoder_layers", decoder_layers)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name, v in (("bidirectional", bidirectional), ("input_feeding", input_feeding),
+                        ("tie_embeddings", tie_embeddings)):
+            if not isinstance(v, (bool, np.bool_)):
+                raise ValueError(f"{name} must be true or false, got {v!r}")
+        if attention not in SCORES:
+            raise ValueError(f"attention must be one of {', '.join(SCORES)}, got {attention!r}")
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
+                or not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
+        if bidirectional and hidden_size % 2:
+            raise ValueError(f"hidden_size must be even for a bidirectional encoder (each direction gets "
+                             f"hidden_size // 2), got {hidden_size}")
         rng = np.random.default_rng(seed)
         kw = dict(rng=rng, init=init, dtype=dtype, dropout=dropout)
-        self.add_module("encoder", Encoder(src_vocab_size, wordvec_size, hidden_size, **kw))
-        self.add_module("decoder", AttentionDecoder(tgt_vocab_size, wordvec_size, hidden_size, **kw))
-        self.add_module("loss_layer", SoftmaxCrossEntropy(ignore_index=pad_id))
+        self.add_module("encoder", Encoder(src_vocab_size, wordvec_size, hidden_size, layers=encoder_layers,
+                                           bidirectional=bool(bidirectional), decoder_layers=decoder_layers, **kw))
+        self.add_module("decoder", AttentionDecoder(tgt_vocab_size, wordvec_size, hidden_size, layers=decoder_layers,
+                                                    attention=attention, input_feeding=bool(input_feeding),
+                                                    tie_embeddings=bool(tie_embeddings), **kw))
+        self.add_module("loss_layer", SoftmaxCrossEntropy(ignore_index=pad_id, smoothing=label_smoothing))
         self.config = dict(src_vocab_size=int(src_vocab_size), tgt_vocab_size=int(tgt_vocab_size),
                            wordvec_size=int(wordvec_size), hidden_size=int(hidden_size),
                            dropout=float(dropout), init=init, dtype=dtype.name, seed=int(seed),
-                           pad_id=pad_id, bos_id=bos_id, eos_id=eos_id)
+                           pad_id=pad_id, bos_id=bos_id, eos_id=eos_id,
+                           encoder_layers=int(encoder_layers), decoder_layers=int(decoder_layers),
+                           bidirectional=bool(bidirectional), attention=attention,
+                           input_feeding=bool(input_feeding), label_smoothing=float(label_smoothing),
+                           tie_embeddings=bool(tie_embeddings))
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
 
     @classmethod
@@ -62,10 +94,12 @@ class AttentionSeq2seq(Module):
         return xp.asarray(src), xp.asarray(mask), (None if full else xp.asarray(lengths))
 
     def encode(self, src):
-        """src (N, Ts) -> hs (N, Ts, H), state (h, c), mask (N, Ts) on the model's device."""
+        """src (N, Ts) -> hs (N, Ts, H), the decoding state (h, c), mask (N, Ts) on the model's device.
+
+        The state is (N, H) each for the book's decoder, else stacked rows (see ``decoders``)."""
         src, mask, lengths = self._prepare_src(src)
         hs, state = self.encoder.forward(src, lengths)
-        return hs, state, mask
+        return hs, self.decoder.initial_state(state), mask
 
     # -- training ---------------------------------------------------------------
     def logits(self, src, tgt):
@@ -97,8 +131,9 @@ class AttentionSeq2seq(Module):
     def generate(self, src, max_len: int | None = None):
         """Greedy decoding: src (N, Ts) -> ids (N, L), attention weights (N, L, Ts), on the host.
 
-        ids hold ``pad_id`` after each row's eos. ``max_len`` defaults to
-        ``attnseq.run.decoding.default_max_len(Ts)``; the search itself is ``greedy_batch`` there.
+        ids hold ``pad_id`` after each row's eos. ``max_len`` (tokens, or an ``OutputLengthRule``) defaults
+        to the model's ``output_len_rule`` (set from config.json by ``load_checkpoint``), else 2 * Ts + 10:
+        see ``attnseq.run.decoding.output_limit``; the search itself is ``greedy_batch`` there.
         """
         from ..run.decoding import greedy_batch                     # here, not at the top: run/ imports nn/
         return greedy_batch(self, src, max_len)

@@ -348,16 +348,65 @@ def _softmax_cross_entropy(logits, targets, ignore_index, dlogits, scale, use_sc
     return loss, count
 
 
-def softmax_cross_entropy(logits, targets, ignore_index, dlogits, scale=None):
+@jit
+def _smoothed_cross_entropy(logits, targets, ignore_index, dlogits, scale, use_scale, smoothing):
+    """``_softmax_cross_entropy`` against the target (1 - eps) one-hot + eps / V (eps = smoothing > 0)."""
+    M, V = logits.shape
+    if targets.shape != (M,) or dlogits.shape != (M, V):
+        raise ValueError("softmax_cross_entropy: targets must be (M,) and dlogits (M, V) for logits (M, V)")
+    count = 0
+    for n in range(M):
+        t = targets[n]
+        if t != ignore_index:
+            if t < 0 or t >= V:
+                raise IndexError("softmax_cross_entropy: a target id is outside 0..V-1")
+            count += 1
+    dt = logits.dtype.type
+    sc = dt(scale) if use_scale else dt(1.0 / max(count, 1))
+    zero = dt(0.0)
+    hit = sc * dt(1.0 - smoothing)                                  # the one-hot part of the target, scaled
+    spread = sc * dt(smoothing / V)                                 # the uniform part, scaled
+    loss = 0.0
+    for n in range(M):
+        z, d = logits[n], dlogits[n]                                # (V,) rows
+        t = targets[n]
+        if t == ignore_index:
+            for k in range(V):
+                d[k] = zero
+            continue
+        m = z[0]
+        for k in range(1, V):
+            m = max(m, z[k])
+        total = zero
+        zsum = 0.0                                                  # float64
+        for k in range(V):
+            e = exp(z[k] - m)
+            d[k] = e
+            total += e
+            zsum += z[k]
+        log_total = math.log(total)
+        # (1 - eps) (-log p_t) + eps mean_k (-log p_k), with -log p_k = log(total) - (z_k - m)
+        loss += (1.0 - smoothing) * (log_total - (z[t] - m)) + smoothing * (log_total + m - zsum / V)
+        inv = sc / total
+        for k in range(V):
+            d[k] = d[k] * inv - spread
+        d[t] -= hit
+    return loss, count
+
+
+def softmax_cross_entropy(logits, targets, ignore_index, dlogits, scale=None, smoothing=0.0):
     """Cross-entropy of softmax(logits) (M, V) at targets (M,), forward and backward at once.
 
     Rows whose target is ``ignore_index`` (padding) count nowhere. Returns (loss summed over
     real rows as a float64, number of real rows) and writes dlogits (M, V) = (softmax -
-    onehot) * scale at real rows, 0 at ignored ones; scale defaults to 1 / count (the
-    gradient of the mean). ``layers.SoftmaxCrossEntropy`` is the numpy version.
+    target) * scale at real rows, 0 at ignored ones; scale defaults to 1 / count (the
+    gradient of the mean). The target is one-hot, or with ``smoothing`` eps > 0
+    (1 - eps) one-hot + eps / V. ``layers.SoftmaxCrossEntropy`` is the numpy version.
     """
-    return _softmax_cross_entropy(logits, targets, ignore_index, dlogits,
-                                  0.0 if scale is None else float(scale), scale is not None)
+    args = (logits, targets, ignore_index, dlogits, 0.0 if scale is None else float(scale), scale is not None)
+    if smoothing > 0:
+        return _smoothed_cross_entropy(*args, float(smoothing))
+    return _softmax_cross_entropy(*args)
 
 
 # -- embedding gradient ----------------------------------------------------------------
