@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from .errors import AttnseqError, ConfigError
-from .run.decoding import EVAL_BATCH_SIZE
+from .run.decoding import EVAL_BATCH_SIZE, OutputLengthRule
 
 TRAIN_HELP = """\
 Train an attention seq2seq model and save checkpoints in --out (best/ and last/),
@@ -29,6 +29,19 @@ Every flag can also be set in --config FILE.toml, with the flag's name as key
 BY_HELP = ("exact match, BLEU and chrF per category (repeatable): length (of the source in tokens, "
            "1-10, 11-20, ...), style (a date file's style: its column 3), one-digit (column 4 of a date file) "
            "or colN (column N of a TSV file, N >= 3; files have no header line)")
+
+
+MAX_OUTPUT_HELP = ("longest output: N tokens, or S*Ts+O (S tokens per source token, plus O; Ts: the longest "
+                   "source in the batch). Default: the checkpoint's rule, fitted to its training split "
+                   "(2*Ts+10 for checkpoints saved before rules were fitted)")
+
+
+def output_len(text: str) -> OutputLengthRule:
+    """The argparse type of --max-output-len."""
+    try:
+        return OutputLengthRule.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 class Parser(argparse.ArgumentParser):
@@ -59,7 +72,10 @@ def cmd_train(args) -> int:
         from .run.inference import Translator
         out = Path(result["run"]) / "attention.png"
         srcs, refs = zip(*result["examples"])
-        plot_translations(Translator(result["run"]), list(srcs), out, refs=list(refs))
+        tr = Translator(result["run"])
+        limit = tr.ck.config["train"].get("max_output_len")            # the run's --max-output-len, if any
+        limit = OutputLengthRule.parse(limit) if limit else None
+        plot_translations(tr, list(srcs), out, refs=list(refs), max_len=limit)
         print(f"attention heatmap: {out}")
     return 0
 
@@ -68,7 +84,7 @@ def cmd_eval(args) -> int:
     from .run.evaluation import format_categories
     from .run.inference import evaluate_file
     result = evaluate_file(args.ckpt, args.data, device=args.device, batch_size=args.batch_size,
-                           output=args.output, by=tuple(args.by or ()))
+                           output=args.output, by=tuple(args.by or ()), max_len=args.max_output_len)
     for name, table in result.get("by", {}).items():       # the tables on stderr: stdout stays one JSON line
         print(format_categories(name, table), file=sys.stderr)
     print(json.dumps(result))
@@ -78,7 +94,8 @@ def cmd_eval(args) -> int:
 def cmd_explore(args) -> int:
     from .explorer import explore_file
     page = explore_file(args.ckpt, args.data, n=args.n or None, by=tuple(args.by or ()), beam=args.beam,
-                        n_best=args.n_best, alpha=args.alpha, device=args.device, batch_size=args.batch_size)
+                        n_best=args.n_best, alpha=args.alpha, device=args.device, batch_size=args.batch_size,
+                        max_len=args.max_output_len)
     s = page.data["summary"]
     print(page.save(args.out))
     if s["exact_match"] is not None:
@@ -122,7 +139,8 @@ def cmd_translate(args) -> int:
     from .data.io import atomic_write_text, read_lines, split_lines
     tr = _translator(args)
     interactive = args.input is None and sys.stdin.isatty()
-    kw = dict(beam=args.beam, n_best=args.n_best, alpha=args.alpha, batch_size=args.batch_size, max_len=args.max_len)
+    kw = dict(beam=args.beam, n_best=args.n_best, alpha=args.alpha, batch_size=args.batch_size,
+              max_len=args.max_output_len)
     if interactive:
         print("attnseq translate: type a line, Ctrl-D to quit", file=sys.stderr)
         lineno = 0
@@ -177,9 +195,16 @@ def translate_flag_error(args) -> str | None:
     return None
 
 
+def cmd_average(args) -> int:
+    from .run.averaging import average_run
+    out = average_run(args.run, args.last, args.out)
+    print(out)
+    return 0
+
+
 def cmd_export(args) -> int:
     from .export import export_onnx
-    print(export_onnx(args.ckpt, args.out, cast_float32=args.float32))
+    print(export_onnx(args.ckpt, args.out, cast_float32=args.float32, max_output_len=args.max_output_len))
     return 0
 
 
@@ -202,7 +227,7 @@ def cmd_plot_attention(args) -> int:
         pairs = read_pairs(args.data)
         if args.wrong_only:
             tr = Translator(args.ckpt, args.device)
-            outs = tr.translate([s for s, _ in pairs])
+            outs = tr.translate([s for s, _ in pairs], max_len=args.max_output_len)
             pairs = [p for p, o in zip(pairs, outs) if o.text != p[1]]
             if not pairs:
                 print(f"attnseq plot-attention: every example in {args.data} is right; nothing to plot")
@@ -212,17 +237,20 @@ def cmd_plot_attention(args) -> int:
         refs = None if args.text else [t for _, t in pairs]
     if not texts:
         raise ConfigError("give --text \"...\" (repeatable) or --data FILE")
-    out = plot_translations(tr or Translator(args.ckpt, args.device), texts, args.out, refs, args.beam)
+    out = plot_translations(tr or Translator(args.ckpt, args.device), texts, args.out, refs, args.beam,
+                            args.max_output_len)
     print(out)
     return 0
 
 
-def plot_translations(tr, texts: list[str], out, refs: list[str] | None = None, beam: int = 1) -> Path:
-    """Translate texts with a ``Translator`` and save their attention heatmaps as one grid figure;
-    with refs, each title marks the output right (✓) or wrong (✗, with the wanted text)."""
+def plot_translations(tr, texts: list[str], out, refs: list[str] | None = None, beam: int = 1,
+                      max_len=None) -> Path:
+    """Translate texts with a ``Translator`` (outputs up to ``max_len``: see ``Translator.translate``) and save
+    their attention heatmaps as one grid figure; with refs, each title marks the output right (✓) or wrong
+    (✗, with the wanted text)."""
     from .plotting import plot_attention_grid, readable, save_figure
     examples = []
-    for k, (text, r) in enumerate(zip(texts, tr.translate(texts, beam=beam))):
+    for k, (text, r) in enumerate(zip(texts, tr.translate(texts, beam=beam, max_len=max_len))):
         mark = "" if refs is None else "  ✓" if r.text == refs[k] else f"  ✗ (want {refs[k]})"
         examples.append(dict(weights=r.weights, src_tokens=r.src_tokens, tgt_tokens=r.out_tokens,
                              title=f"{readable(text)} → {readable(r.text)}{mark}"))
@@ -257,6 +285,7 @@ def build_parser() -> Parser:
     e.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE)
     e.add_argument("--device", default="cpu")
     e.add_argument("--by", action="append", metavar="length|style|colN", help=BY_HELP + "; the tables go to stderr")
+    e.add_argument("--max-output-len", type=output_len, metavar="N|S*Ts+O", help=MAX_OUTPUT_HELP)
     e.set_defaults(func=cmd_eval)
 
     x = sub.add_parser("explore", help="write one HTML page to browse a model's outputs, errors and attention")
@@ -269,6 +298,7 @@ def build_parser() -> Parser:
     x.add_argument("--alpha", type=float, default=0.0, help="GNMT length penalty alpha for beam search (0 = off)")
     x.add_argument("--by", action="append", metavar="style|colN", help=BY_HELP + "; length is always shown")
     x.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, metavar="B")
+    x.add_argument("--max-output-len", type=output_len, metavar="N|S*Ts+O", help=MAX_OUTPUT_HELP)
     x.add_argument("--device", default="cpu")
     x.set_defaults(func=cmd_explore)
 
@@ -295,7 +325,8 @@ def build_parser() -> Parser:
     t.add_argument("--n-best", type=int, default=1, metavar="N", help="print the N best, tab-separated, with scores")
     t.add_argument("--alpha", type=float, default=0.0, help="GNMT length penalty alpha for beam search (0 = off)")
     t.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, metavar="B")
-    t.add_argument("--max-len", type=int, metavar="N", help="longest output in tokens (default 2 * input + 10)")
+    t.add_argument("--max-output-len", "--max-len", type=output_len, metavar="N|S*Ts+O",
+                   help=MAX_OUTPUT_HELP + "; --max-len is the older name")
     t.add_argument("--max-input-len", type=int, metavar="N",
                    help="longer inputs are truncated with a warning (default: the run's --max-len, else 200)")
     t.add_argument("--device", default="cpu")
@@ -311,7 +342,18 @@ def build_parser() -> Parser:
                    help="a new or empty directory, or an earlier export to replace")
     o.add_argument("--float32", action="store_true",
                    help="cast a float64 checkpoint's weights to float32 (the graphs are float32)")
+    o.add_argument("--max-output-len", type=output_len, metavar="N|S*Ts+O",
+                   help="the longest output the manifest records: N tokens, or S*Ts+O "
+                        "(default: the checkpoint's rule)")
     o.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("average", help="average the weights of a run's last K kept checkpoints into one checkpoint")
+    v.add_argument("run", metavar="RUN", help="a run directory trained with --keep-last K (its epoch-NNNN/)")
+    v.add_argument("--last", type=int, required=True, metavar="K", help="average the newest K kept checkpoints")
+    v.add_argument("--out", required=True, metavar="CKPT",
+                   help="a new or empty directory (or an earlier average, replaced): the averaged checkpoint, "
+                        "for eval, translate, explore and export (--ckpt CKPT); it cannot be resumed")
+    v.set_defaults(func=cmd_average)
 
     a = sub.add_parser("plot-attention", help="draw attention heatmaps for texts or examples from a data file")
     a.add_argument("--ckpt", required=True, metavar="RUN")
@@ -321,6 +363,7 @@ def build_parser() -> Parser:
     a.add_argument("--wrong-only", action="store_true", help="only examples the model gets wrong")
     a.add_argument("--out", required=True, metavar="FILE.png|.svg|.pdf")
     a.add_argument("--beam", type=int, default=1)
+    a.add_argument("--max-output-len", type=output_len, metavar="N|S*Ts+O", help=MAX_OUTPUT_HELP)
     a.add_argument("--device", default="cpu")
     a.set_defaults(func=cmd_plot_attention)
 

@@ -1,5 +1,6 @@
 """The option table: argparse, TOML, defaults, value checks and the --resume rules all come from it."""
 import argparse
+import inspect
 import json
 import shutil
 
@@ -13,18 +14,27 @@ from attnseq.nn.layers import INIT_SCHEMES
 from attnseq.nn.optim import OPTIMIZERS
 from attnseq.run.config import (OPTIONS, POSITIVE_INT, TASK_DEFAULTS, Option, add_flags, config_keys, problem,
                                 read_toml, resolve_config)
-from attnseq.run.training import train
+from attnseq.nn.model import AttentionSeq2seq
+from attnseq.run import training
+from attnseq.run.training import MODEL_OPTIONS, model_options, train
 
 # config.json's "train" section as written before the table existed: old checkpoints must keep resuming
-SAVED_KEYS = {
+OLD_KEYS = {
     "data", "train", "valid", "test", "source_lang", "target_lang", "out", "epochs", "batch_size", "wordvec_size",
     "hidden_size", "optimizer", "lr", "clip", "dropout", "weight_decay", "lr_decay", "patience", "seed", "device",
     "threads", "dtype", "init", "reverse_source", "bucket", "bucket_jitter", "tokenizer", "vocab_size",
     "shared_vocab", "max_len", "eval_batch_size", "examples", "skip_nonfinite", "resume", "quick", "bleu",
     "swap_sides", "save_every",
 }
-FAKE = Option("warmup", int, 1, group="training", metavar="N", resumable=False, check=POSITIVE_INT,
-              help="epochs of linear warm-up")
+# added since: the model's shape, the lr schedule, selection, time limit, kept checkpoints, output length
+NEW_KEYS = {
+    "encoder_layers", "decoder_layers", "bidirectional", "attention", "input_feeding", "label_smoothing",
+    "tie_embeddings", "lr_schedule", "warmup", "plateau_factor", "plateau_patience", "select_by", "max_minutes",
+    "keep_last", "max_output_len",
+}
+SAVED_KEYS = OLD_KEYS | NEW_KEYS
+FAKE = Option("freeze_epochs", int, 1, group="training", metavar="N", resumable=False, check=POSITIVE_INT,
+              help="epochs with the embeddings frozen")
 
 
 def _flags(parser: argparse.ArgumentParser) -> set[str]:
@@ -90,20 +100,20 @@ def test_a_new_row_reaches_argparse_toml_defaults_and_resume(tmp_path):
     parser = argparse.ArgumentParser()
     add_flags(parser, options)
     assert _flags(parser) == _table_flags(options)
-    assert "--warmup N epochs of linear warm-up (default 1)" in " ".join(parser.format_help().split())
-    assert parser.parse_args(["--warmup", "2"]).warmup == 2
-    assert read_toml(_toml(tmp_path, "warmup = 2\n"), options) == {"warmup": 2}
-    with pytest.raises(ConfigError, match='warmup must be an integer, got "2"'):
-        read_toml(_toml(tmp_path, 'warmup = "2"\n'), options)
+    assert "--freeze-epochs N epochs with the embeddings frozen (default 1)" in " ".join(parser.format_help().split())
+    assert parser.parse_args(["--freeze-epochs", "2"]).freeze_epochs == 2
+    assert read_toml(_toml(tmp_path, "freeze_epochs = 2\n"), options) == {"freeze_epochs": 2}
+    with pytest.raises(ConfigError, match='freeze_epochs must be an integer, got "2"'):
+        read_toml(_toml(tmp_path, 'freeze_epochs = "2"\n'), options)
     with pytest.raises(ConfigError, match="unknown key"):
-        read_toml(_toml(tmp_path, "warmup = 2\n"))                   # not in the real table
-    assert resolve_config(dict(data="date", out="r"), options=options)["warmup"] == 1
-    with pytest.raises(ConfigError, match="--warmup must be a positive integer, got 0"):
-        resolve_config(dict(data="date", out="r", warmup=0), options=options)
-    run = _saved_run(tmp_path, data="date", out="r", warmup=3)
-    with pytest.raises(ConfigError, match="--warmup differ from the run"):
-        resolve_config(dict(out=run, resume=True, warmup=5), options=options)
-    assert resolve_config(dict(out=run, resume=True), options=options)["warmup"] == 3
+        read_toml(_toml(tmp_path, "freeze_epochs = 2\n"))                   # not in the real table
+    assert resolve_config(dict(data="date", out="r"), options=options)["freeze_epochs"] == 1
+    with pytest.raises(ConfigError, match="--freeze-epochs must be a positive integer, got 0"):
+        resolve_config(dict(data="date", out="r", freeze_epochs=0), options=options)
+    run = _saved_run(tmp_path, data="date", out="r", freeze_epochs=3)
+    with pytest.raises(ConfigError, match="--freeze-epochs differ from the run"):
+        resolve_config(dict(out=run, resume=True, freeze_epochs=5), options=options)
+    assert resolve_config(dict(out=run, resume=True), options=options)["freeze_epochs"] == 3
 
 
 # -- TOML ------------------------------------------------------------------------------------------
@@ -196,6 +206,29 @@ def test_resume_config_lacking_a_newer_key_takes_its_default(tmp_path):
     assert cfg["bucket_jitter"] == TASK_DEFAULTS["date"]["bucket_jitter"] and cfg["skip_nonfinite"] is False
 
 
+def test_resume_a_run_from_before_the_new_options(tiny_run, tmp_path):
+    """config.json and state.json as written before the model options, schedules and --select-by: the run
+    resumes as it was trained (the book's model, constant lr, best/ by exact match even on a corpus)."""
+    run = tmp_path / "older"
+    shutil.copytree(tiny_run, run)
+    for name in ("best", "last"):
+        config = json.loads((run / name / "config.json").read_text())
+        config["train"] = {k: v for k, v in config["train"].items() if k in OLD_KEYS}
+        (run / name / "config.json").write_text(json.dumps(config))
+        state = json.loads((run / name / "state.json").read_text())
+        state["best"] = [0.0, state["best"][1]]                        # [exact, -loss], as it was
+        del state["best_metric"], state["schedule"]
+        (run / name / "state.json").write_text(json.dumps(state))
+    cfg = resolve_config(dict(out=str(run), resume=True, epochs=3))
+    assert cfg["select_by"] == "exact" and cfg["lr_schedule"] == "constant" and model_options(cfg) == {}
+    assert resolve_config(dict(out=str(run), resume=True, select_by="bleu"))["select_by"] == "bleu"
+    logs = []
+    train(dict(out=str(run), resume=True, epochs=3, examples=0), log=logs.append)
+    state = json.loads((run / "last" / "state.json").read_text())
+    assert state["best_metric"] == "exact" and state["schedule"] == {"name": "constant"}
+    assert not any("best/ was chosen by" in line for line in logs)
+
+
 def test_resume_an_old_run_whose_config_lacks_a_key(tiny_run, tmp_path, monkeypatch):
     """A checkpoint written before an option existed resumes, the option at its default, config.json read once."""
     run = tmp_path / "old"
@@ -231,3 +264,107 @@ def test_toml_takes_a_bare_step_count_for_save_every(tmp_path):
     f.write_text('save_every = 2.5\n')
     with pytest.raises(ConfigError, match="save_every must be a string"):
         read_toml(str(f))
+
+
+# -- the options of issue 14: model shape, lr schedule, selection, time limit, kept checkpoints ----------
+NEW_FLAGS = ["--encoder-layers", "2", "--decoder-layers", "3", "--bidirectional", "--attention", "additive",
+             "--input-feeding", "--label-smoothing", "0.1", "--tie-embeddings", "--lr-schedule", "cosine",
+             "--warmup", "100", "--plateau-factor", "0.25", "--plateau-patience", "2", "--select-by", "loss",
+             "--max-minutes", "90", "--keep-last", "4"]
+NEW_VALUES = dict(encoder_layers=2, decoder_layers=3, bidirectional=True, attention="additive", input_feeding=True,
+                  label_smoothing=0.1, tie_embeddings=True, lr_schedule="cosine", warmup=100, plateau_factor=0.25,
+                  plateau_patience=2, select_by="loss", max_minutes=90.0, keep_last=4)
+
+
+def test_new_options_as_flags_and_toml(tmp_path):
+    args = _train_parser().parse_args(["--data", "date", "--out", "r", *NEW_FLAGS])
+    cfg = resolve_config(train_config(args))
+    assert {k: cfg[k] for k in NEW_VALUES} == NEW_VALUES
+    toml = "".join(f"{k.replace('_', '-')} = {json.dumps(v) if not isinstance(v, bool) else str(v).lower()}\n"
+                   for k, v in NEW_VALUES.items())
+    assert read_toml(_toml(tmp_path, toml)) == NEW_VALUES
+    date = resolve_config(dict(data="date", out="r"))
+    assert (date["encoder_layers"], date["attention"], date["lr_schedule"], date["keep_last"],
+            date["max_minutes"]) == (1, "dot", "constant", 0, None)
+
+
+def test_select_by_defaults_per_task():
+    assert {task: resolve_config(dict(data=task, out="r"))["select_by"]
+            for task in ("date", "addition", "toy-en-ko")} == {"date": "exact", "addition": "exact", "toy-en-ko": "bleu"}
+    assert resolve_config(dict(train="x.tsv", out="r"))["select_by"] == "bleu"         # any corpus
+    assert resolve_config(dict(data="some/dir", out="r"))["select_by"] == "bleu"
+
+
+@pytest.mark.parametrize("cfg, message", [
+    (dict(attention="luong"), "--attention must be one of dot, general, additive, got 'luong'"),
+    (dict(encoder_layers=0), "--encoder-layers must be a positive integer, got 0"),
+    (dict(label_smoothing=1.0), "--label-smoothing must be in [0, 1), got 1.0"),
+    (dict(lr_schedule="step"), "--lr-schedule must be one of constant, plateau, warmup-rsqrt, cosine"),
+    (dict(select_by="chrf"), "--select-by must be one of bleu, exact, loss, got 'chrf'"),
+    (dict(max_minutes=0), "--max-minutes must be positive, got 0"),
+    (dict(keep_last=-1), "--keep-last must be >= 0, got -1"),
+    (dict(plateau_factor=1.0), "--plateau-factor must be in (0, 1), got 1.0"),
+    (dict(lr_schedule="warmup-rsqrt"), "--lr-schedule warmup-rsqrt needs --warmup STEPS"),
+    (dict(warmup=10), "--warmup is for --lr-schedule warmup-rsqrt, cosine or plateau, not constant"),
+    (dict(lr_schedule="cosine", lr_decay=0.9), "--lr-decay is for --lr-schedule constant"),
+])
+def test_bad_new_values_name_the_flag(cfg, message):
+    with pytest.raises(ConfigError) as e:
+        resolve_config({"data": "date", "out": "r", **cfg})
+    assert message in str(e.value)
+
+
+def test_a_tasks_own_lr_decay_does_not_block_another_schedule():
+    cfg = resolve_config(dict(data="addition", out="r", lr_schedule="cosine"))
+    assert cfg["lr_decay"] == 0.95 and cfg["lr_schedule"] == "cosine"             # left unused by cosine
+
+
+def test_resume_rules_of_the_new_options(tmp_path):
+    run = _saved_run(tmp_path, **resolve_config(dict(data="date", out="r", lr_schedule="cosine", warmup=5)))
+    for change, flag in ((dict(encoder_layers=2), "--encoder-layers"), (dict(attention="general"), "--attention"),
+                         (dict(label_smoothing=0.1), "--label-smoothing"), (dict(tie_embeddings=True), "--tie-embeddings"),
+                         (dict(lr_schedule="plateau"), "--lr-schedule"), (dict(warmup=6), "--warmup")):
+        with pytest.raises(ConfigError, match=f"--resume: {flag} differ from the run"):
+            resolve_config(dict(out=run, resume=True, **change))
+    cfg = resolve_config(dict(out=run, resume=True, select_by="loss", max_minutes=5.0, keep_last=2,
+                              plateau_patience=3))
+    assert (cfg["select_by"], cfg["max_minutes"], cfg["keep_last"], cfg["lr_schedule"]) == ("loss", 5.0, 2, "cosine")
+
+
+def test_default_model_options_pass_nothing_to_the_model():
+    """A run that sets none of them builds AttentionSeq2seq exactly as before they existed."""
+    for task in ("date", "addition", "toy-en-ko", None):
+        assert model_options(resolve_config(dict(data=task or "dir", out="r"))) == {}
+    assert model_options({**resolve_config(dict(data="date", out="r")), "attention": "general", "warmup": 3}) == \
+        {"attention": "general"}
+
+
+def test_a_model_that_lacks_an_option_is_one_error(tmp_path, tiny_data, monkeypatch):
+    class Book(AttentionSeq2seq):
+        def __init__(self, src_vocab_size, tgt_vocab_size, wordvec_size=16, hidden_size=256, *, dropout=0.0,
+                     init="xavier", dtype="float32", seed=0):
+            super().__init__(src_vocab_size, tgt_vocab_size, wordvec_size, hidden_size, dropout=dropout, init=init,
+                             dtype=dtype, seed=seed)
+    monkeypatch.setattr(training, "AttentionSeq2seq", Book)
+    with pytest.raises(ConfigError, match="^--encoder-layers, --input-feeding: not supported by this attnseq's model$"):
+        train(dict(data=str(tiny_data), out=str(tmp_path / "m"), encoder_layers=2, input_feeding=True, epochs=1))
+
+
+def test_model_options_reach_the_model(tiny_data, tmp_path):
+    """The flags build the model they name; config.json's model and train sections both hold them."""
+    wanted = dict(encoder_layers=2, decoder_layers=2, bidirectional=True, attention="general", input_feeding=True,
+                  label_smoothing=0.1, tie_embeddings=True)
+    params = inspect.signature(AttentionSeq2seq).parameters
+    missing = [k for k in MODEL_OPTIONS if k not in params]
+    if missing:
+        pytest.skip(f"AttentionSeq2seq does not take {', '.join(missing)} yet (the model side of issue 14)")
+    out = tmp_path / "deep"
+    flags = ["--encoder-layers", "2", "--decoder-layers", "2", "--bidirectional", "--attention", "general",
+             "--input-feeding", "--label-smoothing", "0.1", "--tie-embeddings"]
+    assert main(["train", "--data", str(tiny_data), "--out", str(out), *TINY, "--epochs", "1", "--hidden-size", "16",
+                 "--wordvec-size", "16", *flags]) == 0
+    ck = ckmod.load_checkpoint(out)
+    assert {k: ck.model.config[k] for k in wanted} == wanted
+    assert {k: ck.config["train"][k] for k in wanted} == wanted
+    plain = AttentionSeq2seq(ck.src_tok.vocab_size, ck.tgt_tok.vocab_size, 16, 16)
+    assert sorted(ck.model.state_dict()) != sorted(plain.state_dict())       # a different model, not just a label

@@ -110,7 +110,7 @@ def short_default(monkeypatch):
     """default_max_len replaced by one that records the source widths it is asked about and gives 3."""
     asked = []
 
-    def fake(src_len):
+    def fake(src_len, rule=None):
         asked.append(int(src_len))
         return 3
     monkeypatch.setattr(decoding, "default_max_len", fake)
@@ -164,6 +164,48 @@ def test_translate_takes_the_default_length(tiny_run, short_default):
         assert [len(t.out_tokens) for t in out] == [3, 3]
         assert out[0].weights.shape == (3, 13)
     assert [len(t.out_tokens) for t in tr.translate(["1/2/03"], max_len=6)] == [6]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_every_decoder_follows_the_models_own_rule(threads):
+    """A model's ``output_len_rule`` (what load_checkpoint sets from config.json) is every decoder's
+    default, in thread replicas too; without one it is 2 * Ts + 10; a caller's max_len beats both."""
+    model = random_model(eos_bias=-1e4)                            # never ends: runs to the limit
+    src, lengths = shuffled_sources()
+    assert model.generate(src)[0].shape[1] == 2 * 12 + 10          # no rule: the legacy one
+    model.output_len_rule = decoding.OutputLengthRule(3, 1)
+    widths = {k: int(lengths[idx].max()) for idx in decoding.batch_order(lengths, 5, None, True) for k in idx}
+    want = [3 * widths[k] + 1 for k in range(12)]                  # each row: its sorted batch's width
+    assert [len(o) for o in greedy_decode(model, src, lengths, batch_size=5, threads=threads)] == want
+    assert [len(f[0].ids) for f in beam_decode(model, src, lengths, 2, batch_size=5, threads=threads)] == want
+    assert model.generate(src)[0].shape[1] == 3 * 12 + 1
+    assert [len(h.ids) for h in beam_search(model, src, beam_size=2)[0]] == [3 * 12 + 1]
+    override = decoding.OutputLengthRule(1, 2)                      # an override: tokens, or a rule of its own
+    assert [len(o) for o in greedy_decode(model, src, lengths, batch_size=5, max_len=override,
+                                          threads=threads)] == [widths[k] + 2 for k in range(12)]
+    assert [len(f[0].ids) for f in beam_decode(model, src, lengths, 2, max_len=4, batch_size=5,
+                                               threads=threads)] == [4] * 12
+    assert model.generate(src, override)[0].shape[1] == 12 + 2
+
+
+def test_evaluate_follows_the_models_rule_and_an_override(monkeypatch):
+    from attnseq.data.batching import encode_pairs
+    from attnseq.data.tokenizers import CharTokenizer
+    from attnseq.run.evaluation import evaluate
+    asked = []
+    real = decoding.greedy_search
+    monkeypatch.setattr(decoding, "greedy_search", lambda *a: asked.append(a[6]) or real(*a))   # a[6]: max_len
+    pairs = [("abc", "xy"), ("a", "yyy"), ("abcabc", "x")]
+    src_tok = CharTokenizer.build(s for s, _ in pairs)
+    tgt_tok = CharTokenizer.build(t for _, t in pairs)
+    model = AttentionSeq2seq(src_tok.vocab_size, tgt_tok.vocab_size, 4, 6, dtype="float64")
+    model.output_len_rule = decoding.OutputLengthRule(5, 0)
+    data = encode_pairs(pairs, src_tok, tgt_tok)
+    evaluate(model, data, tgt_tok, batch_size=2)
+    assert sorted(asked) == [5 * 3, 5 * 6]                          # batches of widths 3 and 6
+    asked.clear()
+    evaluate(model, data, tgt_tok, batch_size=2, max_len=7)
+    assert asked == [7, 7]
 
 
 # -- row order ---------------------------------------------------------------------------------

@@ -445,3 +445,96 @@ def test_sentencepiece_learns_from_a_sample_but_keeps_every_character():
     assert UNK_ID not in a.encode("the ж cat")                      # the one rare character is a piece
     full = SentencePieceTokenizer.train(texts, vocab_size=60, max_sentences=None)
     assert full.proto != a.proto                                    # (the sample is not the whole)
+
+
+# -- lr schedules resume exactly ------------------------------------------------------------------------
+def _flat_valid(monkeypatch):
+    """Every valid evaluation scores the same: only epoch 1 improves, so plateau cuts the lr after each later one."""
+    real = training.evaluate
+
+    def flat(model, data, *a, **k):
+        out = real(model, data, *a, **k)
+        if len(data) == 200 and data.pairs[0] == flat.valid_first:
+            out.update(exact_match=0.5, loss=1.0, bleu=10.0)
+        return out
+    monkeypatch.setattr(training, "evaluate", flat)
+    return flat
+
+
+@pytest.mark.parametrize("schedule", [dict(lr_schedule="cosine", warmup=30),
+                                      dict(lr_schedule="warmup-rsqrt", warmup=20),
+                                      dict(lr_schedule="plateau", warmup=10, plateau_patience=1, plateau_factor=0.5)])
+def test_a_schedule_resumes_mid_epoch_bit_for_bit(tiny_data, tmp_path, monkeypatch, schedule):
+    """Stopped inside epoch 3 (step 54; last/ saved there) and resumed, a scheduled run ends exactly as an
+    uninterrupted one: weights, optimizer slots, state.json (the schedule's state with it), metrics, test."""
+    from attnseq.data.io import read_pairs
+    _flat_valid(monkeypatch).valid_first = read_pairs(tiny_data / "valid.tsv")[0]
+    cfg = dict(data=str(tiny_data), epochs=3, hidden_size=16, wordvec_size=8, batch_size=64, tokenizer="char",
+               examples=0, dropout=0.1, lr=0.01, patience=9, save_every="0", **schedule)
+    ref = tmp_path / "ref"
+    train(dict(cfg, out=str(ref)), log=lambda *a: None)
+    run = tmp_path / "stopped"
+    trainer = Trainer(resolve_config(dict(cfg, out=str(run))), log=lambda *a: None)
+    real = trainer.runner.forward
+
+    def forward(*a):
+        if trainer.step == 53:
+            trainer.stop._handle(signal.SIGINT, None)                # stops after step 54
+        return real(*a)
+    trainer.runner.forward = forward
+    with pytest.raises(TrainingStopped, match="in epoch 3 at step 54"):
+        trainer.run()
+    stopped = json.loads((run / "last" / "state.json").read_text())
+    assert stopped["in_epoch"]["batches_done"] == 6 and stopped["schedule"]["name"] == schedule["lr_schedule"]
+    logs = []
+    train(dict(out=str(run), resume=True), log=logs.append)
+    assert any("at epoch 2, step 54, batch 6 of epoch 3" in line for line in logs)
+    assert_same_run(run, ref)
+    lrs = [r["lr"] for r in _metrics(ref)]                           # each epoch's last step's
+    if schedule["lr_schedule"] == "plateau":                         # epochs 2 and 3 do not improve: two cuts
+        assert lrs == [0.01, 0.01, 0.005] and stopped["schedule"]["scale"] == 0.5
+        assert json.loads((ref / "last" / "state.json").read_text())["schedule"]["scale"] == 0.25
+    else:
+        assert len(set(lrs)) == 3
+
+
+# -- --max-minutes ----------------------------------------------------------------------------------------
+def test_max_minutes_stops_before_the_epoch_that_would_overrun(tiny_data, tmp_path, monkeypatch):
+    """A fake clock: 5 s a step, 24 steps an epoch, so 2 minutes an epoch. --max-minutes 7: epochs 1-3 end
+    at about 6 minutes; a 4th would end near 8, so the run stops before it, tests best/ and says why."""
+    clock = {"t": 1000.0}
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock["t"])
+    out = tmp_path / "timed"
+    cfg = resolve_config(dict(data=str(tiny_data), out=str(out), epochs=6, hidden_size=16, wordvec_size=8,
+                              batch_size=64, tokenizer="char", examples=0, patience=9, max_minutes=7.0,
+                              save_every="0"))
+    logs = []
+
+    def timed(trainer):
+        real = trainer.runner.forward
+
+        def forward(*a):
+            clock["t"] += 5.0
+            return real(*a)
+        trainer.runner.forward = forward
+        return trainer
+    result = timed(Trainer(cfg, log=logs.append)).run()
+    assert result["epochs"] == 3 and result["stopped"] == "max_minutes" and "test" in result
+    assert "stopping before epoch 4: it would end past --max-minutes 7 (6.0 min so far, about 2.0 min an epoch)" \
+        in logs
+    assert json.loads((out / "result.json").read_text())["stopped"] == "max_minutes"
+    # resumed, the budget counts from the resume: epochs 4 and 5 end at 4 minutes of this process
+    result = timed(Trainer(resolve_config(dict(out=str(out), resume=True, epochs=5)), log=logs.append)).run()
+    assert result["epochs"] == 5 and "stopped" not in json.loads((out / "result.json").read_text())
+
+
+def test_max_minutes_always_runs_the_first_epoch(tiny_data, tmp_path, monkeypatch):
+    clock = {"t": 0.0}
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock["t"])
+    cfg = resolve_config(dict(data=str(tiny_data), out=str(tmp_path / "slow"), epochs=3, hidden_size=16,
+                              wordvec_size=8, batch_size=64, tokenizer="char", examples=0, max_minutes=0.5,
+                              save_every="0"))
+    trainer = Trainer(cfg, log=lambda *a: None)
+    real = trainer.runner.forward
+    trainer.runner.forward = lambda *a: (clock.__setitem__("t", clock["t"] + 60.0), real(*a))[1]   # 24 min an epoch
+    assert trainer.run()["epochs"] == 1

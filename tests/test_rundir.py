@@ -134,4 +134,106 @@ def test_metrics_rows_of_a_redone_epoch_are_replaced(tmp_path):
 def test_train_state_json_layout():
     state = TrainState(epoch=1, step=5, best=[0.5, -1.0], bad_epochs=0, nonfinite_skipped=0, rng={}, dropout_rng={})
     from dataclasses import asdict
-    assert list(asdict(state)) == ["epoch", "step", "best", "bad_epochs", "nonfinite_skipped", "rng", "dropout_rng"]
+    assert list(asdict(state)) == ["epoch", "step", "best", "bad_epochs", "nonfinite_skipped", "rng", "dropout_rng",
+                                   "best_metric", "schedule"]
+    assert (state.best_metric, state.schedule) == ("exact", None)     # what an old state.json means
+
+
+def test_old_state_json_without_metric_or_schedule_resumes_as_exact(tiny_run, tmp_path):
+    run = _copy(tiny_run, tmp_path)
+    path = run / "last" / "state.json"
+    state = json.loads(path.read_text())
+    assert state["best_metric"] == "bleu" and state["schedule"] == {"name": "constant"}    # a corpus: BLEU
+    del state["best_metric"], state["schedule"]                   # as written before --select-by existed
+    path.write_text(json.dumps(state))
+    restored = _resume(run)[3]
+    assert restored.best_metric == "exact" and restored.schedule is None and restored.best == state["best"]
+
+
+@pytest.mark.parametrize("field, value", [("best_metric", "chrf"), ("schedule", {"name": "linear"}),
+                                          ("schedule", {"name": "plateau", "scale": "half", "bad_epochs": 0})])
+def test_malformed_new_state_fields_name_the_file(tiny_run, tmp_path, field, value):
+    run = _copy(tiny_run, tmp_path)
+    path = run / "last" / "state.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    with pytest.raises(CheckpointError, match=re.escape(f"{path}: missing or malformed field '{field}'")):
+        _resume(run)
+
+
+# -- kept epoch checkpoints (--keep-last) ---------------------------------------------------------
+def _save_epochs(run, ck, opt, state, epochs, keep):
+    rd = RunDir(run)
+    for epoch in epochs:
+        state.epoch = epoch
+        rd.save(ck.model, opt, ck.src_tok, ck.tgt_tok, ck.config["train"], state, best=False, keep=keep)
+    return rd
+
+
+def test_keep_last_keeps_the_newest_k_and_prunes_the_rest(tiny_run, tmp_path):
+    run = _copy(tiny_run, tmp_path)
+    _, ck, opt, state = _resume(run)
+    rd = _save_epochs(run, ck, opt, state, range(3, 9), keep=3)
+    assert [(e, p.name) for e, p in rd.kept()] == [(6, "epoch-0006"), (7, "epoch-0007"), (8, "epoch-0008")]
+    assert json.loads((run / "epoch-0007" / "state.json").read_text())["epoch"] == 7
+    assert json.loads((run / "last" / "state.json").read_text())["epoch"] == 8
+    _save_epochs(run, ck, opt, state, [9], keep=1)                   # a lower --keep-last on resume
+    assert [p.name for _, p in rd.kept()] == ["epoch-0009"]
+    assert sorted(p.name for p in run.glob("epoch-*")) == ["epoch-0009"]
+
+
+def test_keep_last_off_and_mid_epoch_saves_keep_nothing(tiny_run, tmp_path):
+    from attnseq.run.checkpoint import EpochProgress
+    run = _copy(tiny_run, tmp_path)
+    rd, ck, opt, state = _resume(run)
+    _save_epochs(run, ck, opt, state, [3], keep=0)
+    rd.save(ck.model, opt, ck.src_tok, ck.tgt_tok, ck.config["train"], state, best=False,
+            progress=EpochProgress(batches_done=3, batches=24), keep=2)
+    assert rd.kept() == [] and not list(run.glob("epoch-*"))
+
+
+def test_kept_reads_an_interrupted_swap_and_ignores_other_names(tiny_run, tmp_path):
+    run = _copy(tiny_run, tmp_path)
+    _, ck, opt, state = _resume(run)
+    rd = _save_epochs(run, ck, opt, state, [3, 4], keep=5)
+    (run / "epoch-0004").rename(run / "epoch-0004.old")             # killed between a swap's renames
+    (run / "epoch-12").mkdir()                                       # not a kept name
+    (run / "epoch-0005").mkdir()                                     # no config.json: not a checkpoint
+    assert [(e, p.name) for e, p in rd.kept()] == [(3, "epoch-0003"), (4, "epoch-0004.old")]
+    _save_epochs(run, ck, opt, state, [5, 6], keep=1)
+    assert sorted(p.name for p in run.glob("epoch-0*")) == ["epoch-0006"]
+
+
+def test_a_checkpoint_directory_is_not_a_run_directory(tiny_run, tmp_path):
+    with pytest.raises(ConfigError, match=r"best is a checkpoint directory, not a run directory"):
+        RunDir(tiny_run / "best").prepare(resume=True)
+
+
+# -- the end of a run: result.json ------------------------------------------------------------------
+def _small_date(monkeypatch, n=300):
+    """--data date with the first n pairs of each split (and of test-short), so a run takes seconds."""
+    from attnseq.run import training
+    real_load, real_extra = training.load_data, training.extra_tests
+    monkeypatch.setattr(training, "load_data", lambda cfg: {k: v[:n] for k, v in real_load(cfg).items()})
+    monkeypatch.setattr(training, "extra_tests",
+                        lambda name, d: {f: (what, pairs[:n]) for f, (what, pairs) in real_extra(name, d).items()})
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_the_date_run_reports_test_short(tmp_path, monkeypatch, swap):
+    """best/ is tested on the date data's test-short.tsv too: one log line and result.json's test_short
+    (not when the sides are swapped: those are ISO dates to read back)."""
+    from attnseq.data.datasets import EXTRA_TESTS
+    from attnseq.run.training import train
+    _small_date(monkeypatch)
+    logs = []
+    result = train(dict(data="date", out=str(tmp_path / "d"), epochs=1, hidden_size=16, wordvec_size=8,
+                        examples=0, swap_sides=swap), log=logs.append)
+    saved = json.loads((tmp_path / "d" / "result.json").read_text())
+    if swap:
+        assert "test_short" not in saved and not any(line.startswith("test-short") for line in logs)
+        return
+    short = saved["test_short"]
+    assert short == {k: v for k, v in result["test_short"].items()} and short["n"] == 300
+    assert set(short) >= {"exact_match", "loss", "token_accuracy"}
+    what = EXTRA_TESTS["date"]["test-short"]
+    assert f"test-short (300 pairs, {what}): exact {100 * short['exact_match']:.2f}%" in logs

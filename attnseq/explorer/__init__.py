@@ -109,7 +109,7 @@ def _hypothesis(cand, ref_norm: str | None) -> dict:
 def explore(model_or_ckpt, sources: list[str], references: list[str] | None = None,
             categories: dict[str, list[str]] | None = None, *, beam: int = 1, n_best: int | None = None,
             alpha: float = 0.0, device: str = "cpu", batch_size: int = EVAL_BATCH_SIZE,
-            title: str | None = None, meta: str = "") -> Exploration:
+            title: str | None = None, meta: str = "", max_len=None) -> Exploration:
     """Translate ``sources`` and gather what the explorer page shows.
 
     ``model_or_ckpt``: a run or checkpoint directory, a loaded ``Checkpoint`` or a ``Translator`` (any
@@ -118,6 +118,7 @@ def explore(model_or_ckpt, sources: list[str], references: list[str] | None = No
     exact match, BLEU and chrF). ``categories``: {name: one label per source}, shown per example and, with
     references, as a table of metrics per label; the source length bucket ("length") is always there.
     ``beam`` > 1 searches with a beam and keeps the ``n_best`` (default: all ``beam``) hypotheses.
+    ``max_len``: the longest output, tokens or an ``OutputLengthRule`` (None: the model's own rule).
     """
     sources = list(sources)
     given_lists = {"references": references, **{f"categories[{n!r}]": v for n, v in (categories or {}).items()}}
@@ -125,7 +126,8 @@ def explore(model_or_ckpt, sources: list[str], references: list[str] | None = No
         if given is not None and len(given) != len(sources):
             raise ValueError(f"{name}: {len(given)} given for {len(sources)} sources")
     tr = _translator(model_or_ckpt, device)
-    found = tr.translate(sources, beam=beam, n_best=n_best or beam, alpha=alpha, batch_size=batch_size, details=True)
+    found = tr.translate(sources, beam=beam, n_best=n_best or beam, alpha=alpha, batch_size=batch_size,
+                         max_len=max_len, details=True)
     tgt_tok = tr.tgt_tok
     refs_norm = None if references is None else [tgt_tok.decode(tgt_tok.encode(r)) for r in references]
     labels = {"length": [length_bucket(len(t.src_tokens)) for t in found], **(categories or {})}
@@ -155,7 +157,7 @@ def _summary(preds: list[str], refs: list[str] | None, refs_norm: list[str] | No
 
 def explore_file(ckpt, data: str | Path, n: int | None = 500, by: tuple[str, ...] = (), beam: int = 1,
                  n_best: int | None = None, alpha: float = 0.0, device: str = "cpu",
-                 batch_size: int = EVAL_BATCH_SIZE, title: str | None = None) -> Exploration:
+                 batch_size: int = EVAL_BATCH_SIZE, title: str | None = None, max_len=None) -> Exploration:
     """``explore`` on the first ``n`` pairs (all with None) of a TSV/question_answer file, with the
     categories ``by`` names (``style``, ``colN``: ``evaluation.by_column``; length is always shown)."""
     if n is not None and n < 1:
@@ -168,5 +170,5 @@ def explore_file(ckpt, data: str | Path, n: int | None = 500, by: tuple[str, ...
     search = f"beam {beam}" if beam > 1 else "greedy"
     meta = f"model {ckpt} · data {data} ({len(pairs)} of {total} pairs) · {search}"
     return explore(ckpt, [s for s, _ in pairs], [t for _, t in pairs], categories, beam=beam, n_best=n_best,
-                   alpha=alpha, device=device, batch_size=batch_size,
+                   alpha=alpha, device=device, batch_size=batch_size, max_len=max_len,
                    title=title or f"attnseq explorer: {Path(str(ckpt)).name} on {Path(str(data)).name}", meta=meta)

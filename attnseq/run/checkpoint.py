@@ -4,7 +4,8 @@ Layout of one checkpoint directory (``RUN/best/`` or ``RUN/last/``)::
 
     weights.npz      parameters keyed by layer path (decoder.lstm.Wh ...)
     optimizer.npz    optimizer slots keyed "path/slot", plus t and lr
-    config.json      model config, training config, tokenizer kinds, format version
+    config.json      model config, training config, tokenizer kinds, format version, and
+                     max_output_len: the longest output, {"scale", "offset"} (see decoding.OutputLengthRule)
     state.json       epoch, step, best metric, RNG states, patience left
     src_vocab.json, tgt_vocab.json (+ .spm.model for sentencepiece)
 
@@ -13,14 +14,16 @@ against the model the config describes, and the vocabularies against the
 embedding sizes. A directory is written complete under a temporary name and
 then swapped in by rename, so ``best/`` and ``last/`` are never half-written.
 
-A run directory (``RunDir``) holds ``best/``, ``last/``, ``metrics.jsonl``, ``result.json`` and,
-while a trainer runs there, ``.lock``; the trainer reaches all of them through it.
+A run directory (``RunDir``) holds ``best/``, ``last/``, ``metrics.jsonl``, ``result.json``, with
+``--keep-last K`` the last K epoch-end checkpoints ``epoch-NNNN/`` and, while a trainer runs there,
+``.lock``; the trainer reaches all of them through it.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -38,6 +41,9 @@ from ..errors import CheckpointError, ConfigError
 from ..data.io import atomic_write_bytes, atomic_write_text
 from ..nn.model import AttentionSeq2seq
 from ..data.tokenizers import Tokenizer, load_tokenizer
+from .decoding import CONFIG_KEY as OUTPUT_RULE_KEY, saved_rule
+from .schedules import check_state
+from .selection import LEGACY_METRIC, SELECT_BY
 
 FORMAT_VERSION = 1
 
@@ -87,6 +93,8 @@ def save_checkpoint(directory: str | Path, model, optimizer, src_tok: Tokenizer,
             atomic_write_bytes(tmp / "optimizer.npz", _npz_bytes(optimizer.state_dict()))
         config = dict(format_version=FORMAT_VERSION, model=model.config, train=train_config,
                       src_tokenizer=src_tok.kind, tgt_tokenizer=tgt_tok.kind)
+        if getattr(model, "output_len_rule", None) is not None:    # the longest output (decoding.OutputLengthRule)
+            config[OUTPUT_RULE_KEY] = model.output_len_rule.to_json()
         atomic_write_text(tmp / "config.json", json.dumps(config, indent=2))
         atomic_write_text(tmp / "state.json", json.dumps(state, indent=2))
         src_tok.save(tmp, "src_vocab")
@@ -199,6 +207,7 @@ def _load(ckpt: Path, config: dict, device: str, with_optimizer: bool) -> Checkp
         if not np.isfinite(a).all():
             raise CheckpointError(f"{ckpt / 'weights.npz'}: holds NaN or inf values")
     model.load_state_dict(weights)
+    model.output_len_rule = saved_rule(config, ckpt / "config.json")   # 2 * Ts + 10 for one saved without
     src_tok, tgt_tok = load_tokenizer(ckpt, "src_vocab"), load_tokenizer(ckpt, "tgt_vocab")
     for side, tok, key in (("source", src_tok, "src_vocab_size"), ("target", tgt_tok, "tgt_vocab_size")):
         if tok.vocab_size != model.config[key]:
@@ -216,8 +225,11 @@ def _load(ckpt: Path, config: dict, device: str, with_optimizer: bool) -> Checkp
 class TrainState:
     """state.json: where a run stands after an epoch.
 
-    ``best`` is [valid exact match, -valid loss] of best/ (compared as a list: exact match first);
-    ``rng`` and ``dropout_rng`` are the bit generator states of the batch order and of dropout.
+    ``best`` is [primary, -valid loss] of best/ (compared as a list: the primary first), the primary
+    being the valid score ``best_metric`` names (``attnseq.run.selection``: exact match, BLEU or
+    -loss; state.json from before it holds exact match and no name). ``rng`` and ``dropout_rng``
+    are the bit generator states of the batch order and of dropout; ``schedule`` the lr schedule's
+    state (its name, and plateau's scale and count).
     """
     epoch: int
     step: int
@@ -226,6 +238,8 @@ class TrainState:
     nonfinite_skipped: int
     rng: dict
     dropout_rng: dict
+    best_metric: str = LEGACY_METRIC
+    schedule: dict | None = None
 
     @classmethod
     def from_json(cls, st: dict, path: Path) -> "TrainState":
@@ -245,8 +259,18 @@ class TrainState:
 
 def _score(value) -> list:
     if not (isinstance(value, list) and len(value) == 2 and all(isinstance(x, (int, float)) for x in value)):
-        raise ValueError(f"expected [exact match, -loss], got {value!r}")
+        raise ValueError(f"expected [score, -loss], got {value!r}")
     return list(value)
+
+
+def _metric(value) -> str:
+    if value not in SELECT_BY:
+        raise ValueError(f"expected one of {', '.join(SELECT_BY)}, got {value!r}")
+    return value
+
+
+def _schedule(value) -> dict | None:
+    return None if value is None else check_state(value)
 
 
 def _rng_state(value) -> dict:
@@ -255,8 +279,9 @@ def _rng_state(value) -> dict:
 
 
 _STATE_FIELDS = dict(epoch=int, step=int, best=_score, bad_epochs=int, nonfinite_skipped=int,
-                     rng=_rng_state, dropout_rng=_rng_state)
-_STATE_OPTIONAL = dict(nonfinite_skipped=0)     # absent from state.json written before it existed
+                     rng=_rng_state, dropout_rng=_rng_state, best_metric=_metric, schedule=_schedule)
+# absent from state.json written before they existed
+_STATE_OPTIONAL = dict(nonfinite_skipped=0, best_metric=LEGACY_METRIC, schedule=None)
 
 
 @dataclass
@@ -370,10 +395,14 @@ class RunDir:
     ``write_result`` and ``load_best``. A checkpoint swap cut short leaves only ``NAME.old``:
     ``resolve`` reads it in ``NAME``'s place and the next ``save_checkpoint`` renames it back.
 
+    ``save(..., keep=K)`` also keeps the last K epoch-end checkpoints as ``epoch-NNNN/`` (the
+    epoch, 4 digits or more), pruning older ones; ``kept()`` lists them, oldest first.
+
     ``lock``/``unlock``: one trainer per run directory, through ``RUN/.lock``.
     """
     CHECKPOINTS = ("last", "best")
     LOCK = ".lock"
+    EPOCH_DIR = re.compile(r"epoch-(\d{4,})")
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -466,8 +495,9 @@ class RunDir:
         """Create the directory and get it ready; True when it holds a checkpoint to resume from.
 
         Without ``resume``, a directory that holds a run is refused (ConfigError); so is one that
-        cannot be written, before any training.
+        cannot be written, before any training, and a checkpoint directory (``best/``, an average).
         """
+        self._refuse_checkpoint_dir()
         has_run = self.holds_run()
         if has_run and not resume:
             raise ConfigError(f"{self.path} already holds a run; pass --resume to continue it or choose another --out")
@@ -480,6 +510,21 @@ class RunDir:
             raise ConfigError(f"--out {self.path}: cannot write there ({e.strerror or e})") from None
         self._remove_temporaries()
         return has_run and resume
+
+    def _refuse_checkpoint_dir(self) -> None:
+        """A checkpoint directory is not a run directory: training there would mix the two."""
+        if not (self.path / "config.json").exists():
+            return
+        try:
+            averaged = "averaged" in _read_json(self.path / "state.json")
+        except CheckpointError:
+            averaged = False
+        if averaged:
+            raise ConfigError(f"--out {self.path} is an averaged checkpoint (attnseq average): it has no optimizer "
+                              "state or position to resume from; use it with eval, translate or export "
+                              f"(--ckpt {self.path}), and train in a new --out")
+        raise ConfigError(f"--out {self.path} is a checkpoint directory, not a run directory; give the run "
+                          "directory that holds best/ and last/, or a new one")
 
     def _remove_temporaries(self) -> None:
         """Checkpoints (``.NAME.tmp-PID/``) and files (``.NAME.XXXX.tmp``) that a killed run was writing,
@@ -515,18 +560,72 @@ class RunDir:
     def load_best(self, device: str = "cpu") -> Checkpoint:
         return load_checkpoint(self.path, device=device, prefer="best")
 
+    def best_epoch(self) -> int | None:
+        """The epoch best/ was saved at (its state.json), or None when there is none to read."""
+        try:
+            epoch = _read_json(resolve(self.path, prefer="best") / "state.json").get("epoch")
+        except CheckpointError:
+            return None
+        return epoch if isinstance(epoch, int) else None
+
+    def read_metrics(self) -> list[dict]:
+        """The rows of metrics.jsonl (torn or malformed lines left out); [] when there is none."""
+        try:
+            lines = (self.path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        rows = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+        return rows
+
+    # -- kept epoch checkpoints ----------------------------------------------------------------
+    def epoch_dir(self, epoch: int) -> Path:
+        return self.path / f"epoch-{epoch:04d}"
+
+    def kept(self) -> list[tuple[int, Path]]:
+        """The kept epoch-end checkpoints as (epoch, directory), oldest first (an interrupted swap's
+        ``epoch-NNNN.old`` stands in for its missing ``epoch-NNNN``)."""
+        found: dict[int, Path] = {}
+        for d in sorted(self.path.glob("epoch-*")):
+            m = self.EPOCH_DIR.fullmatch(d.name.removesuffix(".old"))
+            if m is None or not (d / "config.json").exists():
+                continue
+            epoch = int(m[1])
+            if epoch not in found or found[epoch].name.endswith(".old"):
+                found[epoch] = d
+        return sorted(found.items())
+
+    def _prune(self, keep: int) -> None:
+        """Remove all but the newest ``keep`` (>= 1) kept epoch checkpoints."""
+        for epoch, _ in self.kept()[:-keep]:
+            d = self.epoch_dir(epoch)
+            shutil.rmtree(d, ignore_errors=True)
+            shutil.rmtree(d.with_name(d.name + ".old"), ignore_errors=True)
+
     # -- writing ---------------------------------------------------------------------------
     def save(self, model, optimizer, src_tok: Tokenizer, tgt_tok: Tokenizer, train_config: dict,
-             state: TrainState, best: bool, progress: EpochProgress | None = None) -> None:
+             state: TrainState, best: bool, progress: EpochProgress | None = None, keep: int = 0) -> None:
         """Save last/ (and first best/, when ``best``); ``progress`` for a checkpoint inside an epoch.
+        At an epoch's end with ``keep`` > 0, also ``epoch-NNNN/`` (before last/), keeping the newest ``keep``.
         A failure is a CheckpointError; the previous checkpoints stay intact."""
         st = asdict(state) if progress is None else dict(asdict(state), in_epoch=asdict(progress))
         args = (model, optimizer, src_tok, tgt_tok, train_config, st)
+        keep = keep if progress is None else 0
         try:  # best first: a kill in between leaves last/ behind, so the epoch is redone and best/ saved again
             if best:
                 save_checkpoint(self.path / "best", *args)
                 faults.point("between-best-and-last")
+            if keep:
+                save_checkpoint(self.epoch_dir(state.epoch), *args)
             save_checkpoint(self.path / "last", *args)
+            if keep:
+                self._prune(keep)
         except OSError as e:
             raise CheckpointError(f"could not save a checkpoint in {self.path}: {e.strerror or e}. "
                                   "The previous checkpoint is intact.") from None

@@ -23,11 +23,14 @@ from typing import Any, Callable
 from ..data.datasets import GENERATORS
 from ..data.tokenizers import TOKENIZERS
 from ..errors import CheckpointError, ConfigError
+from ..nn.attention import SCORES
 from ..nn.backend import check_device
 from ..nn.layers import INIT_SCHEMES
 from ..nn.optim import OPTIMIZERS
 from .checkpoint import RunDir
-from .decoding import EVAL_BATCH_SIZE
+from .decoding import EVAL_BATCH_SIZE, OutputLengthRule
+from .schedules import SCHEDULES
+from .selection import LEGACY_METRIC, SELECT_BY
 
 DTYPES = ("float32", "float64")
 
@@ -45,6 +48,7 @@ class Check:
 POSITIVE_INT = Check(lambda v: v >= 1, "a positive integer")
 POSITIVE = Check(lambda v: v > 0, "positive")
 NON_NEGATIVE = Check(lambda v: v >= 0, ">= 0")
+FRACTION = Check(lambda v: 0 <= v < 1, "in [0, 1)")
 DEVICE = Check(lambda v: check_device(v) is not None, "cpu, gpu or gpu:N")
 _TIME_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -71,6 +75,15 @@ def _is_interval(text: str) -> bool:
     return True
 
 
+def _is_output_len(text: str) -> bool:
+    try:
+        OutputLengthRule.parse(text)
+    except ValueError:
+        return False
+    return True
+
+
+OUTPUT_LEN = Check(_is_output_len, "N (tokens) or S*Ts+O (S per source token, plus O), e.g. 60 or 3*Ts+5")
 SAVE_EVERY = Check(_is_interval, "a step count (2000), minutes (10m), seconds (30s) or hours (1h); 0: epoch ends only")
 
 
@@ -104,14 +117,18 @@ class Option:
 # What a built-in task changes; "corpus" is any other data (--data DIR or --train FILE).
 TASK_DEFAULTS = {
     # date: lengths track the date's style, so pure length buckets hold one style each; jitter mixes them
-    "date": dict(epochs=6, lr=3e-3, tokenizer="char", bleu=False, bucket_jitter=8.0),
-    "addition": dict(epochs=30, lr=3e-3, lr_decay=0.95, batch_size=64, patience=6, tokenizer="char", bleu=False),
+    "date": dict(epochs=6, lr=3e-3, tokenizer="char", bleu=False, bucket_jitter=8.0, select_by="exact"),
+    "addition": dict(epochs=30, lr=3e-3, lr_decay=0.95, batch_size=64, patience=6, tokenizer="char", bleu=False,
+                     select_by="exact"),
     "toy-en-ko": dict(epochs=8, tokenizer="sentencepiece", vocab_size=1000, wordvec_size=128,
-                      lr=2e-3, batch_size=64, patience=3, bleu=True, max_len=60),
+                      lr=2e-3, batch_size=64, patience=3, bleu=True, max_len=60, select_by="bleu"),
     # any other parallel corpus (--data DIR or --train FILE): subwords, BLEU
     "corpus": dict(epochs=20, tokenizer="sentencepiece", vocab_size=8000, wordvec_size=128, lr=2e-3,
-                   batch_size=64, patience=4, bleu=True, max_len=100),
+                   batch_size=64, patience=4, bleu=True, max_len=100, select_by="bleu"),
 }
+# What a run's config.json written before an option existed implies, where that is not the option's
+# default: such a run resumes as it was trained (old runs chose best/ by exact match)
+LEGACY = {"select_by": LEGACY_METRIC}
 QUICK_EPOCHS = {"date": 2}      # --quick: a newcomer's first look
 QUICK_OTHER = 3                 # --quick elsewhere
 
@@ -155,11 +172,25 @@ OPTIONS: tuple[Option, ...] = (
       help="embedding size"),
     O("hidden_size", int, 256, group="model", metavar="H", resumable=False, check=POSITIVE_INT,
       help="LSTM hidden size"),
-    O("dropout", float, 0.0, group="model", metavar="P", check=Check(lambda v: 0 <= v < 1, "in [0, 1)"),
+    O("dropout", float, 0.0, group="model", metavar="P", check=FRACTION,
       help="dropout on embeddings and outputs"),
     O("init", str, "xavier", choices=INIT_SCHEMES, group="model", resumable=False, help="weight initialisation"),
     O("dtype", str, "float32", choices=DTYPES, group="model", resumable=False,
       help="float type of the parameters and activations"),
+    O("encoder_layers", int, 1, group="model", metavar="N", resumable=False, check=POSITIVE_INT,
+      help="stacked LSTM layers in the encoder"),
+    O("decoder_layers", int, 1, group="model", metavar="N", resumable=False, check=POSITIVE_INT,
+      help="stacked LSTM layers in the decoder"),
+    O("bidirectional", bool, False, group="model", resumable=False,
+      help="the encoder reads the source both ways"),
+    O("attention", str, "dot", choices=SCORES, group="model", resumable=False,
+      help="attention score: dot (h·s), general (h·W s) or additive (v·tanh(W h + U s))"),
+    O("input_feeding", bool, False, group="model", resumable=False,
+      help="feed each step's attentional output into the next decoder step (Luong)"),
+    O("label_smoothing", float, 0.0, group="model", metavar="EPS", resumable=False, check=FRACTION,
+      help="training targets put EPS of their weight on the other tokens"),
+    O("tie_embeddings", bool, False, group="model", resumable=False,
+      help="the decoder's output layer shares its embedding matrix"),
     # -- training
     O("out", str, group="training", metavar="RUN_DIR", help="run directory (required)"),
     O("epochs", int, 10, group="training", metavar="N", check=POSITIVE_INT, help="passes over the training data"),
@@ -172,9 +203,27 @@ OPTIONS: tuple[Option, ...] = (
     O("weight_decay", float, 0.0, group="training", metavar="W", check=NON_NEGATIVE,
       help="L2 weight decay on weight matrices"),
     O("lr_decay", float, 1.0, group="training", metavar="G", check=POSITIVE,
-      help="multiply lr by G after every epoch; 1 = off"),
+      help="multiply lr by G after every epoch (--lr-schedule constant); 1 = off"),
+    O("lr_schedule", str, "constant", choices=SCHEDULES, group="training", resumable=False,
+      help="lr over the run: constant (with --lr-decay), plateau (times --plateau-factor when --select-by "
+           "stalls), warmup-rsqrt (lr·min(step/W, sqrt(W/step)), W = --warmup) or cosine (to 0 at the "
+           "last step, after --warmup)"),
+    O("warmup", int, 0, group="training", metavar="STEPS", resumable=False, check=NON_NEGATIVE,
+      help="steps of linear warm-up to --lr (warmup-rsqrt, cosine, plateau)"),
+    O("plateau_factor", float, 0.5, group="training", metavar="F", check=Check(lambda v: 0 < v < 1, "in (0, 1)"),
+      help="--lr-schedule plateau: multiply lr by F after --plateau-patience epochs without a better best/"),
+    O("plateau_patience", int, 1, group="training", metavar="N", check=POSITIVE_INT,
+      help="--lr-schedule plateau: epochs in a row without a better --select-by score before lr is cut"),
+    O("select_by", str, "exact", choices=SELECT_BY, group="training",
+      help="the valid score that picks best/ and drives --patience and the plateau schedule (ties: lower "
+           "valid loss)"),
     O("patience", int, 3, group="training", metavar="N", check=POSITIVE_INT,
-      help="early stop after N epochs without a better valid exact match"),
+      help="early stop after N epochs without a better --select-by score"),
+    O("max_minutes", float, group="training", metavar="M", check=POSITIVE, unset="no limit",
+      help="stop before an epoch that would end past M minutes (estimated from the epochs so far; the first "
+           "always runs), then test best/; on --resume, counted from the resume"),
+    O("keep_last", int, 0, group="training", metavar="K", check=NON_NEGATIVE,
+      help="also keep the last K epoch-end checkpoints, RUN_DIR/epoch-NNNN/, for attnseq average; 0: none"),
     O("seed", int, 0, group="training", resumable=False, check=NON_NEGATIVE,
       help="seeds the weights, batch order, dropout and hold-out split"),
     O("device", str, "cpu", group="training", metavar="cpu|gpu[:N]", check=DEVICE, help="cpu or gpu, gpu:1 ..."),
@@ -190,6 +239,9 @@ OPTIONS: tuple[Option, ...] = (
       help="skip (and count) a batch whose loss or gradient is NaN/inf instead of stopping"),
     O("eval_batch_size", int, EVAL_BATCH_SIZE, group="training", metavar="N", check=POSITIVE_INT,
       help="rows per decoding batch, per thread on a CPU"),
+    O("max_output_len", str, group="training", metavar="N|S*Ts+O", check=OUTPUT_LEN,
+      unset="the checkpoint's rule, fitted to the training split",
+      help="longest output when this run decodes (validation, test): N tokens, or S per source token plus O"),
     O("examples", int, 3, group="training", metavar="N", check=NON_NEGATIVE, help="example outputs printed per epoch"),
     O("plot", bool, True, group="training", saved=False, help="write RUN_DIR/attention.png at the end"),
     O("bleu", bool, flag=False, help="validation BLEU and chrF (config key only; set by the task)"),
@@ -284,6 +336,18 @@ def _check_combination(cfg: dict) -> None:
         raise ConfigError("--data and --train are alternatives; give one")
 
 
+def _check_schedule(cfg: dict, given: dict) -> None:
+    """--warmup and --lr-decay against --lr-schedule; ``given``: what the user set (a task's own
+    --lr-decay is left unused by the other schedules, one the user gives is an error)."""
+    schedule = cfg["lr_schedule"]
+    if schedule == "warmup-rsqrt" and cfg["warmup"] == 0:
+        raise ConfigError("--lr-schedule warmup-rsqrt needs --warmup STEPS (a positive integer)")
+    if schedule == "constant" and cfg["warmup"] > 0:
+        raise ConfigError("--warmup is for --lr-schedule warmup-rsqrt, cosine or plateau, not constant")
+    if schedule != "constant" and given.get("lr_decay", 1.0) != 1.0:
+        raise ConfigError(f"--lr-decay is for --lr-schedule constant; --lr-schedule {schedule} sets the lr itself")
+
+
 # -- TOML ----------------------------------------------------------------------------------------
 def _toml_repr(value) -> str:
     if isinstance(value, bool):
@@ -338,13 +402,13 @@ def resolve_config(cfg: dict, run: RunDir | None = None, options=OPTIONS) -> dic
     With ``resume``, what the user left out comes from the run in ``out`` (its config.json, read
     once through ``run``, the RunDir of ``out`` when the caller has one), and the options the table
     marks not resumable must agree with it. A key missing there (an option added since) takes its
-    default. Raises ConfigError naming the option.
+    ``LEGACY`` value, else its default. Raises ConfigError naming the option.
     """
     keys = config_keys(options)
     unknown = sorted(set(cfg) - set(keys))
     if unknown:
         raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
-    user = {k: v for k, v in cfg.items() if v is not None}
+    user = given = {k: v for k, v in cfg.items() if v is not None}
     _check_values(user, keys)
     if user.get("resume") and user.get("out"):
         user = _with_saved_config(user, run if run is not None else RunDir(user["out"]), keys)
@@ -352,6 +416,8 @@ def resolve_config(cfg: dict, run: RunDir | None = None, options=OPTIONS) -> dic
     out.update(user)
     _check_combination(out)
     _check_values(out, keys)
+    if {"lr_schedule", "warmup", "lr_decay"} <= set(out):
+        _check_schedule(out, given)
     return out
 
 
@@ -368,6 +434,7 @@ def _with_saved_config(user: dict, run: RunDir, keys: dict[str, Option]) -> dict
     saved = _saved_train_config(run)
     if saved is None:
         return user
+    saved = {**{k: v for k, v in LEGACY.items() if k in keys}, **saved}
     changed = [name for name, opt in keys.items()
                if not opt.resumable and name in user and name in saved and user[name] != saved[name]]
     if changed:

@@ -18,14 +18,15 @@ from .decoding import EVAL_BATCH_SIZE, greedy_encoded, map_sorted_batches
 
 
 def evaluate(model: AttentionSeq2seq, data: Encoded, tgt_tok: Tokenizer, batch_size: int = EVAL_BATCH_SIZE,
-             bleu: bool = False) -> dict:
+             bleu: bool = False, max_len=None) -> dict:
     """Metrics on an encoded dataset, as fractions in 0..1 (BLEU and chrF on sacrebleu's 0..100).
 
     loss: mean cross-entropy per real target token (teacher forcing);
     token_accuracy: share of real target tokens (eos included) whose argmax is right;
-    exact_match: share of greedy outputs equal to the target text.
+    exact_match: share of greedy outputs equal to the target text, the outputs stopping at
+    ``max_len`` (tokens or an ``OutputLengthRule``; None: the model's rule, see ``decoding.output_limit``).
     """
-    nll, correct, tokens, preds = _score_and_decode(model, data, tgt_tok, batch_size)
+    nll, correct, tokens, preds = _score_and_decode(model, data, tgt_tok, batch_size, max_len)
     refs = [t for _, t in data.pairs]
     refs_norm = [tgt_tok.decode(tgt_tok.encode(t)) for t in refs]
     exact = sum(p == r for p, r in zip(preds, refs_norm)) / len(refs)
@@ -36,20 +37,23 @@ def evaluate(model: AttentionSeq2seq, data: Encoded, tgt_tok: Tokenizer, batch_s
     return out
 
 
-def _score_and_decode(model, data: Encoded, tgt_tok: Tokenizer, batch_size: int):
+def _score_and_decode(model, data: Encoded, tgt_tok: Tokenizer, batch_size: int, max_len=None):
     """Over length-sorted batches (spread over CPU threads, in eval mode): summed cross-entropy,
     correct and real target tokens, and the greedy output text of every row, in row order."""
     nll = correct = tokens = 0.0
     preds = [None] * len(data)
-    for idx, (b_nll, b_correct, n, ids) in map_sorted_batches(model, lambda m, idx: _score_batch(m, data, idx),
-                                                              data.src_len, batch_size):
+
+    def score(m, idx):
+        return _score_batch(m, data, idx, max_len)
+
+    for idx, (b_nll, b_correct, n, ids) in map_sorted_batches(model, score, data.src_len, batch_size):
         nll, correct, tokens = nll + b_nll, correct + b_correct, tokens + n
         for k, row in enumerate(idx):
             preds[row] = tgt_tok.decode(ids[k])
     return nll, correct, tokens, preds
 
 
-def _score_batch(model, data: Encoded, idx):
+def _score_batch(model, data: Encoded, idx, max_len=None):
     """One encoder pass, then teacher forcing and greedy search from it.
     -> summed cross-entropy, correct tokens and real tokens of the batch, greedy ids (B, L) on the host."""
     src, tgt = take(data, idx)
@@ -60,7 +64,7 @@ def _score_batch(model, data: Encoded, idx):
     n = float(real.sum())
     nll = float(SoftmaxCrossEntropy(ignore_index=PAD_ID).forward(logits, gold)) * n
     correct = float(((logits.argmax(-1) == gold) & real).sum())
-    ids, _ = greedy_encoded(model, hs, state, mask)
+    ids, _ = greedy_encoded(model, hs, state, mask, max_len)
     return nll, correct, n, to_numpy(ids)                           # one device-to-host copy per batch
 
 

@@ -59,12 +59,13 @@ class TranslatorBase:
     reverse: bool
     max_input_len: int
 
-    def greedy_rows(self, src, src_len, batch_size: int, max_len: int | None) -> tuple[list, list]:
+    def greedy_rows(self, src, src_len, batch_size: int, max_len) -> tuple[list, list]:
         """Greedy search per row -> (ids (L_i,) each up to and including eos, weights (L_i, src_len[i]))
-        as ``decoding.greedy_decode(..., with_weights=True)``; ``max_len`` None: the engine's default rule."""
+        as ``decoding.greedy_decode(..., with_weights=True)``; ``max_len`` (tokens or an
+        ``OutputLengthRule``) None: the engine's own rule, through ``decoding.output_limit``."""
         raise NotImplementedError
 
-    def beam_rows(self, src, src_len, beam: int, alpha: float, max_len: int | None, n_best: int,
+    def beam_rows(self, src, src_len, beam: int, alpha: float, max_len, n_best: int,
                   batch_size: int) -> list[list[Hypothesis]]:
         """Beam search per row -> its ``n_best`` hypotheses, best first, as ``decoding.beam_decode``."""
         raise NotImplementedError
@@ -74,11 +75,12 @@ class TranslatorBase:
         raise NotImplementedError
 
     def translate(self, texts: list[str], beam: int = 1, n_best: int = 1, alpha: float = 0.0,
-                  batch_size: int = EVAL_BATCH_SIZE, max_len: int | None = None, first_line: int = 1,
+                  batch_size: int = EVAL_BATCH_SIZE, max_len=None, first_line: int = 1,
                   details: bool = False) -> list[Translation]:
-        """One Translation per text; greedy unless beam or n_best > 1. Outputs stop at eos or at ``max_len``
-        tokens (default ``decoding.default_max_len`` of each batch's longest input). With ``details``, each
-        also gets its tokens' probabilities and its ``candidates`` (one more, teacher-forced, pass)."""
+        """One Translation per text; greedy unless beam or n_best > 1. Outputs stop at eos or at ``max_len``:
+        tokens, or an ``OutputLengthRule`` of each batch's longest input (``--max-output-len``); None: the
+        model's own rule (the checkpoint's, or the export manifest's). With ``details``, each also gets
+        its tokens' probabilities and its ``candidates`` (one more, teacher-forced, pass)."""
         src_tok, tgt_tok = self.src_tok, self.tgt_tok
         rows = encode_sources(texts, src_tok, self.reverse, self.max_input_len, what="input", first_line=first_line)
         blank = [not t.strip() for t in texts]       # blank in, blank out (decoded from a lone <unk>)
@@ -157,8 +159,9 @@ class Translator(TranslatorBase):
 
 
 def evaluate_file(ckpt: str, data: str, device: str = "cpu", batch_size: int = EVAL_BATCH_SIZE,
-                  output: str | None = None, by: tuple[str, ...] = ()) -> dict:
-    """Metrics of a checkpoint on a TSV/question_answer file; BLEU and chrF included.
+                  output: str | None = None, by: tuple[str, ...] = (), max_len=None) -> dict:
+    """Metrics of a checkpoint on a TSV/question_answer file; BLEU and chrF included. Greedy outputs stop
+    at ``max_len`` (tokens or an ``OutputLengthRule``; None: the checkpoint's own rule).
 
     ``by``: names of categories (``length``, ``style``, ``colN``: see ``evaluation.by_column``); the result
     then also holds ``{"by": {name: {label: {n, exact_match, bleu, chrf}}}}``.
@@ -168,7 +171,7 @@ def evaluate_file(ckpt: str, data: str, device: str = "cpu", batch_size: int = E
     reverse = bool(ck.config.get("train", {}).get("reverse_source", False))
     pairs, extra = read_columns(data, [c for c in columns.values() if c is not None])
     enc = encode_pairs(pairs, ck.src_tok, ck.tgt_tok, reverse)
-    result = evaluate(ck.model, enc, ck.tgt_tok, batch_size, bleu=True)
+    result = evaluate(ck.model, enc, ck.tgt_tok, batch_size, bleu=True, max_len=max_len)
     preds = result.pop("predictions")
     if output:
         atomic_write_text(output, "".join(p + "\n" for p in preds))

@@ -10,9 +10,17 @@ batch order it is (``EpochProgress``), so ``--resume`` continues from that step 
 where an uninterrupted run would. SIGINT or SIGTERM while training finishes the current step,
 saves ``last/`` and raises ``TrainingStopped`` (the CLI exits 130 or 143); a second signal raises
 KeyboardInterrupt at once. The handlers are installed only while the epochs run.
+
+The lr follows ``--lr-schedule`` (``attnseq.run.schedules``: set before each step, changed at epoch
+ends); best/ is chosen by ``--select-by`` (``attnseq.run.selection``), which also drives early
+stopping and the plateau schedule. ``--max-minutes`` stops before an epoch that would end too late
+(the estimate: the mean wall time of the epochs this process ran, evaluation and saving included;
+the clock starts when the Trainer is built, so a resumed run gets the whole budget again).
+``--keep-last K`` keeps the last K epoch-end checkpoints as ``RUN/epoch-NNNN/`` (``RunDir``).
 """
 from __future__ import annotations
 
+import inspect
 import math
 import shlex
 import signal
@@ -21,17 +29,24 @@ import time
 
 import numpy as np
 
-from . import faults
+from . import faults, selection
 from ..data.batching import Encoded, batch_order, encode_pairs, padding_fraction, take
-from ..data.corpus import build_tokenizers, load_data
-from ..errors import NonFiniteError, TrainingStopped
+from ..data.corpus import build_tokenizers, load_data, shipped_dir
+from ..data.datasets import EXTRA_TESTS, extra_tests
+from ..errors import ConfigError, NonFiniteError, TrainingStopped
 from ..nn.layers import Dropout
 from ..nn.model import AttentionSeq2seq
 from ..nn.optim import NonFiniteGradient, build_optimizer
 from .checkpoint import EpochProgress, RunDir, TrainState
-from .config import resolve_config, save_interval
+from .config import config_keys, resolve_config, save_interval
+from .decoding import OutputLengthRule
 from .evaluation import evaluate
 from .parallel import for_training
+from .schedules import build_schedule
+
+# options that shape the model: passed to AttentionSeq2seq when they differ from their defaults
+MODEL_OPTIONS = ("encoder_layers", "decoder_layers", "bidirectional", "attention", "input_feeding",
+                 "label_smoothing", "tie_embeddings")
 
 
 class StopSignals:
@@ -65,6 +80,23 @@ def _dropout_rng(model) -> np.random.Generator:
     return next(m.rng for _, m in model.named_modules() if isinstance(m, Dropout))
 
 
+def model_options(cfg: dict) -> dict:
+    """The keywords for ``AttentionSeq2seq`` from the model options that differ from their defaults
+    (so a config that sets none builds the model exactly as before they existed)."""
+    keys = config_keys()
+    return {k: cfg[k] for k in MODEL_OPTIONS if cfg.get(k, keys[k].default) != keys[k].default}
+
+
+def _check_model_accepts(options: dict) -> None:
+    """ConfigError naming the flags this attnseq's ``AttentionSeq2seq`` does not take."""
+    params = inspect.signature(AttentionSeq2seq).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    missing = [config_keys()[k].flag_name for k in options if k not in params]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)}: not supported by this attnseq's model")
+
+
 class Trainer:
     """One run's model, optimizer, data and counters; ``run()`` trains to the end.
 
@@ -80,10 +112,14 @@ class Trainer:
         self.out = self.run_dir.path
         self.t_start = time.perf_counter()
         self.rng = np.random.default_rng(cfg["seed"])
-        # best/ is chosen by valid exact match, ties broken by lower valid loss
-        self.epoch, self.step, self.best, self.bad_epochs, self.skipped = 0, 0, [-1.0, -math.inf], 0, 0
+        # best/ is chosen by --select-by (selection.score: [that score, -valid loss])
+        self.epoch, self.step, self.best, self.bad_epochs, self.skipped = 0, 0, selection.initial_best(), 0, 0
+        self.best_metric = cfg["select_by"]
+        self.schedule = build_schedule(cfg)
         self.progress: EpochProgress | None = None      # a mid-epoch checkpoint's, until its epoch resumes
         self.save_every = save_interval(cfg["save_every"])
+        self.epoch_walls: list[float] = []              # seconds per epoch run here, for --max-minutes
+        self.stopped_by: str | None = None
         self.stop, self.runner = StopSignals(), None
         self.run_dir.lock()                             # released by run(), or here if setting up fails
         try:
@@ -101,12 +137,21 @@ class Trainer:
         if not resuming:
             self._new_model(data["train"])
         self.sets = {name: self._encode(pairs, name) for name, pairs in data.items() if pairs}
+        if not resuming:                                # a resumed model keeps its checkpoint's rule
+            self._fit_output_rule(self.sets["train"])
         del data                                        # the pairs' text lives on only in valid's and test's Encoded
         self.runner = for_training(self.model, self.cfg["threads"], self.cfg["batch_size"])  # model or row shards
         if resuming:
             where = f", batch {self.progress.batches_done} of epoch {self.epoch + 1}" if self.progress else ""
             self.log(f"resumed {self.out} at epoch {self.epoch}, step {self.step}{where}")
         self.last_save = time.perf_counter()
+
+    def _fit_output_rule(self, train: Encoded) -> None:
+        """The longest output the model's decoding allows, fitted to the training split's lengths
+        (``OutputLengthRule.fit``); it goes into config.json with the model."""
+        self.model.output_len_rule = rule = OutputLengthRule.fit(train.src_len, train.tgt_len - 1)  # - bos
+        self.log(f"longest output: {rule.text} tokens for a Ts-token source (fitted to the training split; "
+                 f"--max-output-len overrides)")
 
     def _open_run_dir(self) -> bool:
         """Get --out ready; True when there is a checkpoint to resume from."""
@@ -126,6 +171,20 @@ class Trainer:
         self.rng.bit_generator.state = state.rng
         _dropout_rng(self.model).bit_generator.state = state.dropout_rng
         self.progress = EpochProgress.from_json(ck.state, ck.path / "state.json")
+        if state.schedule and state.schedule.get("name") == self.schedule.name:
+            self.schedule.load_state_dict(state.schedule)
+        if state.best_metric != self.best_metric:
+            self._migrate_best(state.best_metric)
+
+    def _migrate_best(self, old: str) -> None:
+        """Resumed with a --select-by other than the one best/ was chosen by: best/'s score under the
+        new one, from its metrics.jsonl row (if that row lacks the score, the next epoch replaces best/)."""
+        by, epoch = self.best_metric, self.run_dir.best_epoch()
+        row = next((r for r in self.run_dir.read_metrics() if r.get("epoch") == epoch), None)
+        score = selection.score_of_row(row, by) if row is not None else None
+        self.best = score if score is not None else selection.initial_best()
+        self.log(f"note: best/ was chosen by {selection.NAMES[old]}; from now on by {selection.NAMES[by]}"
+                 + ("" if score is not None else " (best/'s is not recorded: the next epoch replaces it)"))
 
     def _load_data(self) -> dict[str, list]:
         data = load_data(self.cfg)
@@ -136,10 +195,12 @@ class Trainer:
     def _new_model(self, train_pairs) -> None:
         """Tokenizers trained on the training split, a fresh model on cfg's device, and its optimizer."""
         cfg = self.cfg
+        options = model_options(cfg)
+        _check_model_accepts(options)
         self.src_tok, self.tgt_tok = build_tokenizers(cfg, train_pairs)
         self.model = AttentionSeq2seq(self.src_tok.vocab_size, self.tgt_tok.vocab_size, cfg["wordvec_size"],
                                       cfg["hidden_size"], dropout=cfg["dropout"], init=cfg["init"],
-                                      dtype=cfg["dtype"], seed=cfg["seed"])
+                                      dtype=cfg["dtype"], seed=cfg["seed"], **options)
         if cfg["device"] != "cpu":
             self.model.to(cfg["device"])
         self.opt = self._build_optimizer()
@@ -167,6 +228,7 @@ class Trainer:
         self.epoch_rng = self.rng.bit_generator.state   # the epoch's batch order is drawn from this state
         batches = batch_order(data.src_len, cfg["batch_size"], self.rng, cfg["bucket"], cfg["bucket_jitter"],
                               then_by=data.tgt_len)
+        self.schedule.total_steps = cfg["epochs"] * len(batches)
         progress = self._epoch_progress(len(batches))
         t0, time_before = time.perf_counter(), progress.time_s
         bar = tqdm(total=len(batches), initial=progress.batches_done, desc=f"epoch {self.epoch + 1}/{cfg['epochs']}",
@@ -232,6 +294,7 @@ class Trainer:
         loss_v = float(loss)
         if math.isfinite(loss_v):
             self.runner.backward()
+            self.schedule.before_step(self.opt, self.step)
             try:
                 self.opt.step()                 # FiniteGuard raises before any parameter changes
                 return True
@@ -262,24 +325,48 @@ class Trainer:
     def _run_epochs(self) -> None:
         cfg = self.cfg
         while self.epoch < cfg["epochs"] and self.bad_epochs < cfg["patience"]:
+            if self._out_of_time():
+                self.stopped_by = "max_minutes"
+                return
+            t0 = time.perf_counter()
             stats = self.train_epoch()
             self.epoch += 1
             valid = self._evaluate(self.model, self.sets["valid"])
             improved = self._track_best(valid)
             row = self._metrics_row(stats, valid)
-            self.opt.lr *= cfg["lr_decay"]
+            note = self.schedule.epoch_end(self.opt, improved)     # --lr-decay, or plateau's cut
             self.run_dir.append_metrics(row)
             self._save(best=improved)
             self._report(row, valid)
+            if note:
+                self.log(note)
+            self.epoch_walls.append(time.perf_counter() - t0)
             if self.bad_epochs >= cfg["patience"]:
-                self.log(f"early stop: no better valid exact match (or loss) for {cfg['patience']} epochs")
+                tie = "" if self.best_metric == "loss" else " (or loss)"
+                self.log(f"early stop: no better {selection.NAMES[self.best_metric]}{tie} for {cfg['patience']} epochs")
             if self.stop.signum is not None:
                 raise self._stopped(mid_epoch=False)
 
+    def _out_of_time(self) -> bool:
+        """True (said in the log) when the next epoch would end past --max-minutes, by the mean of the
+        epochs this process ran; never before one has."""
+        limit = self.cfg["max_minutes"]
+        if limit is None or not self.epoch_walls:
+            return False
+        per_epoch = sum(self.epoch_walls) / len(self.epoch_walls)
+        elapsed = time.perf_counter() - self.t_start
+        if elapsed + per_epoch <= 60.0 * limit:
+            return False
+        self.log(f"stopping before epoch {self.epoch + 1}: it would end past --max-minutes {limit:g} "
+                 f"({elapsed / 60:.1f} min so far, about {per_epoch / 60:.1f} min an epoch)")
+        return True
+
     def _save(self, best: bool = False, progress: EpochProgress | None = None) -> None:
-        """last/ (and best/): at an epoch's end, or inside one with ``progress`` (state.rng: the epoch's start)."""
+        """last/ (and best/, and with --keep-last epoch-NNNN/): at an epoch's end, or inside one with
+        ``progress`` (state.rng: the epoch's start)."""
         self.run_dir.save(self.model, self.opt, self.src_tok, self.tgt_tok, dict(self.cfg),
-                          self._state(mid_epoch=progress is not None), best=best, progress=progress)
+                          self._state(mid_epoch=progress is not None), best=best, progress=progress,
+                          keep=self.cfg["keep_last"])
         self.last_save = time.perf_counter()
 
     def _stopped(self, mid_epoch: bool) -> TrainingStopped:
@@ -290,14 +377,17 @@ class Trainer:
                                f"attnseq train --out {shlex.quote(str(self.out))} --resume", self.stop.signum)
 
     def _evaluate(self, model, data: Encoded, predictions: bool = True) -> dict:
-        scores = evaluate(model, data, self.tgt_tok, self.cfg["eval_batch_size"], bool(self.cfg["bleu"]))
+        bleu = bool(self.cfg["bleu"]) or self.best_metric == "bleu"
+        limit = self.cfg["max_output_len"]                 # None: the model's own rule
+        scores = evaluate(model, data, self.tgt_tok, self.cfg["eval_batch_size"], bleu,
+                          max_len=OutputLengthRule.parse(limit) if limit else None)
         if not predictions:
             scores.pop("predictions")
         return scores
 
     def _track_best(self, valid: dict) -> bool:
-        """True when this epoch beats best/ (exact match, then loss); counts the epochs that do not."""
-        score = [valid["exact_match"], -valid["loss"]]
+        """True when this epoch beats best/ (by --select-by, then loss); counts the epochs that do not."""
+        score = selection.score(valid, self.best_metric)
         if score > self.best:
             self.best, self.bad_epochs = score, 0
             return True
@@ -319,7 +409,8 @@ class Trainer:
         rng = self.epoch_rng if mid_epoch else self.rng.bit_generator.state
         return TrainState(epoch=self.epoch, step=self.step, best=self.best, bad_epochs=self.bad_epochs,
                           nonfinite_skipped=self.skipped, rng=rng,
-                          dropout_rng=_dropout_rng(self.model).bit_generator.state)
+                          dropout_rng=_dropout_rng(self.model).bit_generator.state,
+                          best_metric=self.best_metric, schedule=self.schedule.state_dict())
 
     def _report(self, row: dict, valid: dict) -> None:
         line = (f"epoch {row['epoch']}/{self.cfg['epochs']}  loss {row['train_loss']:.4f}  "
@@ -341,8 +432,11 @@ class Trainer:
     # -- the end -------------------------------------------------------------------------------
     def finish(self) -> dict:
         """Evaluate ``best/`` on the test split (if any), write result.json and return the final metrics."""
-        result = dict(run=str(self.out), epochs=self.epoch, steps=self.step, best_valid_exact_match=self.best[0],
+        result = dict(run=str(self.out), epochs=self.epoch, steps=self.step, select_by=self.best_metric,
+                      **selection.best_value(self.best, self.best_metric),
                       wall_s=time.perf_counter() - self.t_start, examples=self.sets["valid"].pairs[:4])
+        if self.stopped_by is not None:
+            result["stopped"] = self.stopped_by
         if "test" in self.sets:
             result.update(self._test_best())
         self.run_dir.write_result(result)
@@ -364,6 +458,19 @@ class Trainer:
             lm = out["test_long"] = self._evaluate(best.model, test_long, predictions=False)
             self.log(f"test, sources longer than any in train ({lm['n']} pairs): exact "
                      f"{100 * lm['exact_match']:.2f}%" + (f"  BLEU {lm['bleu']:.1f}" if "bleu" in lm else ""))
+        out.update(self._extra_tests(best.model))
+        return out
+
+    def _extra_tests(self, model) -> dict:
+        """{"test_short": ...}: the built-in task's extra test sets (``EXTRA_TESTS``: the date data's
+        test-short), each logged in one line; none when the sides are swapped."""
+        name, out = self.cfg["data"], {}
+        if name not in EXTRA_TESTS or self.cfg["swap_sides"]:
+            return out
+        for file, (what, pairs) in extra_tests(name, shipped_dir(name)).items():
+            enc = encode_pairs(pairs, self.src_tok, self.tgt_tok, self.cfg["reverse_source"])
+            m = out[file.replace("-", "_")] = self._evaluate(model, enc, predictions=False)
+            self.log(f"{file} ({m['n']} pairs, {what}): exact {100 * m['exact_match']:.2f}%")
         return out
 
     def _test_long(self) -> Encoded | None:
