@@ -44,6 +44,27 @@ def output_len(text: str) -> OutputLengthRule:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _int_at_least(text: str, least: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < least:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """The argparse type of counts and sizes (--batch-size, --beam, --n-best, --max-input-len ...):
+    a usage error naming the flag for 0, a negative number or no integer at all."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """The argparse type of counts where 0 means "all" or "off" (explore --n, --seed)."""
+    return _int_at_least(text, 0, "0 or a positive integer")
+
+
 class Parser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line."""
 
@@ -121,24 +142,26 @@ def cmd_plot_curves(args) -> int:
 
 
 def read_epochs(run) -> list[dict]:
-    """The per-epoch rows of RUN/metrics.jsonl."""
+    """The per-epoch rows of RUN/metrics.jsonl, read as the trainer reads them (``RunDir.read_metrics``)."""
+    from .run.checkpoint import RunDir
     path = Path(run) / "metrics.jsonl"
-    try:
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file (is {run} a run directory?)") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: malformed line ({e})") from None
-    rows = [r for r in rows if "epoch" in r]
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file (is {run} a run directory?)")
+    rows = [r for r in RunDir(run).read_metrics() if "epoch" in r]
     if not rows:
         raise ConfigError(f"{path}: no epochs recorded yet")
     return rows
 
 
+def _interactive(args) -> bool:
+    """translate reads from a terminal prompt: no --input, and stdin is a terminal."""
+    return args.input is None and sys.stdin.isatty()
+
+
 def cmd_translate(args) -> int:
     from .data.io import atomic_write_text, read_lines, split_lines
     tr = _translator(args)
-    interactive = args.input is None and sys.stdin.isatty()
+    interactive = _interactive(args)
     kw = dict(beam=args.beam, n_best=args.n_best, alpha=args.alpha, batch_size=args.batch_size,
               max_len=args.max_output_len)
     if interactive:
@@ -179,7 +202,10 @@ def _translator(args):
 
 
 def translate_flag_error(args) -> str | None:
-    """What does not fit in translate's --engine, --ckpt, --model and --device, or None."""
+    """What does not fit in translate's --engine, --ckpt, --model, --device and --output, or None."""
+    if args.output and _interactive(args):
+        return ("--output FILE is for lines read from --input FILE or piped into stdin; at the terminal "
+                "prompt each translation is printed (give --input, or redirect stdin)")
     if args.engine == "onnxruntime":
         if args.ckpt:
             return "--ckpt is for --engine attnseq; --engine onnxruntime takes --model DIR (an attnseq export)"
@@ -221,6 +247,7 @@ def _print_translations(results, args, f) -> None:
 
 def cmd_plot_attention(args) -> int:
     from .data.io import read_pairs
+    from .run.evaluation import normalized_refs
     from .run.inference import Translator
     texts, refs, tr = list(args.text or []), None, None
     if args.data:
@@ -228,7 +255,8 @@ def cmd_plot_attention(args) -> int:
         if args.wrong_only:
             tr = Translator(args.ckpt, args.device)
             outs = tr.translate([s for s, _ in pairs], max_len=args.max_output_len)
-            pairs = [p for p, o in zip(pairs, outs) if o.text != p[1]]
+            wanted = normalized_refs(tr.tgt_tok, [t for _, t in pairs])
+            pairs = [p for p, o, want in zip(pairs, outs, wanted) if o.text != want]
             if not pairs:
                 print(f"attnseq plot-attention: every example in {args.data} is right; nothing to plot")
                 return 0
@@ -246,12 +274,14 @@ def cmd_plot_attention(args) -> int:
 def plot_translations(tr, texts: list[str], out, refs: list[str] | None = None, beam: int = 1,
                       max_len=None) -> Path:
     """Translate texts with a ``Translator`` (outputs up to ``max_len``: see ``Translator.translate``) and save
-    their attention heatmaps as one grid figure; with refs, each title marks the output right (✓) or wrong
-    (✗, with the wanted text)."""
+    their attention heatmaps as one grid figure; with refs, each title marks the output right (✓: equal to
+    the reference as the tokenizer reads it back, as eval counts it) or wrong (✗, with the wanted text)."""
     from .plotting import plot_attention_grid, readable, save_figure
+    from .run.evaluation import normalized_refs
+    wanted = None if refs is None else normalized_refs(tr.tgt_tok, refs)
     examples = []
     for k, (text, r) in enumerate(zip(texts, tr.translate(texts, beam=beam, max_len=max_len))):
-        mark = "" if refs is None else "  ✓" if r.text == refs[k] else f"  ✗ (want {refs[k]})"
+        mark = "" if refs is None else "  ✓" if r.text == wanted[k] else f"  ✗ (want {refs[k]})"
         examples.append(dict(weights=r.weights, src_tokens=r.src_tokens, tgt_tokens=r.out_tokens,
                              title=f"{readable(text)} → {readable(r.text)}{mark}"))
     return save_figure(plot_attention_grid(examples), out)
@@ -282,7 +312,7 @@ def build_parser() -> Parser:
     e.add_argument("--ckpt", required=True, metavar="RUN", help="run dir (its best/) or checkpoint dir")
     e.add_argument("--data", required=True, metavar="FILE", help="TSV or question_answer pairs")
     e.add_argument("--output", metavar="FILE", help="also write one prediction per line here")
-    e.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE)
+    e.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE)
     e.add_argument("--device", default="cpu")
     e.add_argument("--by", action="append", metavar="length|style|colN", help=BY_HELP + "; the tables go to stderr")
     e.add_argument("--max-output-len", type=output_len, metavar="N|S*Ts+O", help=MAX_OUTPUT_HELP)
@@ -292,12 +322,13 @@ def build_parser() -> Parser:
     x.add_argument("--ckpt", required=True, metavar="RUN", help="run dir (its best/) or checkpoint dir")
     x.add_argument("--data", required=True, metavar="FILE", help="TSV or question_answer pairs")
     x.add_argument("--out", required=True, metavar="PAGE.html", help="the page to write (one file, works offline)")
-    x.add_argument("--n", type=int, default=500, help="the first N pairs of --data (500; 0: all)")
-    x.add_argument("--beam", type=int, default=1, metavar="K", help="beam size (1 = greedy); shows the n best")
-    x.add_argument("--n-best", type=int, metavar="N", help="hypotheses kept per example with --beam (default K)")
+    x.add_argument("--n", type=non_negative_int, default=500, help="the first N pairs of --data (500; 0: all)")
+    x.add_argument("--beam", type=positive_int, default=1, metavar="K", help="beam size (1 = greedy); shows the n best")
+    x.add_argument("--n-best", type=positive_int, metavar="N",
+                   help="hypotheses kept per example with --beam (default K)")
     x.add_argument("--alpha", type=float, default=0.0, help="GNMT length penalty alpha for beam search (0 = off)")
     x.add_argument("--by", action="append", metavar="style|colN", help=BY_HELP + "; length is always shown")
-    x.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, metavar="B")
+    x.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE, metavar="B")
     x.add_argument("--max-output-len", type=output_len, metavar="N|S*Ts+O", help=MAX_OUTPUT_HELP)
     x.add_argument("--device", default="cpu")
     x.set_defaults(func=cmd_explore)
@@ -305,7 +336,7 @@ def build_parser() -> Parser:
     m = sub.add_parser("make-data", help="regenerate a built-in dataset's TSV splits")
     m.add_argument("name", choices=["date", "addition", "toy-en-ko"])
     m.add_argument("--out", metavar="DIR", help="default data/NAME")
-    m.add_argument("--seed", type=int, help="default 1234 (the shipped files)")
+    m.add_argument("--seed", type=non_negative_int, help="default 1234 (the shipped files)")
     m.set_defaults(func=cmd_make_data)
 
     c = sub.add_parser("plot-curves", help="plot loss and accuracy per epoch from RUN/metrics.jsonl")
@@ -321,13 +352,14 @@ def build_parser() -> Parser:
     t.add_argument("--model", metavar="DIR", help="a directory written by attnseq export (--engine onnxruntime)")
     t.add_argument("--input", metavar="FILE", help="read lines from FILE (default stdin)")
     t.add_argument("--output", metavar="FILE", help="write outputs to FILE (default stdout)")
-    t.add_argument("--beam", type=int, default=1, metavar="K", help="beam size (1 = greedy)")
-    t.add_argument("--n-best", type=int, default=1, metavar="N", help="print the N best, tab-separated, with scores")
+    t.add_argument("--beam", type=positive_int, default=1, metavar="K", help="beam size (1 = greedy)")
+    t.add_argument("--n-best", type=positive_int, default=1, metavar="N",
+                   help="print the N best, tab-separated, with scores")
     t.add_argument("--alpha", type=float, default=0.0, help="GNMT length penalty alpha for beam search (0 = off)")
-    t.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, metavar="B")
+    t.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE, metavar="B")
     t.add_argument("--max-output-len", "--max-len", type=output_len, metavar="N|S*Ts+O",
                    help=MAX_OUTPUT_HELP + "; --max-len is the older name")
-    t.add_argument("--max-input-len", type=int, metavar="N",
+    t.add_argument("--max-input-len", type=positive_int, metavar="N",
                    help="longer inputs are truncated with a warning (default: the run's --max-len, else 200)")
     t.add_argument("--device", default="cpu")
     t.add_argument("--show-attention", action="store_true", help="print a text alignment per line on stderr")
@@ -349,7 +381,8 @@ def build_parser() -> Parser:
 
     v = sub.add_parser("average", help="average the weights of a run's last K kept checkpoints into one checkpoint")
     v.add_argument("run", metavar="RUN", help="a run directory trained with --keep-last K (its epoch-NNNN/)")
-    v.add_argument("--last", type=int, required=True, metavar="K", help="average the newest K kept checkpoints")
+    v.add_argument("--last", type=positive_int, required=True, metavar="K",
+                   help="average the newest K kept checkpoints")
     v.add_argument("--out", required=True, metavar="CKPT",
                    help="a new or empty directory (or an earlier average, replaced): the averaged checkpoint, "
                         "for eval, translate, explore and export (--ckpt CKPT); it cannot be resumed")
@@ -359,20 +392,20 @@ def build_parser() -> Parser:
     a.add_argument("--ckpt", required=True, metavar="RUN")
     a.add_argument("--text", action="append", metavar="TEXT", help="a source text (repeatable)")
     a.add_argument("--data", metavar="FILE", help="take examples from a TSV/question_answer file")
-    a.add_argument("--n", type=int, default=6, help="how many examples from --data (6)")
+    a.add_argument("--n", type=positive_int, default=6, help="how many examples from --data (6)")
     a.add_argument("--wrong-only", action="store_true", help="only examples the model gets wrong")
     a.add_argument("--out", required=True, metavar="FILE.png|.svg|.pdf")
-    a.add_argument("--beam", type=int, default=1)
+    a.add_argument("--beam", type=positive_int, default=1, metavar="K", help="beam size (1 = greedy)")
     a.add_argument("--max-output-len", type=output_len, metavar="N|S*Ts+O", help=MAX_OUTPUT_HELP)
     a.add_argument("--device", default="cpu")
     a.set_defaults(func=cmd_plot_attention)
 
     b = sub.add_parser("bench", help="measure training and decoding speed (classic date workload)")
     b.add_argument("--device", default="cpu")
-    b.add_argument("--batch-size", type=int, default=128)
-    b.add_argument("--hidden-size", type=int, default=256)
-    b.add_argument("--wordvec-size", type=int, default=16)
-    b.add_argument("--iters", type=int, default=20, help="timed training iterations (after 3 warm-up)")
+    b.add_argument("--batch-size", type=positive_int, default=128)
+    b.add_argument("--hidden-size", type=positive_int, default=256)
+    b.add_argument("--wordvec-size", type=positive_int, default=16)
+    b.add_argument("--iters", type=positive_int, default=20, help="timed training iterations (after 3 warm-up)")
     b.add_argument("--threads", type=int, default=0, help="CPU training threads (0: one per core, >= 32 rows each)")
     b.add_argument("--bucketed", action="store_true", help="trim each batch to its own longest row instead")
     b.add_argument("--kernels", choices=("auto", "numba", "numpy", "both"), default="auto",

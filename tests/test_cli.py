@@ -207,3 +207,69 @@ def test_translate_empty_file_and_crlf_stdin(tiny_run, tmp_path, monkeypatch, ca
     assert main(["translate", "--ckpt", str(tiny_run)]) == 0
     out = capsys.readouterr().out.split("\n")
     assert len(out) == 4 and out[1] == "" and "\r" not in "".join(out)
+
+
+@pytest.fixture
+def chain_ckpt(tmp_path):
+    """A word-level checkpoint whose greedy output is "the cat sat down" for every source (test_evaluation's)."""
+    from test_evaluation import WORDS, chain_model
+
+    from attnseq.run.checkpoint import save_checkpoint
+    return save_checkpoint(tmp_path / "chain", chain_model(), None, WORDS, WORDS, {}, {"epoch": 0, "step": 0})
+
+
+def test_plot_attention_judges_outputs_as_eval_does(chain_ckpt, tmp_path, monkeypatch):
+    """--wrong-only and the ✓/✗ titles compare each output with its reference as the tokenizer reads it
+    back (inner spaces collapsed), as eval and explore do: "the  cat sat down" is right."""
+    import attnseq.plotting
+    titles = []
+    real = attnseq.plotting.plot_attention_grid
+    monkeypatch.setattr(attnseq.plotting, "plot_attention_grid",
+                        lambda examples: titles.append([e["title"] for e in examples]) or real(examples))
+    data = tmp_path / "pairs.tsv"
+    data.write_text("a dog\tthe  cat sat down\ndog\tthe cat sat\n", encoding="utf-8")
+    out = str(tmp_path / "a.png")
+    assert main(["plot-attention", "--ckpt", str(chain_ckpt), "--data", str(data), "--out", out]) == 0
+    assert titles.pop() == ["a dog → the cat sat down  ✓", "dog → the cat sat down  ✗ (want the cat sat)"]
+    assert main(["plot-attention", "--ckpt", str(chain_ckpt), "--data", str(data), "--wrong-only",
+                 "--out", out]) == 0
+    assert titles.pop() == ["dog → the cat sat down  ✗ (want the cat sat)"]
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["eval", "--ckpt", "r", "--data", "x.tsv", "--batch-size", "0"], "--batch-size"),
+    (["explore", "--ckpt", "r", "--data", "x.tsv", "--out", "p.html", "--batch-size", "-2"], "--batch-size"),
+    (["explore", "--ckpt", "r", "--data", "x.tsv", "--out", "p.html", "--n", "-1"], "--n"),
+    (["translate", "--ckpt", "r", "--batch-size", "0"], "--batch-size"),
+    (["translate", "--ckpt", "r", "--max-input-len", "-3"], "--max-input-len"),
+    (["translate", "--ckpt", "r", "--beam", "0"], "--beam"),
+    (["translate", "--ckpt", "r", "--n-best", "two"], "--n-best"),
+    (["plot-attention", "--ckpt", "r", "--data", "x.tsv", "--n", "0", "--out", "a.png"], "--n"),
+    (["average", "r", "--last", "0", "--out", "avg"], "--last"),
+    (["bench", "--iters", "0"], "--iters"),
+])
+def test_counts_outside_train_are_usage_errors_naming_the_flag(argv, flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert f"error: argument {flag}: must be " in err and "integer, got" in err
+
+
+def test_translate_at_the_prompt_refuses_output(tiny_run, tmp_path, monkeypatch, capsys):
+    """--output is for --input or piped stdin: at a terminal prompt the translations are printed, so asking
+    for a file there is a usage error, not a file silently left unwritten."""
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    monkeypatch.setattr(sys, "stdin", Terminal("9/25/84\n"))
+    out = tmp_path / "out.txt"
+    with pytest.raises(SystemExit) as e:
+        main(["translate", "--ckpt", str(tiny_run), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "--output FILE is for lines read from --input" in err
+    assert not out.exists()
+    inp = tmp_path / "in.txt"
+    inp.write_text("9/25/84\n", encoding="utf-8")
+    assert main(["translate", "--ckpt", str(tiny_run), "--input", str(inp), "--output", str(out)]) == 0
+    assert out.read_text(encoding="utf-8").count("\n") == 1

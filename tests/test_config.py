@@ -1,6 +1,5 @@
 """The option table: argparse, TOML, defaults, value checks and the --resume rules all come from it."""
 import argparse
-import inspect
 import json
 import shutil
 
@@ -12,10 +11,9 @@ from attnseq.cli import build_parser, main, train_config
 from attnseq.errors import ConfigError
 from attnseq.nn.layers import INIT_SCHEMES
 from attnseq.nn.optim import OPTIMIZERS
-from attnseq.run.config import (OPTIONS, POSITIVE_INT, TASK_DEFAULTS, Option, add_flags, config_keys, problem,
-                                read_toml, resolve_config)
-from attnseq.nn.model import AttentionSeq2seq
-from attnseq.run import training
+from attnseq.run.config import (OPTIONS, POSITIVE_INT, TASK_DEFAULTS, Option, add_flags, config_keys, model_row,
+                                problem, read_toml, resolve_config)
+from attnseq.nn.model import MODEL_DEFAULTS, AttentionSeq2seq
 from attnseq.run.training import MODEL_OPTIONS, model_options, train
 
 # config.json's "train" section as written before the table existed: old checkpoints must keep resuming
@@ -339,25 +337,27 @@ def test_default_model_options_pass_nothing_to_the_model():
         {"attention": "general"}
 
 
-def test_a_model_that_lacks_an_option_is_one_error(tmp_path, tiny_data, monkeypatch):
-    class Book(AttentionSeq2seq):
-        def __init__(self, src_vocab_size, tgt_vocab_size, wordvec_size=16, hidden_size=256, *, dropout=0.0,
-                     init="xavier", dtype="float32", seed=0):
-            super().__init__(src_vocab_size, tgt_vocab_size, wordvec_size, hidden_size, dropout=dropout, init=init,
-                             dtype=dtype, seed=seed)
-    monkeypatch.setattr(training, "AttentionSeq2seq", Book)
-    with pytest.raises(ConfigError, match="^--encoder-layers, --input-feeding: not supported by this attnseq's model$"):
-        train(dict(data=str(tiny_data), out=str(tmp_path / "m"), encoder_layers=2, input_feeding=True, epochs=1))
+def test_the_model_options_are_listed_once():
+    """The model's MODEL_DEFAULTS make the table's model rows (their defaults), the Trainer's MODEL_OPTIONS,
+    the ONNX export's book model and the config keys it knows; a name the model does not take is an error."""
+    from attnseq.export.onnx_graphs import KNOWN_MODEL_KEYS
+    from attnseq.export.spec import BOOK_OPTIONS, TRAINING_ONLY
+    rows = {o.name: o for o in OPTIONS if o.model}
+    assert MODEL_OPTIONS == tuple(MODEL_DEFAULTS) == tuple(rows)
+    assert {k: o.default for k, o in rows.items()} == MODEL_DEFAULTS
+    assert all(o.group == "model" and not o.resumable for o in rows.values())
+    assert {**BOOK_OPTIONS, **{k: MODEL_DEFAULTS[k] for k in TRAINING_ONLY}} == MODEL_DEFAULTS
+    assert KNOWN_MODEL_KEYS == set(AttentionSeq2seq(5, 6, 4, 8).config)
+    with pytest.raises(TypeError, match="unknown option.* heads; its options are encoder_layers, "):
+        AttentionSeq2seq(5, 6, 4, 8, heads=2)
+    with pytest.raises(KeyError):
+        model_row("heads", int)
 
 
 def test_model_options_reach_the_model(tiny_data, tmp_path):
     """The flags build the model they name; config.json's model and train sections both hold them."""
     wanted = dict(encoder_layers=2, decoder_layers=2, bidirectional=True, attention="general", input_feeding=True,
                   label_smoothing=0.1, tie_embeddings=True)
-    params = inspect.signature(AttentionSeq2seq).parameters
-    missing = [k for k in MODEL_OPTIONS if k not in params]
-    if missing:
-        pytest.skip(f"AttentionSeq2seq does not take {', '.join(missing)} yet (the model side of issue 14)")
     out = tmp_path / "deep"
     flags = ["--encoder-layers", "2", "--decoder-layers", "2", "--bidirectional", "--attention", "general",
              "--input-feeding", "--label-smoothing", "0.1", "--tie-embeddings"]

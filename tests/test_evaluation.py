@@ -143,3 +143,21 @@ def test_teacher_forcing_reads_the_gold_previous_token():
     assert tokens == 23 and correct == 18
     assert result["loss"] == pytest.approx(nll / tokens, rel=1e-6)
     assert result["token_accuracy"] == correct / tokens
+
+
+@pytest.mark.parametrize("path", ["numba", "numpy"])
+def test_the_loss_is_scored_without_a_gradient(path, monkeypatch):
+    """Evaluation computes the cross-entropy alone: the kernel that also writes dlogits (B·To, V) never
+    runs, and the loss is still the hand-computed one (constant logits)."""
+    pytest.importorskip("numba")
+    from attnseq.nn import kernels
+    from attnseq.nn.kernels import cpu
+    calls = []
+    real = cpu.softmax_cross_entropy
+    monkeypatch.setattr(cpu, "softmax_cross_entropy", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    with kernels.using(path):
+        result = evaluate(constant_logits_model(), encode_pairs(CONST_PAIRS, CHARS, CHARS), CHARS, batch_size=2)
+    log_z = math.log(sum(math.exp(b) for b in BIAS))
+    gold = [g for row in CONST_GOLD for g in row]
+    assert result["loss"] == pytest.approx(sum(log_z - BIAS[g] for g in gold) / len(gold), rel=1e-12)
+    assert calls == []

@@ -163,8 +163,11 @@ def test_cli_explore(tiny_run, tmp_path, capsys):
     assert len(got["examples"]) == 20
     assert [ex["cats"]["style"] for ex in got["examples"]] == [r[2] for r in rows[:20]]
     assert set(got["categories"]["style"]) == {r[2] for r in rows[:20]}
-    assert main(["explore", "--ckpt", str(tiny_run), "--data", str(data), "--n", "-1", "--out", str(out)]) == 1
-    assert "--n must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:                                    # a usage error, before any work
+        main(["explore", "--ckpt", str(tiny_run), "--data", str(data), "--n", "-1", "--out", str(out)])
+    assert e.value.code == 2 and "argument --n: must be 0 or a positive integer, got '-1'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="n must be at least 1"):          # the library keeps its own check
+        explore_file(str(tiny_run), data, n=-1)
     assert len(explore_file(str(tiny_run), data, n=None).data["examples"]) == 30
 
 

@@ -336,6 +336,16 @@ def test_missing_manifest_key(broken, key):
     one_line(e)
 
 
+@pytest.mark.parametrize("rule", [{"scale": -1, "offset": 3}, {"scale": 2}, {"scale": 0, "offset": 0},
+                                  {"scale": "2", "offset": 1}])
+def test_a_bad_output_length_rule_is_named(broken, rule):
+    """The manifest's max_output_len is read as config.json's is (OutputLengthRule.from_json)."""
+    edit_manifest(broken, lambda m: m.update(max_output_len=rule))
+    with pytest.raises(CheckpointError, match=r"manifest.json: max_output_len: expected \{\"scale\": int") as e:
+        OnnxTranslator(broken)
+    one_line(e)
+
+
 def test_missing_nested_key_and_missing_file(broken):
     edit_manifest(broken, lambda m: m["model"].pop("hidden_size"))
     with pytest.raises(CheckpointError, match="missing key 'model.hidden_size'"):

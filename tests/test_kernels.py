@@ -72,11 +72,11 @@ class ref:
         return ds
 
     @staticmethod
-    def softmax_cross_entropy(logits, targets, ignore_index, dlogits, scale=None):
+    def softmax_cross_entropy(logits, targets, ignore_index, dlogits, scale=None, smoothing=0.0):
         """SoftmaxCrossEntropy on the numpy path: (mean * count, count), dlogits for d(loss) = scale * count."""
         count = int((targets != ignore_index).sum())
         with kernels.using("numpy"):
-            ce = SoftmaxCrossEntropy(ignore_index)
+            ce = SoftmaxCrossEntropy(ignore_index, smoothing)
             mean = float(ce.forward(logits.copy()[None], targets[None]))
             d = ce.backward(1.0 if scale is None else scale * max(count, 1))[0]
         dlogits[...] = d
@@ -438,22 +438,59 @@ def test_softmax_cross_entropy_matches_reference(M, V, scale, dtype):
     assert np.all(d_got[targets == 0] == 0)
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
 @pytest.mark.parametrize("ignore_index", [3, -100])
-def test_softmax_cross_entropy_ignore_index_all_and_in_place(ignore_index):
+def test_softmax_cross_entropy_ignore_index_all_and_in_place(ignore_index, smoothing):
     """Another padding id than 0; -100 (no vocabulary id) only for the kernel: the plain code
-    indexes the logits at every target, padding included."""
+    indexes the logits at every target, padding included. In place (dlogits is logits) with and
+    without label smoothing: every read of a row comes before its first write."""
     rng = np.random.default_rng(9)
     logits, targets = ce_inputs(rng, 6, 11, np.float64, ignore_index=3)
     targets[targets == 3] = ignore_index
     d_want = nans(logits.shape, np.float64)
-    want = ref.softmax_cross_entropy(logits, np.where(targets == -100, 3, targets), 3, d_want)
+    want = ref.softmax_cross_entropy(logits, np.where(targets == -100, 3, targets), 3, d_want, smoothing=smoothing)
     for mod in (cpu, ref) if ignore_index == 3 else (cpu,):
         z = logits.copy()                                           # dlogits is logits
-        np.testing.assert_allclose(mod.softmax_cross_entropy(z, targets, ignore_index, z), want, rtol=1e-10)
+        got = mod.softmax_cross_entropy(z, targets, ignore_index, z, smoothing=smoothing)
+        np.testing.assert_allclose(got, want, rtol=1e-10)
         assert_same(z, d_want, np.float64)
         d = nans(logits.shape, np.float64)
-        assert mod.softmax_cross_entropy(logits, np.full(6, ignore_index), ignore_index, d) == (0.0, 0)
+        assert mod.softmax_cross_entropy(logits, np.full(6, ignore_index), ignore_index, d,
+                                         smoothing=smoothing) == (0.0, 0)
         assert np.all(d == 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("M,V", [(1, 2), (7, 13), (5, 300), (3, 5000)])
+def test_cross_entropy_loss_is_the_gradient_kernels_loss(M, V, smoothing, dtype):
+    """The loss-only kernel (evaluation) gives softmax_cross_entropy's loss and count, writing nothing."""
+    logits, targets = ce_inputs(np.random.default_rng(M + V), M, V, dtype)
+    before = logits.copy()
+    loss, count = cpu.cross_entropy_loss(logits, targets, 0, smoothing)
+    want, want_count = cpu.softmax_cross_entropy(logits, targets, 0, nans((M, V), dtype), smoothing=smoothing)
+    assert count == want_count == int((targets != 0).sum())
+    np.testing.assert_allclose(loss, want, **TOL[dtype])
+    np.testing.assert_array_equal(logits, before)
+    assert cpu.cross_entropy_loss(logits, np.zeros(M, np.int64), 0) == (0.0, 0)
+    with pytest.raises(IndexError, match="target"):
+        cpu.cross_entropy_loss(logits, np.full(M, V), 0)
+
+
+@pytest.mark.parametrize("path", ["numba", "numpy"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])
+def test_the_loss_without_a_gradient_is_the_same_loss(path, smoothing):
+    """SoftmaxCrossEntropy.forward(need_grad=False): the training forward's loss, on either path; nothing is
+    kept for a backward, so one is refused."""
+    logits, targets = ce_inputs(np.random.default_rng(12), 20, 17, np.float64)
+    logits, targets = logits.reshape(4, 5, 17), targets.reshape(4, 5)
+    with kernels.using(path):
+        want = float(SoftmaxCrossEntropy(0, smoothing).forward(logits, targets))
+        ce = SoftmaxCrossEntropy(0, smoothing)
+        assert float(ce.forward(logits, targets, need_grad=False)) == pytest.approx(want, rel=1e-12)
+        assert ce.cache is None and ce.dlogits is None and not ce._buffers      # no (N*T, V) array kept
+        with pytest.raises(RuntimeError, match="need_grad=True"):
+            ce.backward()
 
 
 def test_reference_cross_entropy_is_the_gradient():

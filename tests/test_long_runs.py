@@ -322,6 +322,43 @@ def test_lock_and_unlock(tmp_path):
     assert not (tmp_path / "r" / ".lock").exists()
 
 
+def test_the_lock_appears_whole(tmp_path, monkeypatch):
+    """The lock is written to .lock.tmp-PID and linked into place, so .lock never exists empty (an empty
+    or garbled one is only ever a crashed writer's); a crashed writer's temporary blocks nothing and
+    prepare removes it."""
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / ".lock.tmp-999999").write_text("")                    # a writer killed before its link
+    at_link, real = [], os.link
+
+    def link(src, dst):
+        at_link.append((os.path.exists(dst), json.loads(open(src).read())))
+        return real(src, dst)
+    monkeypatch.setattr(ckmod.os, "link", link)
+    rd = RunDir(run)
+    rd.lock()
+    holder = json.loads((run / ".lock").read_text())
+    assert at_link == [(False, holder)] and holder["pid"] == os.getpid()
+    assert not (run / f".lock.tmp-{os.getpid()}").exists()
+    rd.prepare(resume=False)
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    rd.unlock()
+
+
+def test_the_lock_without_hard_links(tmp_path, monkeypatch):
+    """A filesystem without hard links (FAT: EPERM): the lock is created in place, as before."""
+    def no_link(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+    monkeypatch.setattr(ckmod.os, "link", no_link)
+    a, b = RunDir(tmp_path / "r"), RunDir(tmp_path / "r")
+    a.lock()
+    assert json.loads((tmp_path / "r" / ".lock").read_text())["pid"] == os.getpid()
+    with pytest.raises(ConfigError, match=f"pid {os.getpid()}"):
+        b.lock()
+    a.unlock()
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == []
+
+
 # -- a full disk at a mid-epoch save ------------------------------------------------------------------
 def test_full_disk_at_a_mid_epoch_save_keeps_the_previous_checkpoint(tiny_data, tmp_path, monkeypatch, reference):
     out = tmp_path / "full"

@@ -406,3 +406,21 @@ def test_every_option_at_once_learns_to_reverse():
             opt.step()
     pred, _ = model.generate(test_src, max_len=10)
     assert exact_match(pred, test_tgt) >= 0.95
+
+
+@pytest.mark.parametrize("input_feeding", [False, True])
+def test_the_additive_backward_makes_its_largest_tensor_once(monkeypatch, input_feeding):
+    """The additive score's pre_grad, ds v (1 - e^2) (N, To, Ts, A), is made once per backward (with input
+    feeding: once per step, (N, 1, Ts, A)), and both halves of the backward, to the queries and to the keys,
+    read it."""
+    from attnseq.nn.attention import AdditiveWeights
+    shapes, real = [], AdditiveWeights.pre_grad
+    monkeypatch.setattr(AdditiveWeights, "pre_grad",
+                        lambda self, ds, e, out=None: shapes.append(e.shape) or real(self, ds, e, out))
+    model = random_model(attention="additive", input_feeding=input_feeding)
+    src = np.array([[4, 5, 6, 0], [7, 8, 0, 0], [9, 4, 5, 6]])
+    tgt = np.array([[1, 4, 5, 2, 0], [1, 6, 2, 0, 0], [1, 7, 8, 5, 2]])
+    model.forward(src, tgt)
+    model.backward()
+    N, To, Ts, A = 3, 4, 4, 6
+    assert shapes == ([(N, 1, Ts, A)] * To if input_feeding else [(N, To, Ts, A)])

@@ -250,3 +250,39 @@ def test_without_threadpoolctl_it_runs_one_thread(monkeypatch, request):
     assert loss == pytest.approx(float(_model().forward(src, tgt)), rel=1e-12)
     from attnseq.run.parallel import map_batches
     assert map_batches(model, lambda m, k: k * 2, [1, 2, 3], 2) == [2, 4, 6]
+
+
+@pytest.mark.parametrize("path", ["numba", "numpy"])
+def test_threads_decoding_one_shared_model_get_what_each_gets_alone(path):
+    """Decoding steps keep nothing on the model (LSTM.step allocates its scratch per call): two threads
+    stepping ONE model, no replica, through different batches at once get exactly the sequential outputs.
+    (Encoding leaves final states on the layers, so the batches are encoded first, in this thread.)"""
+    import threading
+
+    from threadpoolctl import threadpool_limits
+
+    from attnseq.nn import kernels
+    from attnseq.run.decoding import greedy_encoded
+    if path == "numba":
+        pytest.importorskip("numba")
+    with kernels.using(path), threadpool_limits(limits=1, user_api="blas"):
+        model = AttentionSeq2seq(12, 10, 16, 64, seed=4, decoder_layers=2, attention="general").eval()
+        model.state_dict()["decoder.out.b"][2] = -100.0             # no eos: every row runs all 60 steps
+        encoded = [model.encode(_batch(seed=s, N=40, Ts=9)[0]) for s in (1, 2)]
+        want = [greedy_encoded(model, *enc, max_len=60) for enc in encoded]
+        got, start = [[], []], threading.Barrier(2)
+
+        def decode(k):
+            start.wait()
+            for _ in range(4):
+                got[k].append(greedy_encoded(model, *encoded[k], max_len=60))
+        threads = [threading.Thread(target=decode, args=(k,)) for k in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for k in (0, 1):
+        assert len(got[k]) == 4
+        for ids, weights in got[k]:
+            np.testing.assert_array_equal(ids, want[k][0])
+            np.testing.assert_array_equal(weights, want[k][1])

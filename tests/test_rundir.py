@@ -131,6 +131,21 @@ def test_metrics_rows_of_a_redone_epoch_are_replaced(tmp_path):
     assert rows == [{"epoch": 1, "loss": 3.0}, {"epoch": 2, "loss": 1.5}]
 
 
+def test_every_reader_of_metrics_jsonl_reads_it_alike(tmp_path):
+    """The trainer (append_metrics, read_metrics) and plot-curves (cli.read_epochs) read metrics.jsonl in one
+    place: torn lines and lines that are no object are left out, nowhere a traceback."""
+    from attnseq.cli import read_epochs
+    rd = RunDir(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "loss": 3.0}\n[1, 2]\n"text"\n{"epoch": "x"}\n'
+                                            '{"epoch": 2, "loss": 2.5}\n{"epoch": 3, "lo')
+    rd.append_metrics({"epoch": 2, "loss": 2.0})                    # epoch 2 redone: its old row goes
+    rows = [{"epoch": 1, "loss": 3.0}, {"epoch": "x"}, {"epoch": 2, "loss": 2.0}]
+    assert rd.read_metrics() == rows
+    assert read_epochs(tmp_path) == rows
+    with pytest.raises(ConfigError, match="metrics.jsonl: no such file"):
+        read_epochs(tmp_path / "none")
+
+
 def test_train_state_json_layout():
     state = TrainState(epoch=1, step=5, best=[0.5, -1.0], bad_epochs=0, nonfinite_skipped=0, rng={}, dropout_rng={})
     from dataclasses import asdict

@@ -97,3 +97,30 @@ def test_the_trainer_sets_the_schedules_lr_before_each_update(tiny_data, tmp_pat
     total = 2 * 24
     assert [s for s, _ in seen] == list(range(1, total + 1))
     assert [lr for _, lr in seen] == pytest.approx([lr_of_step(s, total) for s, _ in seen], rel=1e-12)
+
+
+@pytest.mark.parametrize("schedule, extra", [("constant", {}), ("cosine", dict(warmup=5))])
+def test_resume_with_another_lr_trains_with_it(tiny_data, tmp_path, schedule, extra):
+    """--resume --lr X: every later update runs at X's schedule (the constant schedule would keep
+    optimizer.npz's lr), and the log says so in one line; the same --lr again changes nothing, says nothing."""
+    cfg = dict(data=str(tiny_data), out=str(tmp_path / schedule), epochs=1, hidden_size=16, wordvec_size=8,
+               batch_size=64, tokenizer="char", examples=0, lr=0.01, lr_schedule=schedule, **extra)
+    Trainer(resolve_config(cfg), log=lambda *a: None).run()
+
+    def cosine(s, total):                                           # W = 5, 24 steps an epoch
+        return 0.002 * 0.5 * (1 + math.cos(math.pi * (s - 6) / (total - 5)))
+    for epochs, note in ((2, "note: --lr changed from 0.01 to 0.002"), (3, None)):
+        logs = []
+        trainer = Trainer(resolve_config(dict(out=cfg["out"], resume=True, epochs=epochs, lr=0.002)),
+                          log=logs.append)
+        seen, real = [], trainer.opt.step
+
+        def step():
+            seen.append(trainer.opt.lr)
+            real()
+        trainer.opt.step = step
+        trainer.run()
+        assert [line for line in logs if "--lr changed" in line] == ([note] if note else [])
+        steps = range((epochs - 1) * 24 + 1, epochs * 24 + 1)
+        want = [0.002] * 24 if schedule == "constant" else [cosine(s, epochs * 24) for s in steps]
+        assert seen == pytest.approx(want, rel=1e-12)

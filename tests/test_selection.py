@@ -2,12 +2,13 @@
 per-task defaults, and runs resumed with another selection than they were trained with."""
 import json
 import shutil
+from types import SimpleNamespace
 
 import pytest
 
 from attnseq.run import selection, training
 from attnseq.run.config import resolve_config
-from attnseq.run.selection import best_epoch, score
+from attnseq.run.selection import score
 from attnseq.run.training import Trainer, train
 
 # valid scores of five epochs: exact peaks at 2 (tied with 4, whose loss is lower), BLEU at 3, loss at 5
@@ -27,15 +28,24 @@ def test_score_is_the_metric_then_lower_loss():
     assert score(valid, "exact") > selection.initial_best()
 
 
+def _best_epoch_by_the_trainer(rows, by):
+    """The epoch ``Trainer._track_best`` keeps as best/ after the valid scores of ``rows``, in order."""
+    state, best = SimpleNamespace(best=selection.initial_best(), bad_epochs=0, best_metric=by), None
+    for row in rows:
+        if Trainer._track_best(state, {k[len("valid_"):]: v for k, v in row.items() if k != "epoch"}):
+            best = row["epoch"]
+    return best
+
+
 @pytest.mark.parametrize("by, epoch", [("exact", 4), ("bleu", 3), ("loss", 5)])
 def test_best_epoch_of_known_rows(by, epoch):
-    assert best_epoch(ROWS, by) == epoch
-    assert best_epoch(ROWS[:3], by) == {"exact": 2, "bleu": 3, "loss": 3}[by]
+    assert _best_epoch_by_the_trainer(ROWS, by) == epoch
+    assert _best_epoch_by_the_trainer(ROWS[:3], by) == {"exact": 2, "bleu": 3, "loss": 3}[by]
 
 
 def test_rows_without_the_metric_are_passed_over():
-    assert best_epoch([dict(epoch=1, valid_exact_match=0.2, valid_loss=1.0)], "bleu") is None
     assert selection.score_of_row(dict(epoch=1, valid_loss=1.0), "bleu") is None
+    assert selection.score_of_row(dict(epoch=1, valid_loss=1.0, valid_exact_match=0.5), "exact") == [0.5, -1.0]
 
 
 def _scripted(monkeypatch, trainer, rows):

@@ -38,7 +38,7 @@ import numpy as np
 from ..data.io import atomic_write_text, read_columns
 from ..run.checkpoint import Checkpoint
 from ..run.decoding import EVAL_BATCH_SIZE
-from ..run.evaluation import bleu_chrf, by_column, category_metrics, length_bucket
+from ..run.evaluation import bleu_chrf, by_column, category_metrics, length_bucket, normalized_refs
 from ..run.inference import Translator, TranslatorBase
 
 FORMAT_VERSION = 1
@@ -129,7 +129,7 @@ def explore(model_or_ckpt, sources: list[str], references: list[str] | None = No
     found = tr.translate(sources, beam=beam, n_best=n_best or beam, alpha=alpha, batch_size=batch_size,
                          max_len=max_len, details=True)
     tgt_tok = tr.tgt_tok
-    refs_norm = None if references is None else [tgt_tok.decode(tgt_tok.encode(r)) for r in references]
+    refs_norm = None if references is None else normalized_refs(tgt_tok, references)
     labels = {"length": [length_bucket(len(t.src_tokens)) for t in found], **(categories or {})}
     examples = []
     for k, (src, t) in enumerate(zip(sources, found)):

@@ -24,7 +24,7 @@ from ..run.checkpoint import load_checkpoint
 from ..run.decoding import OutputLengthRule, log_softmax, model_rule
 from ..run.inference import DEFAULT_MAX_INPUT
 from .spec import (DECODER_STEP, ENCODER, GRAPH_FILES, MANIFEST, TOKENIZER_NAMES, build_manifest,
-                   is_export_dir, output_len_rule, require)
+                   is_export_dir, require, rule_entry)
 
 SELF_CHECK_TOL = 1e-3           # largest |log-prob difference| the export accepts (float32 graphs)
 
@@ -68,7 +68,7 @@ def manifest_rule(model, override=None) -> dict:
     """The manifest's ``max_output_len``: ``override`` (tokens, "S*Ts+O" or an ``OutputLengthRule``) or the
     model's own rule, which is linear by construction, so the manifest records it exactly."""
     rule = model_rule(model) if override is None else OutputLengthRule.parse(override)
-    return output_len_rule(rule.scale, rule.offset)
+    return rule_entry(rule)
 
 
 def _copy_tokenizers(ck, files: dict) -> dict:

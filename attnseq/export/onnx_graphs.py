@@ -48,13 +48,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ConfigError
-from .spec import DECODER_STEP, ENCODER, IR_VERSION, OPSET, graph_io, model_options
+from .spec import BOOK_OPTIONS, DECODER_STEP, ENCODER, IR_VERSION, OPSET, TRAINING_ONLY, graph_io, model_options
 
-# the model config keys (AttentionSeq2seq.config) that these graphs express; any other key is a
-# model option the export does not know and is refused
+# the model config keys (AttentionSeq2seq.config) that these graphs express: the book model's sizes,
+# settings and special ids, and every model option (``spec.BOOK_OPTIONS``, from ``nn.model.MODEL_DEFAULTS``,
+# and the training-only ones); any other key is refused
 KNOWN_MODEL_KEYS = {"src_vocab_size", "tgt_vocab_size", "wordvec_size", "hidden_size", "dropout", "init", "dtype",
-                    "seed", "pad_id", "bos_id", "eos_id", "encoder_layers", "decoder_layers", "bidirectional",
-                    "attention", "input_feeding", "label_smoothing", "tie_embeddings"}
+                    "seed", "pad_id", "bos_id", "eos_id", *BOOK_OPTIONS, *TRAINING_ONLY}
 ELEM = {"int64": TensorProto.INT64, "float32": TensorProto.FLOAT, "bool": TensorProto.BOOL}
 
 

@@ -24,7 +24,7 @@ from ..run.decoding import (EVAL_BATCH_SIZE, OutputLengthRule, beam_search_core,
                              output_length, output_limit)
 from ..run.inference import TranslatorBase
 from .spec import (DECODER_STEP, ENCODER, GRAPH_FILES, MANIFEST, ORT_TYPES, TOKENIZER_NAMES, decoder_state,
-                   output_len_from_rule, read_listed_file, read_manifest, require)
+                   read_listed_file, read_manifest, read_rule, require)
 
 
 def _batch_first(x):
@@ -170,6 +170,8 @@ class OnnxTranslator(TranslatorBase):
         self.src_tok, self.tgt_tok = (self._tokenizer(side) for side in ("source", "target"))
         self.reverse = m["reverse_source"]
         self.max_input_len = max_input_len or m["max_input_len"]
+        # the longest output: the checkpoint's rule at export (or export's --max-output-len)
+        self.output_rule: OutputLengthRule = read_rule(m, d / MANIFEST)
 
     def _check_special_ids(self) -> None:
         ids = self.manifest["special_ids"]
@@ -188,16 +190,6 @@ class OnnxTranslator(TranslatorBase):
             raise CheckpointError(f"{path}: model.{key} is {m['model'][key]}, but the {side} tokenizer "
                                   f"has {tok.vocab_size} entries")
         return tok
-
-    @property
-    def output_rule(self) -> OutputLengthRule:
-        """The manifest's rule for the longest output: the checkpoint's at export (or export's --max-output-len)."""
-        rule = self.manifest["max_output_len"]
-        return OutputLengthRule(rule["scale"], rule["offset"])
-
-    def max_output_len(self, ts: int) -> int:
-        """The manifest's rule for the longest output of a batch whose longest source has ``ts`` tokens."""
-        return output_len_from_rule(self.manifest["max_output_len"], ts)
 
     def greedy_rows(self, src, src_len, batch_size, max_len):
         eos = self.graphs.eos_id

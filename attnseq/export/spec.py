@@ -13,6 +13,10 @@ from pathlib import Path
 
 from ..errors import AttnseqError, CheckpointError
 from ..data.tokenizers import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from ..nn.attention import SCORES
+from ..nn.model import MODEL_DEFAULTS
+from ..run.checkpoint import read_json
+from ..run.decoding import OutputLengthRule
 
 FORMAT = "attnseq-onnx"
 FORMAT_VERSION = 2      # 2: graphs whose inputs differ from the book model's (layers, input feeding, keys)
@@ -45,11 +49,12 @@ def _io(name, dtype, shape, doc):
     return dict(name=name, dtype=dtype, shape=list(shape), doc=doc)
 
 
+# Model options that change how a model trains, not what it computes once trained: no graph has them
+# (nor dropout, which is no option of the model's shape either).
+TRAINING_ONLY = ("label_smoothing",)
 # The model options that shape the graphs, with the book model's values (a config or manifest
-# "model" without a key means the book's). label_smoothing and dropout do not change inference.
-BOOK_OPTIONS = dict(encoder_layers=1, decoder_layers=1, bidirectional=False, attention="dot",
-                    input_feeding=False, tie_embeddings=False)
-SCORES = ("dot", "general", "additive")
+# "model" without a key means the book's): every one of the model's but the training-only ones.
+BOOK_OPTIONS = {k: v for k, v in MODEL_DEFAULTS.items() if k not in TRAINING_ONLY}
 
 
 def model_options(model: dict) -> dict:
@@ -123,15 +128,15 @@ def graph_io(hidden_size: int, tgt_vocab_size: int, dtype: str = "float32", **op
     }
 
 
-def output_len_rule(scale: int, offset: int) -> dict:
-    """The manifest's ``max_output_len``: the longest output is scale * Ts + offset tokens."""
-    return dict(scale=int(scale), offset=int(offset), rule=f"{scale} * Ts {'-' if offset < 0 else '+'} {abs(offset)}",
-                Ts="tokens of the longest source in the batch (after truncation to max_input_len)")
+def rule_entry(rule: OutputLengthRule) -> dict:
+    """The manifest's ``max_output_len``: the rule as config.json holds it (scale, offset and the
+    text), with what Ts means for a runtime; ``read_rule`` reads it back."""
+    return dict(rule.to_json(), Ts="tokens of the longest source in the batch (after truncation to max_input_len)")
 
 
-def output_len_from_rule(rule: dict, ts: int) -> int:
-    """The longest output, by the manifest's ``max_output_len`` rule, for a batch whose longest source has ts tokens."""
-    return rule["scale"] * int(ts) + rule["offset"]
+def read_rule(manifest: dict, path: Path) -> OutputLengthRule:
+    """The manifest's ``max_output_len`` as a rule; a CheckpointError naming ``path`` when malformed."""
+    return OutputLengthRule.from_json(manifest["max_output_len"], f"{path}: max_output_len")
 
 
 def file_digest(data: bytes) -> dict:
@@ -142,8 +147,8 @@ def build_manifest(model_config: dict, tokenizers: dict, reverse_source: bool, m
                    max_output_len: dict, files: dict, provenance: dict) -> dict:
     """The manifest: everything a runtime needs to reproduce attnseq's translate.
 
-    ``tokenizers``: side ("source"/"target") -> {"kind", "name", "files"}; ``max_output_len``: an
-    ``output_len_rule``; ``files``: file name -> bytes.
+    ``tokenizers``: side ("source"/"target") -> {"kind", "name", "files"}; ``max_output_len``:
+    ``rule_entry`` of the rule; ``files``: file name -> bytes.
     """
     H, V = model_config["hidden_size"], model_config["tgt_vocab_size"]
     options = model_options(model_config)
@@ -190,18 +195,6 @@ def _fail(path: Path, msg: str):
     raise CheckpointError(f"{path}: {msg}")
 
 
-def read_json_object(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path.parent}: missing {path.name} (not an attnseq ONNX export?)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: malformed JSON ({e})") from None
-    if not isinstance(data, dict):
-        _fail(path, "expected a JSON object")
-    return data
-
-
 def _need(path: Path, obj: dict, key: str, kind, where: str = ""):
     if key not in obj:
         _fail(path, f"missing key '{where}{key}'")
@@ -214,7 +207,7 @@ def _need(path: Path, obj: dict, key: str, kind, where: str = ""):
 def read_manifest(directory: str | Path) -> dict:
     """manifest.json of an export directory, with every key the runtime uses checked."""
     path = Path(directory) / MANIFEST
-    m = read_json_object(path)
+    m = read_json(path, " (not an attnseq ONNX export?)")
     for key, kind in REQUIRED.items():
         _need(path, m, key, kind)
     if m["format"] != FORMAT:
@@ -229,10 +222,7 @@ def read_manifest(directory: str | Path) -> dict:
             _fail(path, f"'model.{key}' must be positive")
     for key in ("pad", "bos", "eos", "unk"):
         _need(path, m["special_ids"], key, int, "special_ids.")
-    for key in ("scale", "offset"):
-        _need(path, m["max_output_len"], key, int, "max_output_len.")
-    if m["max_output_len"]["scale"] < 0 or output_len_from_rule(m["max_output_len"], 1) < 1:
-        _fail(path, "'max_output_len' must give at least one token: scale >= 0 and scale + offset >= 1")
+    read_rule(m, path)
     if m["max_input_len"] < 1:
         _fail(path, "'max_input_len' must be positive")
     for side, name in TOKENIZER_NAMES.items():

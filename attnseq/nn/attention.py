@@ -104,9 +104,10 @@ def softmax_grad(a, da, out=None):
 class AttentionWeights(Module):
     """hd (N, To, H), hs (N, Ts, H), mask (N, Ts) -> a (N, To, Ts), rows summing to 1, 0 at padding.
 
-    The dot score h . s (the book's). Subclasses change the score through four methods:
-    ``keys`` (what the scores read of hs), ``scores``, and the two halves of its backward,
-    ``query_grad`` (to hd) and ``keys_grad`` (to hs and the score's parameters).
+    The dot score h . s (the book's). Subclasses change the score through five methods:
+    ``keys`` (what the scores read of hs), ``scores``, and its backward: ``pre_grad`` (what the two
+    halves share, made once per backward), ``query_grad`` (to hd) and ``keys_grad`` (to hs and the
+    score's parameters).
     ``apply``'s bias is ``mask_bias(mask, dtype)``: made once per batch, reused by every decoding step.
     """
     score = "dot"
@@ -126,17 +127,23 @@ class AttentionWeights(Module):
         additive score's (N, R, Ts, A) buffer for its tanh, kept for the backward; unused here."""
         return get_array_module(hd).matmul(hd, keys.transpose(0, 2, 1), out=out)
 
-    def query_grad(self, ds, hd, keys, e=None, out=None):
-        """ds (N, R, Ts) the scores' gradient -> the gradient reaching hd (N, R, H)."""
+    def pre_grad(self, ds, e, out=None):
+        """What ``query_grad`` and ``keys_grad`` share of the scores' gradient ds (N, R, Ts), made once
+        per backward: None here (the additive score's is (N, R, Ts, A), into ``out`` when given)."""
+        return None
+
+    def query_grad(self, ds, hd, keys, g=None, out=None):
+        """ds (N, R, Ts) the scores' gradient, g its ``pre_grad`` -> the gradient reaching hd (N, R, H)."""
         return get_array_module(ds).matmul(ds, keys, out=out)
 
-    def keys_grad(self, ds, hd, keys, e, hs):
-        """ds (N, To, Ts) for all steps -> the gradient reaching hs (N, Ts, H) through the keys; writes
-        the score's parameter gradients."""
+    def keys_grad(self, ds, hd, keys, e, g, hs):
+        """ds (N, To, Ts) for all steps (g its ``pre_grad``) -> the gradient reaching hs (N, Ts, H)
+        through the keys; writes the score's parameter gradients."""
         return get_array_module(ds).matmul(ds.transpose(0, 2, 1), hd)
 
-    def tanh_buffer(self, N, R, keys):
-        """The (N, R, Ts, A) array the additive score keeps its tanh in during training; None here."""
+    def tanh_buffer(self, N, R, keys, name: str = "e"):
+        """The (N, R, Ts, A) array the additive score keeps its tanh in during training (``name`` "g":
+        its ``pre_grad``, for a backward step by step); None here."""
         return None
 
     # -- the same for every score ---------------------------------------------------
@@ -169,7 +176,8 @@ class AttentionWeights(Module):
         """da (N, To, Ts) -> dhd (N, To, H), dhs (N, Ts, H). Masked positions get zero gradient."""
         hd, hs, keys, e, a = self.cache
         ds = softmax_grad(a, da, self.buffer("ds", a.shape, a.dtype, get_array_module(a)))   # (N, To, Ts)
-        return self.query_grad(ds, hd, keys, e), self.keys_grad(ds, hd, keys, e, hs)
+        g = self.pre_grad(ds, e)                                    # additive: (N, To, Ts, A), made once
+        return self.query_grad(ds, hd, keys, g), self.keys_grad(ds, hd, keys, e, g, hs)
 
 
 class GeneralWeights(AttentionWeights):
@@ -183,7 +191,7 @@ class GeneralWeights(AttentionWeights):
     def keys(self, hs):
         return hs @ self.params[0]                                  # (N, Ts, H)
 
-    def keys_grad(self, ds, hd, keys, e, hs):
+    def keys_grad(self, ds, hd, keys, e, g, hs):
         xp = get_array_module(ds)
         W, = self.params
         dkeys = xp.matmul(ds.transpose(0, 2, 1), hd)                # (N, Ts, H)
@@ -208,8 +216,8 @@ class AdditiveWeights(AttentionWeights):
     def keys(self, hs):
         return self.key.apply(hs)                                   # (N, Ts, A)
 
-    def tanh_buffer(self, N, R, keys):
-        return self.buffer("e", (N, R, keys.shape[1], keys.shape[2]), keys.dtype, get_array_module(keys))
+    def tanh_buffer(self, N, R, keys, name: str = "e"):
+        return self.buffer(name, (N, R, keys.shape[1], keys.shape[2]), keys.dtype, get_array_module(keys))
 
     def scores(self, hd, keys, e=None, out=None):
         xp = get_array_module(hd)
@@ -222,26 +230,24 @@ class AdditiveWeights(AttentionWeights):
         xp.tanh(e, out=e)
         return xp.matmul(e, v, out=out)                             # (N, R, Ts)
 
-    def _pre_grad(self, ds, e):
-        """The gradient of the tanh's argument, ds v (1 - e^2) (N, R, Ts, A), in a buffer."""
+    def pre_grad(self, ds, e, out=None):
+        """The gradient of the tanh's argument, ds v (1 - e^2) (N, R, Ts, A), into ``out`` or a buffer."""
         xp = get_array_module(ds)
-        g = xp.multiply(e, e, out=self.buffer("g", e.shape, e.dtype, xp))
+        g = xp.multiply(e, e, out=self.buffer("g", e.shape, e.dtype, xp) if out is None else out)
         xp.subtract(1, g, out=g)                                    # tanh' = 1 - e^2
         g *= ds[..., None]
         g *= self.params[1]
         return g
 
-    def query_grad(self, ds, hd, keys, e=None, out=None):
+    def query_grad(self, ds, hd, keys, g=None, out=None):
         xp = get_array_module(ds)
-        g = self._pre_grad(ds, e)
         dq = g.sum(axis=2, out=self.buffer("dq", g.shape[:2] + g.shape[3:], g.dtype, xp))   # (N, R, A)
         return xp.matmul(dq, self.params[0].T, out=out)             # (N, R, H)
 
-    def keys_grad(self, ds, hd, keys, e, hs):
+    def keys_grad(self, ds, hd, keys, e, g, hs):
         xp = get_array_module(ds)
         Wq, v = self.params
-        dWq, dv = self.grads
-        g = self._pre_grad(ds, e)                                   # (N, To, Ts, A)
+        dWq, dv = self.grads                                        # g: (N, To, Ts, A)
         H, A = Wq.shape
         xp.matmul(hd.reshape(-1, H).T, g.sum(axis=2).reshape(-1, A), out=dWq)
         xp.matmul(ds.reshape(-1), e.reshape(-1, A), out=dv)         # sum over N, To, Ts of ds e
@@ -350,12 +356,19 @@ class Attention(Module):
         ``end_backward_steps``."""
         xp = get_array_module(dcontext)
         hs, keys, e, bias, buf = self._steps
+        G = self._pre_grads()
         buf["dC"][t] = dcontext
         da = xp.matmul(buf["dC"][t][:, None], hs.transpose(0, 2, 1), out=buf["da"])   # (N, 1, Ts)
         ds = softmax_grad(buf["W"][t][:, None], da, buf["dS"][t][:, None])             # (N, 1, Ts)
-        dq = self.weight.query_grad(ds, buf["Q"][t][:, None], keys, None if e is None else e[t][:, None],
-                                    out=buf["dq"])
+        g = None if e is None else self.weight.pre_grad(ds, e[t][:, None], out=G[t][:, None])   # kept in G
+        dq = self.weight.query_grad(ds, buf["Q"][t][:, None], keys, g, out=buf["dq"])
         return dq[:, 0]
+
+    def _pre_grads(self):
+        """The (To, N, Ts, A) buffer of the additive score's ``pre_grad`` of every step, which
+        ``backward_step`` fills and ``end_backward_steps`` reads; None for the other scores."""
+        _, keys, e, _, _ = self._steps
+        return None if e is None else self.weight.tanh_buffer(e.shape[0], e.shape[1], keys, "g")
 
     def end_backward_steps(self):
         """-> dhs (N, Ts, H) from all steps at once; writes the score's parameter gradients."""
@@ -363,6 +376,6 @@ class Attention(Module):
         xp = get_array_module(hs)
         a, dctx = buf["W"].transpose(1, 0, 2), buf["dC"].transpose(1, 0, 2)             # (N, To, Ts), (N, To, H)
         dhs = xp.matmul(a.transpose(0, 2, 1), dctx)                                       # through the weighted sum
-        dhs += self.weight.keys_grad(buf["dS"].transpose(1, 0, 2), buf["Q"].transpose(1, 0, 2), keys,
-                                     None if e is None else e.transpose(1, 0, 2, 3), hs)
+        e, G = (None, None) if e is None else (e.transpose(1, 0, 2, 3), self._pre_grads().transpose(1, 0, 2, 3))
+        dhs += self.weight.keys_grad(buf["dS"].transpose(1, 0, 2), buf["Q"].transpose(1, 0, 2), keys, e, G, hs)
         return dhs

@@ -104,6 +104,8 @@ class SoftmaxCrossEntropy(Module):
     and its gradient softmax - target. All arithmetic stays in the logits' dtype (the
     fused kernel sums the loss in float64). On the kernel path the forward pass also
     writes the gradient of the mean, dlogits (N*T, V), which ``backward`` hands back.
+    ``forward(..., need_grad=False)`` computes the loss alone (evaluation): no softmax or
+    dlogits is kept, and no backward can follow.
     """
 
     def __init__(self, ignore_index: int = 0, smoothing: float = 0.0):
@@ -115,11 +117,11 @@ class SoftmaxCrossEntropy(Module):
         self.cache = None
         self.dlogits = None                                         # the kernel path's (dlogits, logits shape)
 
-    def forward(self, logits, targets):
+    def forward(self, logits, targets, need_grad: bool = True):
+        self.cache = self.dlogits = None
         k = kernels.fused(logits, targets)
         if k is not None:
-            return self._forward_fused(k, logits, targets)
-        self.dlogits = None
+            return self._forward_fused(k, logits, targets, need_grad)
         xp = get_array_module(logits)
         V = logits.shape[-1]
         eps = self.smoothing
@@ -134,24 +136,31 @@ class SoftmaxCrossEntropy(Module):
         nll = log_s - (z[rows, t] - m[:, 0])                        # -log softmax at the target
         if eps > 0:                                                 # mean over k of -log softmax
             nll = (1 - eps) * nll + eps * (log_s - (z.mean(axis=1) - m[:, 0]))
-        p /= s
         mask = (t != self.ignore_index).astype(logits.dtype)        # (N*T,)
         count = xp.maximum(mask.sum(), 1)
         loss = (nll * mask).sum() / count
-        self.cache = (p, t, mask, count, logits.shape)
+        if need_grad:
+            p /= s
+            self.cache = (p, t, mask, count, logits.shape)
         return loss
 
-    def _forward_fused(self, k, logits, targets):
-        """Loss and dlogits (N*T, V) in one pass over the logits; the cache holds dlogits only."""
+    def _forward_fused(self, k, logits, targets, need_grad: bool):
+        """Loss and dlogits (N*T, V) in one pass over the logits (the loss alone without ``need_grad``);
+        the cache holds dlogits only."""
         V = logits.shape[-1]
         z = logits.reshape(-1, V)                                   # (N*T, V)
+        if not need_grad:
+            total, count = k.cross_entropy_loss(z, targets.reshape(-1), self.ignore_index, self.smoothing)
+            return logits.dtype.type(total / max(count, 1))
         dz = self.buffer("dlogits", z.shape, z.dtype, np)
         total, count = k.softmax_cross_entropy(z, targets.reshape(-1), self.ignore_index, dz,
                                                smoothing=self.smoothing)
-        self.cache, self.dlogits = None, (dz, logits.shape)
+        self.dlogits = (dz, logits.shape)
         return logits.dtype.type(total / max(count, 1))
 
     def backward(self, dout=1.0):
+        if self.dlogits is None and self.cache is None:
+            raise RuntimeError("SoftmaxCrossEntropy.backward needs a forward with need_grad=True first")
         if self.dlogits is not None:                                # the kernel wrote them in forward
             (dz, shape), self.dlogits = self.dlogits, None
             if dout != 1.0:

@@ -508,19 +508,12 @@ class LSTM(Module):
         return h_new, c_new
 
     def _step_fused(self, k, xw, h, c, Wh):
-        """``step`` with the compiled cell; its (N, 4H) scratch is kept between steps, also in eval mode."""
+        """``step`` with the compiled cell. Its (N, 4H) and (N, H) scratch is allocated here, per call,
+        like the state it returns: nothing is kept on the layer, so threads may step one shared model."""
         N, H4 = xw.shape
-        rec, gates, tc = (self._step_scratch(name, shape, xw.dtype)
-                          for name, shape in (("rec", (N, H4)), ("gates", (N, H4)), ("tc", (N, H4 // 4))))
+        rec, gates = np.empty((N, H4), xw.dtype), np.empty((N, H4), xw.dtype)
+        tc = np.empty((N, H4 // 4), xw.dtype)                       # tanh(c_new), unused after
         np.matmul(h, Wh, out=rec)                                   # (N, 4H)
         h_new, c_new = np.empty_like(h), np.empty_like(c)
         k.lstm_cell_forward(xw, rec, c, gates, c_new, tc, h_new)
         return h_new, c_new
-
-    def _step_scratch(self, name, shape, dtype):
-        """A numpy scratch array for ``step``, grown as needed and reused (eval mode too: a few (N, 4H))."""
-        key, size = f"step_{name}", int(np.prod(shape))
-        buf = self._buffers.get(key)
-        if buf is None or buf.size < size or buf.dtype != dtype:
-            buf = self._buffers[key] = np.empty(size, dtype=dtype)
-        return buf[:size].reshape(shape)

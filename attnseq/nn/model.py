@@ -13,6 +13,42 @@ from .module import Module
 from ..data.tokenizers import BOS_ID, EOS_ID, PAD_ID
 
 
+# The options beyond the book's model, with the book's values: what AttentionSeq2seq takes as keywords
+# besides sizes, dropout, init, dtype, seed and the special ids. The one list of them: the training
+# flags take their defaults from it and the ONNX export its book model.
+MODEL_DEFAULTS = dict(encoder_layers=1, decoder_layers=1, bidirectional=False, attention="dot",
+                      input_feeding=False, label_smoothing=0.0, tie_embeddings=False)
+
+
+def _check_count(name: str, v) -> None:
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+
+def _checked_options(options: dict, hidden_size: int) -> dict:
+    """``MODEL_DEFAULTS`` updated with ``options``, each checked (ValueError naming it; an unknown
+    one is a TypeError, as for any keyword) and as a plain int, bool, float or str."""
+    unknown = sorted(set(options) - set(MODEL_DEFAULTS))
+    if unknown:
+        raise TypeError(f"AttentionSeq2seq got unknown option(s) {', '.join(unknown)}; "
+                        f"its options are {', '.join(MODEL_DEFAULTS)}")
+    o = {**MODEL_DEFAULTS, **options}
+    for name in ("encoder_layers", "decoder_layers"):
+        _check_count(name, o[name])
+    for name in ("bidirectional", "input_feeding", "tie_embeddings"):
+        if not isinstance(o[name], (bool, np.bool_)):
+            raise ValueError(f"{name} must be true or false, got {o[name]!r}")
+    if o["attention"] not in SCORES:
+        raise ValueError(f"attention must be one of {', '.join(SCORES)}, got {o['attention']!r}")
+    eps = o["label_smoothing"]
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps < 1.0:
+        raise ValueError(f"label_smoothing must be a number in [0, 1), got {eps!r}")
+    if o["bidirectional"] and hidden_size % 2:
+        raise ValueError(f"hidden_size must be even for a bidirectional encoder (each direction gets "
+                         f"hidden_size // 2), got {hidden_size}")
+    return {k: type(default)(o[k]) for k, default in MODEL_DEFAULTS.items()}
+
+
 class AttentionSeq2seq(Module):
     """Encoder + AttentionDecoder + masked softmax cross-entropy.
 
@@ -20,8 +56,9 @@ class AttentionSeq2seq(Module):
     ``src`` (N, Ts) and ``tgt`` (N, To + 1) = [bos, y_1 .. y_k, eos, pad ..].
     The decoder reads ``tgt[:, :-1]`` and is scored against ``tgt[:, 1:]``.
 
-    Options (each also a key of ``config``; the defaults are the book's model, and a config
-    without a key means its default, so older checkpoints load as they were):
+    Options (keywords, ``MODEL_DEFAULTS`` has them with their defaults, the book's model; each is
+    also a key of ``config``, and a config without a key means its default, so older checkpoints
+    load as they were):
     ``encoder_layers``, ``decoder_layers`` (>= 1, ``dropout`` between layers); ``bidirectional``
     encoder (each direction hidden_size // 2, hs their concatenation: hidden_size must be even;
     a bridge, linear + tanh, maps the final states to the decoder's, as it does whenever the layer
@@ -33,9 +70,7 @@ class AttentionSeq2seq(Module):
     def __init__(self, src_vocab_size: int, tgt_vocab_size: int, wordvec_size: int = 16,
                  hidden_size: int = 256, *, dropout: float = 0.0, init: str = "xavier",
                  dtype="float32", seed: int = 0, pad_id: int = PAD_ID, bos_id: int = BOS_ID,
-                 eos_id: int = EOS_ID, encoder_layers: int = 1, decoder_layers: int = 1,
-                 bidirectional: bool = False, attention: str = "dot", input_feeding: bool = False,
-                 label_smoothing: float = 0.0, tie_embeddings: bool = False):
+                 eos_id: int = EOS_ID, **options):
         super().__init__()
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64):
@@ -43,38 +78,22 @@ class AttentionSeq2seq(Module):
         if init not in INIT_SCHEMES:
             raise ValueError(f"init must be one of {INIT_SCHEMES}, got {init!r}")
         for name, v in (("src_vocab_size", src_vocab_size), ("tgt_vocab_size", tgt_vocab_size),
-                        ("wordvec_size", wordvec_size), ("hidden_size", hidden_size),
-                        ("encoder_layers", encoder_layers), ("decoder_layers", decoder_layers)):
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        for name, v in (("bidirectional", bidirectional), ("input_feeding", input_feeding),
-                        ("tie_embeddings", tie_embeddings)):
-            if not isinstance(v, (bool, np.bool_)):
-                raise ValueError(f"{name} must be true or false, got {v!r}")
-        if attention not in SCORES:
-            raise ValueError(f"attention must be one of {', '.join(SCORES)}, got {attention!r}")
-        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
-                or not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
-        if bidirectional and hidden_size % 2:
-            raise ValueError(f"hidden_size must be even for a bidirectional encoder (each direction gets "
-                             f"hidden_size // 2), got {hidden_size}")
+                        ("wordvec_size", wordvec_size), ("hidden_size", hidden_size)):
+            _check_count(name, v)
+        o = _checked_options(options, hidden_size)
         rng = np.random.default_rng(seed)
         kw = dict(rng=rng, init=init, dtype=dtype, dropout=dropout)
-        self.add_module("encoder", Encoder(src_vocab_size, wordvec_size, hidden_size, layers=encoder_layers,
-                                           bidirectional=bool(bidirectional), decoder_layers=decoder_layers, **kw))
-        self.add_module("decoder", AttentionDecoder(tgt_vocab_size, wordvec_size, hidden_size, layers=decoder_layers,
-                                                    attention=attention, input_feeding=bool(input_feeding),
-                                                    tie_embeddings=bool(tie_embeddings), **kw))
-        self.add_module("loss_layer", SoftmaxCrossEntropy(ignore_index=pad_id, smoothing=label_smoothing))
+        self.add_module("encoder", Encoder(src_vocab_size, wordvec_size, hidden_size, layers=o["encoder_layers"],
+                                           bidirectional=o["bidirectional"], decoder_layers=o["decoder_layers"], **kw))
+        self.add_module("decoder", AttentionDecoder(tgt_vocab_size, wordvec_size, hidden_size,
+                                                    layers=o["decoder_layers"], attention=o["attention"],
+                                                    input_feeding=o["input_feeding"],
+                                                    tie_embeddings=o["tie_embeddings"], **kw))
+        self.add_module("loss_layer", SoftmaxCrossEntropy(ignore_index=pad_id, smoothing=o["label_smoothing"]))
         self.config = dict(src_vocab_size=int(src_vocab_size), tgt_vocab_size=int(tgt_vocab_size),
                            wordvec_size=int(wordvec_size), hidden_size=int(hidden_size),
                            dropout=float(dropout), init=init, dtype=dtype.name, seed=int(seed),
-                           pad_id=pad_id, bos_id=bos_id, eos_id=eos_id,
-                           encoder_layers=int(encoder_layers), decoder_layers=int(decoder_layers),
-                           bidirectional=bool(bidirectional), attention=attention,
-                           input_feeding=bool(input_feeding), label_smoothing=float(label_smoothing),
-                           tie_embeddings=bool(tie_embeddings))
+                           pad_id=pad_id, bos_id=bos_id, eos_id=eos_id, **o)
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
 
     @classmethod

@@ -20,6 +20,7 @@ A run directory (``RunDir``) holds ``best/``, ``last/``, ``metrics.jsonl``, ``re
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -138,11 +139,12 @@ def resolve(path: str | Path, prefer: str = "best") -> Path:
     raise CheckpointError(f"{path}: not a checkpoint (no config.json) and no best/ or last/ inside")
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path, what: str = "") -> dict:
+    """A JSON object file, or one CheckpointError naming it; ``what`` is said when the file is missing."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CheckpointError(f"{path.parent}: missing {path.name}") from None
+        raise CheckpointError(f"{path.parent}: missing {path.name}{what}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: malformed JSON ({e})") from None
     if not isinstance(data, dict):
@@ -182,7 +184,7 @@ def check_arrays(path: Path, arrays: dict, expected: dict) -> None:
 
 def load_checkpoint_config(path: str | Path) -> dict:
     """Just the config.json of a checkpoint directory."""
-    return _read_json(Path(path) / "config.json")
+    return read_json(Path(path) / "config.json")
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu", with_optimizer: bool = False,
@@ -213,7 +215,7 @@ def _load(ckpt: Path, config: dict, device: str, with_optimizer: bool) -> Checkp
         if tok.vocab_size != model.config[key]:
             raise CheckpointError(f"{ckpt}: the {side} vocabulary has {tok.vocab_size} entries "
                                   f"but the weights expect {model.config[key]}")
-    state = _read_json(ckpt / "state.json")
+    state = read_json(ckpt / "state.json")
     optimizer = read_npz(ckpt / "optimizer.npz") if with_optimizer else None
     if device != "cpu":
         model.to(device)
@@ -366,8 +368,11 @@ def _running(holder: dict) -> bool:
 
 
 def _read_lock(path: Path) -> dict | None:
-    """The holder a lock file names ({"pid", "host", "started"}), or None when it is gone or unreadable."""
-    for _ in range(3):                              # a lock being created is empty for an instant
+    """The holder a lock file names ({"pid", "host", "started"}), or None when it is gone.
+    An empty or garbled lock is a crashed writer's (``RunDir._create_lock`` links the lock into place
+    whole), so stale; read again a few times first, for a filesystem without hard links, where a
+    lock being created is empty for an instant."""
+    for _ in range(3):
         try:
             holder = json.loads(path.read_text(encoding="utf-8"))
             if isinstance(holder, dict) and isinstance(holder.get("pid"), int):
@@ -380,10 +385,19 @@ def _read_lock(path: Path) -> dict | None:
     return {"pid": -1, "host": socket.gethostname()}    # garbage, not a live trainer's lock: stale
 
 
+def _epoch_at_or_after(row: dict, epoch: int) -> bool:
+    """Whether a metrics.jsonl row is of ``epoch`` or later (a row without a numeric epoch is not)."""
+    e = row.get("epoch", 0)
+    return isinstance(e, (int, float)) and not isinstance(e, bool) and e >= epoch
+
+
 def _unlink_if_ours(path: Path, pid: int) -> None:
     holder = _read_lock(path)
     if holder is not None and holder.get("pid") == pid and holder.get("host") == socket.gethostname():
         path.unlink(missing_ok=True)
+
+
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
 class RunDir:
@@ -412,7 +426,7 @@ class RunDir:
 
     # -- the lock ----------------------------------------------------------------------------
     def lock(self) -> None:
-        """Take ``RUN/.lock`` (created with O_EXCL, holding this PID, host and process start time),
+        """Take ``RUN/.lock`` (linked into place whole, holding this PID, host and process start time),
         creating the directory if need be. Call before ``prepare``, which removes temporaries.
 
         Held by a running process: ConfigError naming its PID. Left by a process that no longer
@@ -438,8 +452,33 @@ class RunDir:
         raise ConfigError(f"{self.path}: could not take {path}; other trainers keep starting there")
 
     def _create_lock(self, path: Path) -> bool:
-        """Create the lock file holding this process; False if it exists."""
-        me = dict(pid=os.getpid(), host=socket.gethostname(), started=_process_start(os.getpid()))
+        """Create the lock file holding this process, whole: written to ``.lock.tmp-PID``, then hard-linked
+        to ``.lock`` (which fails if that exists), so no trainer ever reads a lock half-written.
+        -> False if the lock exists (or our temporary was removed by the holder's ``prepare`` meanwhile)."""
+        me = json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), started=_process_start(os.getpid())))
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_text(me, encoding="utf-8")
+            return self._link_lock(tmp, path, me)
+        except OSError as e:
+            raise ConfigError(f"--out {self.path}: cannot write there ({e.strerror or e})") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _link_lock(self, tmp: Path, path: Path, me: str) -> bool:
+        try:
+            os.link(tmp, path)
+        except (FileExistsError, FileNotFoundError):    # held, or the holder's prepare removed our temporary
+            return False
+        except OSError as e:
+            if e.errno not in _NO_HARD_LINKS:
+                raise
+            return self._create_lock_in_place(path, me)
+        return True
+
+    def _create_lock_in_place(self, path: Path, me: str) -> bool:
+        """``_create_lock`` on a filesystem without hard links (FAT, some network shares): the lock is
+        created with O_EXCL and then written, so it is empty for an instant (``_read_lock`` waits that out)."""
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
@@ -447,12 +486,12 @@ class RunDir:
         except OSError as e:
             raise ConfigError(f"--out {self.path}: cannot write there ({e.strerror or e})") from None
         try:
-            os.write(fd, json.dumps(me).encode())
+            os.write(fd, me.encode())
         except OSError as e:
-            os.close(fd)
             path.unlink(missing_ok=True)
             raise ConfigError(f"--out {self.path}: cannot write there ({e.strerror or e})") from None
-        os.close(fd)
+        finally:
+            os.close(fd)
         return True
 
     @staticmethod
@@ -516,7 +555,7 @@ class RunDir:
         if not (self.path / "config.json").exists():
             return
         try:
-            averaged = "averaged" in _read_json(self.path / "state.json")
+            averaged = "averaged" in read_json(self.path / "state.json")
         except CheckpointError:
             averaged = False
         if averaged:
@@ -527,8 +566,8 @@ class RunDir:
                           "directory that holds best/ and last/, or a new one")
 
     def _remove_temporaries(self) -> None:
-        """Checkpoints (``.NAME.tmp-PID/``) and files (``.NAME.XXXX.tmp``) that a killed run was writing,
-        and stale locks a killed takeover had set aside (``.lock.stale-PID``)."""
+        """Checkpoints (``.NAME.tmp-PID/``) and files (``.NAME.XXXX.tmp``, a lock's ``.lock.tmp-PID``) that a
+        killed run was writing, and stale locks a killed takeover had set aside (``.lock.stale-PID``)."""
         for stale in [*self.path.glob(".*.tmp-*"), *self.path.glob(".*.tmp"), *self.path.glob(".lock.stale-*")]:
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
@@ -563,13 +602,14 @@ class RunDir:
     def best_epoch(self) -> int | None:
         """The epoch best/ was saved at (its state.json), or None when there is none to read."""
         try:
-            epoch = _read_json(resolve(self.path, prefer="best") / "state.json").get("epoch")
+            epoch = read_json(resolve(self.path, prefer="best") / "state.json").get("epoch")
         except CheckpointError:
             return None
         return epoch if isinstance(epoch, int) else None
 
     def read_metrics(self) -> list[dict]:
-        """The rows of metrics.jsonl (torn or malformed lines left out); [] when there is none."""
+        """The rows of metrics.jsonl (torn or malformed lines, and lines that are no JSON object, left
+        out); [] when there is none. Everything that reads the file reads it here."""
         try:
             lines = (self.path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
@@ -632,18 +672,8 @@ class RunDir:
 
     def append_metrics(self, row: dict) -> None:
         """Rewrite metrics.jsonl with ``row`` added (atomically); rows of the epochs being redone are dropped."""
-        path = self.path / "metrics.jsonl"
-        rows = []
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    old = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if old.get("epoch", 0) < row["epoch"]:
-                    rows.append(line)
-        rows.append(json.dumps(row))
-        atomic_write_text(path, "\n".join(rows) + "\n")
+        keep = [old for old in self.read_metrics() if not _epoch_at_or_after(old, row["epoch"])]
+        atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in keep + [row]))
 
     def write_result(self, result: dict) -> None:
         atomic_write_text(self.path / "result.json", json.dumps(result, indent=2) + "\n")

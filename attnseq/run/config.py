@@ -26,6 +26,7 @@ from ..errors import CheckpointError, ConfigError
 from ..nn.attention import SCORES
 from ..nn.backend import check_device
 from ..nn.layers import INIT_SCHEMES
+from ..nn.model import MODEL_DEFAULTS
 from ..nn.optim import OPTIMIZERS
 from .checkpoint import RunDir
 from .decoding import EVAL_BATCH_SIZE, OutputLengthRule
@@ -95,6 +96,8 @@ class Option:
     (``unset`` says how that reads in the help). ``flag``: an ``attnseq train`` flag; ``saved``: a
     config key (TOML, ``train(cfg)``, config.json) -- ``--config`` and ``--plot`` are flags only,
     ``bleu`` a key only. ``resumable``: ``--resume`` may give a value other than the run's.
+    ``model``: a model option (``nn.model.MODEL_DEFAULTS``, whence its default: see ``model_row``),
+    passed to ``AttentionSeq2seq`` when it differs from its default.
     """
     name: str
     type: type
@@ -108,6 +111,7 @@ class Option:
     unset: str = ""
     flag: bool = True
     saved: bool = True
+    model: bool = False
 
     @property
     def flag_name(self) -> str:
@@ -138,7 +142,13 @@ def _quick_help() -> str:
     return f"fewer epochs, for a first look: {per_task}, else {QUICK_OTHER}"
 
 
-O = Option
+def model_row(name: str, type: type, **kw) -> Option:
+    """The row of a model option: its default is the model's (``MODEL_DEFAULTS``, a KeyError for a
+    name the model does not take), and a run cannot change it on --resume."""
+    return Option(name, type, MODEL_DEFAULTS[name], group="model", resumable=False, model=True, **kw)
+
+
+O, M = Option, model_row
 OPTIONS: tuple[Option, ...] = (
     O("config", str, metavar="FILE.toml", saved=False,
       help="read options from a TOML file (flags given here override it)"),
@@ -177,20 +187,15 @@ OPTIONS: tuple[Option, ...] = (
     O("init", str, "xavier", choices=INIT_SCHEMES, group="model", resumable=False, help="weight initialisation"),
     O("dtype", str, "float32", choices=DTYPES, group="model", resumable=False,
       help="float type of the parameters and activations"),
-    O("encoder_layers", int, 1, group="model", metavar="N", resumable=False, check=POSITIVE_INT,
-      help="stacked LSTM layers in the encoder"),
-    O("decoder_layers", int, 1, group="model", metavar="N", resumable=False, check=POSITIVE_INT,
-      help="stacked LSTM layers in the decoder"),
-    O("bidirectional", bool, False, group="model", resumable=False,
-      help="the encoder reads the source both ways"),
-    O("attention", str, "dot", choices=SCORES, group="model", resumable=False,
+    M("encoder_layers", int, metavar="N", check=POSITIVE_INT, help="stacked LSTM layers in the encoder"),
+    M("decoder_layers", int, metavar="N", check=POSITIVE_INT, help="stacked LSTM layers in the decoder"),
+    M("bidirectional", bool, help="the encoder reads the source both ways"),
+    M("attention", str, choices=SCORES,
       help="attention score: dot (h·s), general (h·W s) or additive (v·tanh(W h + U s))"),
-    O("input_feeding", bool, False, group="model", resumable=False,
-      help="feed each step's attentional output into the next decoder step (Luong)"),
-    O("label_smoothing", float, 0.0, group="model", metavar="EPS", resumable=False, check=FRACTION,
+    M("input_feeding", bool, help="feed each step's attentional output into the next decoder step (Luong)"),
+    M("label_smoothing", float, metavar="EPS", check=FRACTION,
       help="training targets put EPS of their weight on the other tokens"),
-    O("tie_embeddings", bool, False, group="model", resumable=False,
-      help="the decoder's output layer shares its embedding matrix"),
+    M("tie_embeddings", bool, help="the decoder's output layer shares its embedding matrix"),
     # -- training
     O("out", str, group="training", metavar="RUN_DIR", help="run directory (required)"),
     O("epochs", int, 10, group="training", metavar="N", check=POSITIVE_INT, help="passes over the training data"),
@@ -246,7 +251,7 @@ OPTIONS: tuple[Option, ...] = (
     O("plot", bool, True, group="training", saved=False, help="write RUN_DIR/attention.png at the end"),
     O("bleu", bool, flag=False, help="validation BLEU and chrF (config key only; set by the task)"),
 )
-del O
+del O, M
 
 
 def config_keys(options=OPTIONS) -> dict[str, Option]:

@@ -28,8 +28,7 @@ def evaluate(model: AttentionSeq2seq, data: Encoded, tgt_tok: Tokenizer, batch_s
     """
     nll, correct, tokens, preds = _score_and_decode(model, data, tgt_tok, batch_size, max_len)
     refs = [t for _, t in data.pairs]
-    refs_norm = [tgt_tok.decode(tgt_tok.encode(t)) for t in refs]
-    exact = sum(p == r for p, r in zip(preds, refs_norm)) / len(refs)
+    exact = sum(p == r for p, r in zip(preds, normalized_refs(tgt_tok, refs))) / len(refs)
     out = dict(n=len(refs), loss=nll / tokens, token_accuracy=correct / tokens, exact_match=exact)
     if bleu:
         out.update(bleu_chrf(preds, refs))
@@ -62,10 +61,17 @@ def _score_batch(model, data: Encoded, idx, max_len=None):
     gold = model.xp.asarray(tgt[:, 1:])                                               # (B, To)
     real = gold != PAD_ID
     n = float(real.sum())
-    nll = float(SoftmaxCrossEntropy(ignore_index=PAD_ID).forward(logits, gold)) * n
+    nll = float(SoftmaxCrossEntropy(ignore_index=PAD_ID).forward(logits, gold, need_grad=False)) * n
     correct = float(((logits.argmax(-1) == gold) & real).sum())
     ids, _ = greedy_encoded(model, hs, state, mask, max_len)
     return nll, correct, n, to_numpy(ids)                           # one device-to-host copy per batch
+
+
+def normalized_refs(tok: Tokenizer, refs: list[str]) -> list[str]:
+    """The references as the target tokenizer reads them back (``decode(encode(ref))``: spaces
+    collapsed, unknown characters as the model would write them): what an output must equal to be
+    an exact match, in evaluation, the explorer, plot-attention and the training log alike."""
+    return [tok.decode(tok.encode(r)) for r in refs]
 
 
 def bleu_chrf(hyps: list[str], refs: list[str]) -> dict:

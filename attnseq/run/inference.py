@@ -19,7 +19,7 @@ from ..data.tokenizers import BOS_ID, UNK_ID, Tokenizer
 from ..nn.backend import to_numpy
 from .checkpoint import Checkpoint, load_checkpoint
 from .decoding import EVAL_BATCH_SIZE, Hypothesis, beam_decode, greedy_decode, log_softmax
-from .evaluation import by_column, category_metrics, evaluate, length_bucket
+from .evaluation import by_column, category_metrics, evaluate, length_bucket, normalized_refs
 
 DEFAULT_MAX_INPUT = 200
 
@@ -177,7 +177,7 @@ def evaluate_file(ckpt: str, data: str, device: str = "cpu", batch_size: int = E
         atomic_write_text(output, "".join(p + "\n" for p in preds))
     if by:
         refs = [t for _, t in pairs]
-        refs_norm = [ck.tgt_tok.decode(ck.tgt_tok.encode(t)) for t in refs]
+        refs_norm = normalized_refs(ck.tgt_tok, refs)
         labels = category_labels(columns, enc.src_len, extra)
         result["by"] = {name: category_metrics(preds, refs, labels[name], refs_norm) for name in columns}
     return result

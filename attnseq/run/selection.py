@@ -37,17 +37,6 @@ def score_of_row(row: dict, by: str) -> list[float] | None:
         return None
 
 
-def best_epoch(rows: list[dict], by: str) -> int | None:
-    """The epoch best/ holds after the epochs of ``rows`` (metrics.jsonl, in order), selected ``by``:
-    the first epoch whose score beats every earlier one's, as the Trainer picks it."""
-    best, epoch = initial_best(), None
-    for row in rows:
-        s = score_of_row(row, by)
-        if s is not None and s > best:
-            best, epoch = s, row["epoch"]
-    return epoch
-
-
 def best_value(best: list[float], by: str) -> dict:
     """result.json's entry for best/'s score: {"best_valid_exact_match": ...}, best_valid_bleu or best_valid_loss."""
     return {f"best_valid_{_KEY[by]}": -best[0] if by == "loss" else best[0]}

@@ -20,7 +20,6 @@ the clock starts when the Trainer is built, so a resumed run gets the whole budg
 """
 from __future__ import annotations
 
-import inspect
 import math
 import shlex
 import signal
@@ -33,20 +32,20 @@ from . import faults, selection
 from ..data.batching import Encoded, batch_order, encode_pairs, padding_fraction, take
 from ..data.corpus import build_tokenizers, load_data, shipped_dir
 from ..data.datasets import EXTRA_TESTS, extra_tests
-from ..errors import ConfigError, NonFiniteError, TrainingStopped
+from ..errors import NonFiniteError, TrainingStopped
 from ..nn.layers import Dropout
 from ..nn.model import AttentionSeq2seq
 from ..nn.optim import NonFiniteGradient, build_optimizer
 from .checkpoint import EpochProgress, RunDir, TrainState
-from .config import config_keys, resolve_config, save_interval
+from .config import OPTIONS, config_keys, resolve_config, save_interval
 from .decoding import OutputLengthRule
-from .evaluation import evaluate
+from .evaluation import evaluate, normalized_refs
 from .parallel import for_training
 from .schedules import build_schedule
 
-# options that shape the model: passed to AttentionSeq2seq when they differ from their defaults
-MODEL_OPTIONS = ("encoder_layers", "decoder_layers", "bidirectional", "attention", "input_feeding",
-                 "label_smoothing", "tie_embeddings")
+# options that shape the model (the config rows marked ``model``): passed to AttentionSeq2seq when
+# they differ from their defaults
+MODEL_OPTIONS = tuple(o.name for o in OPTIONS if o.model)
 
 
 class StopSignals:
@@ -85,16 +84,6 @@ def model_options(cfg: dict) -> dict:
     (so a config that sets none builds the model exactly as before they existed)."""
     keys = config_keys()
     return {k: cfg[k] for k in MODEL_OPTIONS if cfg.get(k, keys[k].default) != keys[k].default}
-
-
-def _check_model_accepts(options: dict) -> None:
-    """ConfigError naming the flags this attnseq's ``AttentionSeq2seq`` does not take."""
-    params = inspect.signature(AttentionSeq2seq).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    missing = [config_keys()[k].flag_name for k in options if k not in params]
-    if missing:
-        raise ConfigError(f"{', '.join(missing)}: not supported by this attnseq's model")
 
 
 class Trainer:
@@ -175,6 +164,17 @@ class Trainer:
             self.schedule.load_state_dict(state.schedule)
         if state.best_metric != self.best_metric:
             self._migrate_best(state.best_metric)
+        saved = ck.config.get("train")
+        self._apply_changed_lr(saved.get("lr") if isinstance(saved, dict) else None)
+
+    def _apply_changed_lr(self, saved) -> None:
+        """A --resume with another --lr than the run's: the optimizer takes it now (optimizer.npz
+        brought back the old one, which the constant schedule would otherwise keep), said in the log."""
+        new = self.cfg["lr"]
+        if not isinstance(saved, (int, float)) or saved == new:
+            return
+        self.opt.lr = new
+        self.log(f"note: --lr changed from {saved:g} to {new:g}")
 
     def _migrate_best(self, old: str) -> None:
         """Resumed with a --select-by other than the one best/ was chosen by: best/'s score under the
@@ -196,7 +196,6 @@ class Trainer:
         """Tokenizers trained on the training split, a fresh model on cfg's device, and its optimizer."""
         cfg = self.cfg
         options = model_options(cfg)
-        _check_model_accepts(options)
         self.src_tok, self.tgt_tok = build_tokenizers(cfg, train_pairs)
         self.model = AttentionSeq2seq(self.src_tok.vocab_size, self.tgt_tok.vocab_size, cfg["wordvec_size"],
                                       cfg["hidden_size"], dropout=cfg["dropout"], init=cfg["init"],
@@ -422,11 +421,10 @@ class Trainer:
             line += f"  | test exact {100 * row['test_exact_match']:.2f}%"
         line += f"  ({row['epoch_time_s']:.1f} s, {row['samples_per_s']:.0f} samples/s)"
         self.log(line)
-        pairs = self.sets["valid"].pairs
-        for k in range(min(self.cfg["examples"], len(pairs))):
-            src, ref = pairs[k]
-            hyp = valid["predictions"][k]
-            ok = hyp == self.tgt_tok.decode(self.tgt_tok.encode(ref))
+        pairs = self.sets["valid"].pairs[:self.cfg["examples"]]
+        wanted = normalized_refs(self.tgt_tok, [ref for _, ref in pairs])
+        for (src, ref), want, hyp in zip(pairs, wanted, valid["predictions"]):
+            ok = hyp == want
             self.log(f"  {'✓' if ok else '✗'} {src} → {hyp}" + ("" if ok else f"   (want {ref})"))
 
     # -- the end -------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ in one pass over memory, and the tests hold the two together:
     lstm_cell_forward, lstm_cell_backward   lstm.lstm_cell_reference(_backward), and LSTM's xp path
     masked_softmax, masked_softmax_backward attention.masked_softmax, attention.softmax_backward
     softmax_cross_entropy                   layers.SoftmaxCrossEntropy (also with label smoothing)
+    cross_entropy_loss                      layers.SoftmaxCrossEntropy with need_grad=False
     embedding_grad                          layers.Embedding.backward (scatter_add)
     sum_squares, adam_update                optim.global_norm, optim.Adam.update
 

@@ -309,7 +309,9 @@ def masked_softmax_backward(a, da, ds):
 
 # -- output loss -----------------------------------------------------------------------
 @jit
-def _softmax_cross_entropy(logits, targets, ignore_index, dlogits, scale, use_scale):
+def _real_rows(logits, targets, ignore_index, dlogits):
+    """Shapes checked, and every target id: -> how many rows of targets (M,) are not ``ignore_index``.
+    (The loss-only kernel, which writes no gradient, passes logits as dlogits.)"""
     M, V = logits.shape
     if targets.shape != (M,) or dlogits.shape != (M, V):
         raise ValueError("softmax_cross_entropy: targets must be (M,) and dlogits (M, V) for logits (M, V)")
@@ -320,6 +322,13 @@ def _softmax_cross_entropy(logits, targets, ignore_index, dlogits, scale, use_sc
             if t < 0 or t >= V:
                 raise IndexError("softmax_cross_entropy: a target id is outside 0..V-1")
             count += 1
+    return count
+
+
+@jit
+def _softmax_cross_entropy(logits, targets, ignore_index, dlogits, scale, use_scale):
+    M, V = logits.shape
+    count = _real_rows(logits, targets, ignore_index, dlogits)
     dt = logits.dtype.type
     sc = dt(scale) if use_scale else dt(1.0 / max(count, 1))
     zero = dt(0.0)
@@ -352,15 +361,7 @@ def _softmax_cross_entropy(logits, targets, ignore_index, dlogits, scale, use_sc
 def _smoothed_cross_entropy(logits, targets, ignore_index, dlogits, scale, use_scale, smoothing):
     """``_softmax_cross_entropy`` against the target (1 - eps) one-hot + eps / V (eps = smoothing > 0)."""
     M, V = logits.shape
-    if targets.shape != (M,) or dlogits.shape != (M, V):
-        raise ValueError("softmax_cross_entropy: targets must be (M,) and dlogits (M, V) for logits (M, V)")
-    count = 0
-    for n in range(M):
-        t = targets[n]
-        if t != ignore_index:
-            if t < 0 or t >= V:
-                raise IndexError("softmax_cross_entropy: a target id is outside 0..V-1")
-            count += 1
+    count = _real_rows(logits, targets, ignore_index, dlogits)
     dt = logits.dtype.type
     sc = dt(scale) if use_scale else dt(1.0 / max(count, 1))
     zero = dt(0.0)
@@ -375,22 +376,52 @@ def _smoothed_cross_entropy(logits, targets, ignore_index, dlogits, scale, use_s
                 d[k] = zero
             continue
         m = z[0]
-        for k in range(1, V):
-            m = max(m, z[k])
-        total = zero
         zsum = 0.0                                                  # float64
+        for k in range(V):                                          # all reads of z before d (it may be z)
+            m = max(m, z[k])
+            zsum += z[k]
+        zt = z[t]
+        total = zero
         for k in range(V):
             e = exp(z[k] - m)
             d[k] = e
             total += e
-            zsum += z[k]
         log_total = math.log(total)
         # (1 - eps) (-log p_t) + eps mean_k (-log p_k), with -log p_k = log(total) - (z_k - m)
-        loss += (1.0 - smoothing) * (log_total - (z[t] - m)) + smoothing * (log_total + m - zsum / V)
+        loss += (1.0 - smoothing) * (log_total - (zt - m)) + smoothing * (log_total + m - zsum / V)
         inv = sc / total
         for k in range(V):
             d[k] = d[k] * inv - spread
         d[t] -= hit
+    return loss, count
+
+
+@jit
+def _cross_entropy_loss(logits, targets, ignore_index, smoothing):
+    """The loss sum and count of ``_softmax_cross_entropy`` (smoothing 0) or ``_smoothed_cross_entropy``,
+    without the gradient: nothing is written."""
+    M, V = logits.shape
+    count = _real_rows(logits, targets, ignore_index, logits)
+    zero = logits.dtype.type(0.0)
+    loss = 0.0
+    for n in range(M):
+        t = targets[n]
+        if t == ignore_index:
+            continue
+        z = logits[n]                                               # (V,) row
+        m = z[0]
+        for k in range(1, V):
+            m = max(m, z[k])
+        total = zero
+        for k in range(V):
+            total += exp(z[k] - m)
+        nll = math.log(total) - (z[t] - m)
+        if smoothing > 0:
+            zsum = 0.0                                              # float64
+            for k in range(V):
+                zsum += z[k]
+            nll = (1.0 - smoothing) * nll + smoothing * (math.log(total) + m - zsum / V)
+        loss += nll
     return loss, count
 
 
@@ -401,12 +432,19 @@ def softmax_cross_entropy(logits, targets, ignore_index, dlogits, scale=None, sm
     real rows as a float64, number of real rows) and writes dlogits (M, V) = (softmax -
     target) * scale at real rows, 0 at ignored ones; scale defaults to 1 / count (the
     gradient of the mean). The target is one-hot, or with ``smoothing`` eps > 0
-    (1 - eps) one-hot + eps / V. ``layers.SoftmaxCrossEntropy`` is the numpy version.
+    (1 - eps) one-hot + eps / V. dlogits may be logits (slower). ``layers.SoftmaxCrossEntropy``
+    is the numpy version.
     """
     args = (logits, targets, ignore_index, dlogits, 0.0 if scale is None else float(scale), scale is not None)
     if smoothing > 0:
         return _smoothed_cross_entropy(*args, float(smoothing))
     return _softmax_cross_entropy(*args)
+
+
+def cross_entropy_loss(logits, targets, ignore_index, smoothing=0.0):
+    """``softmax_cross_entropy``'s (loss sum, real rows) alone: logits (M, V), targets (M,); no
+    dlogits is written or needed (``SoftmaxCrossEntropy.forward(..., need_grad=False)``)."""
+    return _cross_entropy_loss(logits, targets, ignore_index, float(smoothing))
 
 
 # -- embedding gradient ----------------------------------------------------------------
