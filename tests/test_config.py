@@ -368,3 +368,14 @@ def test_model_options_reach_the_model(tiny_data, tmp_path):
     assert {k: ck.config["train"][k] for k in wanted} == wanted
     plain = AttentionSeq2seq(ck.src_tok.vocab_size, ck.tgt_tok.vocab_size, 16, 16)
     assert sorted(ck.model.state_dict()) != sorted(plain.state_dict())       # a different model, not just a label
+
+
+def test_the_shipped_translation_recipe_is_valid():
+    """configs/translation.toml names only real options, with values of the right type, and builds a model."""
+    from pathlib import Path
+    from attnseq.nn.model import AttentionSeq2seq
+    recipe = read_toml(str(Path(__file__).resolve().parent.parent / "configs" / "translation.toml"))
+    assert recipe["bidirectional"] and recipe["tie_embeddings"] and recipe["label_smoothing"] == 0.1
+    model = AttentionSeq2seq(50, 60, recipe["wordvec_size"], recipe["hidden_size"], bidirectional=True,
+                             tie_embeddings=True, label_smoothing=recipe["label_smoothing"])
+    assert model.config["bidirectional"] and model.config["tie_embeddings"]
