@@ -35,12 +35,8 @@ TINY = ["--tokenizer", "char", "--epochs", "2", "--hidden-size", "32", "--wordve
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """A small date dataset directory (train 1500 / valid 200 / test 200 pairs)."""
-    from attnseq.data.datasets import GENERATORS
-    d = tmp_path_factory.mktemp("tiny_date")
-    splits = GENERATORS["date"](99)
-    for name, n in (("train", 1500), ("valid", 200), ("test", 200)):
-        (d / f"{name}.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in splits[name][:n]), encoding="utf-8")
-    return d
+    from helpers import write_date_splits
+    return write_date_splits(tmp_path_factory.mktemp("tiny_date"), 99, {"train": 1500, "valid": 200, "test": 200})
 
 
 @pytest.fixture(scope="session")

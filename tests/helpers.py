@@ -28,3 +28,61 @@ def rel_error(analytic, numeric) -> float:
 def random_like(xp, shape, seed=0):
     return xp.asarray(np.random.default_rng(seed).standard_normal(shape))
 
+
+
+def padded_batch(seed=0, N=7, Ts=9, To=6, Vs=12, Vt=10, one_token_row=None):
+    """Random ids right-padded with 0, rows of different lengths; tgt = [bos, .., eos, pad].
+    ``one_token_row``: that row's source is a single token."""
+    rng = np.random.default_rng(seed)
+    src = rng.integers(4, Vs, size=(N, Ts))
+    tgt = rng.integers(4, Vt, size=(N, To + 1))
+    tgt[:, 0] = 1
+    for i in range(N):
+        ls, lt = (1 if i == one_token_row else rng.integers(1, Ts + 1)), rng.integers(2, To + 2)
+        src[i, ls:] = 0
+        tgt[i, lt - 1], tgt[i, lt:] = 2, 0
+    return src, tgt
+
+
+def small_model(dtype="float64", dropout=0.0):
+    """The small model padded_batch's ids fit: vocabularies 12 and 10, embedding 6, hidden 8."""
+    from attnseq.nn.model import AttentionSeq2seq
+    return AttentionSeq2seq(12, 10, 6, 8, dtype=dtype, dropout=dropout, seed=3)
+
+
+def write_date_splits(directory, seed, sizes):
+    """Date pairs from the generator as train/valid/test .tsv files in ``directory``; sizes {split: n}."""
+    from attnseq.data.datasets import GENERATORS
+    splits = GENERATORS["date"](seed)
+    for name, n in sizes.items():
+        (directory / f"{name}.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in splits[name][:n]), encoding="utf-8")
+    return directory
+
+
+def translate_at_prompt(args, keys: bytes, timeout=60):
+    """Run ``attnseq translate ARGS`` on a pseudo-terminal, type ``keys``, then Ctrl-D -> (returncode, stdout, stderr)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+    leader, follower = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "attnseq.cli", "translate", *args], stdin=follower,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    os.close(follower)
+    os.write(leader, keys)
+    os.write(leader, b"\x04")
+    out, err = p.communicate(timeout=timeout)
+    os.close(leader)
+    return p.returncode, out, err
+
+
+def train_steps(model, src, tgt, epochs, batch_size=64, lr=1e-2):
+    """Plain minibatch training with Adam and clipping at 5: the loop README's example runs."""
+    from attnseq.nn.optim import Adam, ClipGradNorm
+    opt = Adam(model, lr=lr, hooks=[ClipGradNorm(5.0)])
+    for _ in range(epochs):
+        for b in range(0, len(src), batch_size):
+            model.forward(src[b:b + batch_size], tgt[b:b + batch_size])
+            model.backward()
+            opt.step()
+    return model

@@ -6,6 +6,8 @@ import sys
 import numpy as np
 import pytest
 
+from helpers import translate_at_prompt
+
 from attnseq.cli import main
 
 
@@ -170,18 +172,8 @@ def test_train_ends_with_a_heatmap(tiny_data, tmp_path, capsys):
 
 def test_translate_prompts_in_a_terminal(tiny_run):
     """Interactive use: a prompt on a terminal, one translation per line typed, Ctrl-D to quit."""
-    import os
-    import pty
-    import subprocess
-    leader, follower = pty.openpty()
-    p = subprocess.Popen([sys.executable, "-m", "attnseq.cli", "translate", "--ckpt", str(tiny_run)],
-                         stdin=follower, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    os.close(follower)
-    os.write(leader, b"9/25/84\n\n")
-    os.write(leader, b"\x04")
-    out, err = p.communicate(timeout=60)
-    os.close(leader)
-    assert p.returncode == 0, err
+    returncode, out, err = translate_at_prompt(["--ckpt", str(tiny_run)], b"9/25/84\n\n")
+    assert returncode == 0, err
     assert b"type a line" in err
     lines = out.decode().split("\n")
     assert len(lines) == 3 and lines[1] == "" and lines[0]

@@ -14,6 +14,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from helpers import translate_at_prompt                                # noqa: E402
 from attnseq.cli import main                                           # noqa: E402
 from attnseq.data.io import read_pairs                                 # noqa: E402
 from attnseq.data.tokenizers import EOS_ID, WordTokenizer                     # noqa: E402
@@ -574,16 +575,9 @@ def test_cli_onnxruntime_file_to_file(tiny_run, cli_export, tmp_path, capsys):
 
 
 def test_cli_onnxruntime_prompts_in_a_terminal(cli_export):
-    import pty
-    leader, follower = pty.openpty()
-    p = subprocess.Popen([sys.executable, "-m", "attnseq.cli", "translate", "--engine", "onnxruntime",
-                          "--model", str(cli_export)], stdin=follower, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    os.close(follower)
-    os.write(leader, b"9/25/84\n\n")
-    os.write(leader, b"\x04")
-    out, err = p.communicate(timeout=120)
-    os.close(leader)
-    assert p.returncode == 0, err
+    returncode, out, err = translate_at_prompt(["--engine", "onnxruntime", "--model", str(cli_export)],
+                                               b"9/25/84\n\n", timeout=120)
+    assert returncode == 0, err
     assert b"type a line" in err
     want = OnnxTranslator(cli_export).translate(["9/25/84"])[0].text
     assert out.decode().split("\n") == [want, "", ""]

@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import padded_batch, small_model, write_date_splits
 from kernel_paths import kernel_path  # noqa: F401 (a fixture)
 
 from attnseq.nn import kernels
@@ -28,28 +29,11 @@ KERNELS = ("lstm_cell_forward", "lstm_cell_backward", "masked_softmax", "masked_
            "softmax_cross_entropy", "embedding_grad", "sum_squares", "adam_update")
 
 
-def padded_batch(seed=0, N=7, Ts=9, To=6, Vs=12, Vt=10):
-    """Random ids right-padded with 0, rows of different lengths (one a single token); tgt = [bos, .., eos, pad]."""
-    rng = np.random.default_rng(seed)
-    src = rng.integers(4, Vs, size=(N, Ts))
-    tgt = rng.integers(4, Vt, size=(N, To + 1))
-    tgt[:, 0] = 1
-    for i in range(N):
-        ls, lt = (1 if i == 1 else rng.integers(1, Ts + 1)), rng.integers(2, To + 2)
-        src[i, ls:] = 0
-        tgt[i, lt - 1], tgt[i, lt:] = 2, 0
-    return src, tgt
-
-
-def model(dtype="float64", dropout=0.0):
-    return AttentionSeq2seq(12, 10, 6, 8, dtype=dtype, dropout=dropout, seed=3)
-
-
 def train_step(path, dtype, dropout):
     """On one path: loss, gradients, then parameters and loss after one Adam step (clip, weight decay)."""
-    src, tgt = padded_batch()
+    src, tgt = padded_batch(one_token_row=1)
     with kernels.using(path):
-        m = model(dtype, dropout)
+        m = small_model(dtype, dropout)
         opt = build_optimizer("adam", m, lr=0.01, clip=1.0, weight_decay=0.01)
         loss = float(m.forward(src, tgt))
         m.backward()
@@ -63,7 +47,7 @@ def train_step(path, dtype, dropout):
 def test_training_step_same_on_both_paths(dtype, dropout):
     fused, plain = train_step("numba", dtype, dropout), train_step("numpy", dtype, dropout)
     np.testing.assert_allclose(fused[0], plain[0], **TOL[dtype])
-    paths = [path for path, _, _ in model().named_parameters()]
+    paths = [path for path, _, _ in small_model().named_parameters()]
     for path, a, b in zip(paths, fused[1], plain[1]):
         np.testing.assert_allclose(a, b, **TOL[dtype], err_msg=f"gradient of {path}")
     for path, a, b in zip(paths, fused[2], plain[2]):
@@ -73,10 +57,10 @@ def test_training_step_same_on_both_paths(dtype, dropout):
 
 def decode(path):
     """Greedy and beam-3 outputs of a random float64 model on padded sources."""
-    src, _ = padded_batch(seed=5, N=9)
+    src, _ = padded_batch(seed=5, N=9, one_token_row=1)
     lengths = (src != 0).sum(axis=1)
     with kernels.using(path):
-        m = model()
+        m = small_model()
         ids, weights = greedy_decode(m, src, lengths, batch_size=4, max_len=8, with_weights=True, threads=1)
         beams = beam_decode(m, src, lengths, beam_size=3, max_len=8, n_best=2, batch_size=4, threads=1)
     return ids, weights, beams
@@ -97,11 +81,11 @@ def test_greedy_and_beam_same_on_both_paths():
 @pytest.mark.usefixtures("kernel_path")
 @pytest.mark.parametrize("threads", [1, 2])
 def test_threads_agree_with_one_model(threads):
-    src, tgt = padded_batch(N=9)
-    alone = model()
+    src, tgt = padded_batch(N=9, one_token_row=1)
+    alone = small_model()
     loss = float(alone.forward(src, tgt))
     alone.backward()
-    shared = model()
+    shared = small_model()
     with DataParallel(shared, threads) as dp:
         assert float(dp.forward(src, tgt)) == pytest.approx(loss, rel=1e-12)
         dp.backward()
@@ -123,9 +107,9 @@ def spy(monkeypatch):
 
 @pytest.mark.parametrize("path", ["numba", "numpy"])
 def test_every_kernel_runs_on_the_numba_path_and_none_on_numpy(spy, path):
-    src, tgt = padded_batch()
+    src, tgt = padded_batch(one_token_row=1)
     with kernels.using(path):
-        m = model("float32")
+        m = small_model("float32")
         opt = build_optimizer("adam", m, lr=0.01, clip=1.0)
         m.forward(src, tgt)
         m.backward()
@@ -154,12 +138,7 @@ sys.exit(code)
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
     """Date pairs: 320 training (5 steps of 64), 64 valid, 64 test."""
-    from attnseq.data.datasets import GENERATORS
-    d = tmp_path_factory.mktemp("date320")
-    splits = GENERATORS["date"](7)
-    for name, n in (("train", 320), ("valid", 64), ("test", 64)):
-        (d / f"{name}.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in splits[name][:n]), encoding="utf-8")
-    return d
+    return write_date_splits(tmp_path_factory.mktemp("date320"), 7, {"train": 320, "valid": 64, "test": 64})
 
 
 def train_in_subprocess(how, data, out):

@@ -4,6 +4,7 @@ Tests of the model's arithmetic run on both CPU paths (``kernel_path``).
 """
 import numpy as np
 import pytest
+from helpers import train_steps
 from kernel_paths import kernel_path  # noqa: F401 (a fixture)
 
 from attnseq import Adam, AttentionDecoder, AttentionSeq2seq, ClipGradNorm, DeviceError, Encoder
@@ -42,12 +43,7 @@ def test_learns_to_reverse_held_out():
     keep = [k for k, r in enumerate(test_src) if tuple(r) not in train_set]
     test_src, test_tgt = test_src[keep], test_tgt[keep]
     model = AttentionSeq2seq(14, 14, 16, 64, seed=0)
-    opt = Adam(model, lr=1e-2, hooks=[ClipGradNorm(5.0)])
-    for epoch in range(12):
-        for b in range(0, len(src), 64):
-            model.forward(src[b:b + 64], tgt[b:b + 64])
-            model.backward()
-            opt.step()
+    train_steps(model, src, tgt, epochs=12)
     pred, w = model.generate(test_src, max_len=10)
     acc = exact_match(pred, test_tgt)
     assert acc >= 0.99, acc

@@ -393,17 +393,12 @@ def test_data_parallel_replicas_give_the_models_gradient():
 @pytest.mark.slow
 def test_every_option_at_once_learns_to_reverse():
     """Trained as test_model's book model is, the model with every option learns the task (a fresh sample)."""
-    from attnseq import Adam, ClipGradNorm
+    from helpers import train_steps
     from test_model import exact_match, reverse_task
     src, tgt = reverse_task(np.random.default_rng(0), 4000)
     test_src, test_tgt = reverse_task(np.random.default_rng(1), 300)
     model = AttentionSeq2seq(14, 14, 16, 64, seed=0, **ALL)
-    opt = Adam(model, lr=1e-2, hooks=[ClipGradNorm(5.0)])
-    for epoch in range(8):
-        for b in range(0, len(src), 64):
-            model.forward(src[b:b + 64], tgt[b:b + 64])
-            model.backward()
-            opt.step()
+    train_steps(model, src, tgt, epochs=8)
     pred, _ = model.generate(test_src, max_len=10)
     assert exact_match(pred, test_tgt) >= 0.95
 

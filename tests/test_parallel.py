@@ -1,42 +1,26 @@
 """Data-parallel CPU training computes the same loss and gradients as the model alone."""
 import numpy as np
 import pytest
+from helpers import padded_batch, small_model
 
 from attnseq.nn.model import AttentionSeq2seq
 from attnseq.run import parallel
 from attnseq.run.parallel import MIN_ROWS_PER_THREAD, DataParallel, default_threads, for_training
 
 
-def _batch(seed=0, N=7, Ts=9, To=6, Vs=12, Vt=10):
-    """Random ids, right-padded with 0, rows of different lengths; tgt = [bos, ..., eos, pad]."""
-    rng = np.random.default_rng(seed)
-    src = rng.integers(4, Vs, size=(N, Ts))
-    tgt = rng.integers(4, Vt, size=(N, To + 1))
-    tgt[:, 0] = 1
-    for i in range(N):
-        ls, lt = rng.integers(1, Ts + 1), rng.integers(2, To + 2)
-        src[i, ls:] = 0
-        tgt[i, lt - 1], tgt[i, lt:] = 2, 0
-    return src, tgt
-
-
-def _model(dtype="float64", dropout=0.0):
-    return AttentionSeq2seq(12, 10, 6, 8, dtype=dtype, dropout=dropout, seed=3)
-
-
 @pytest.mark.parametrize("threads", [1, 2, 3, 7, 12])
 @pytest.mark.parametrize("trim", [True, False])
-def test_same_loss_and_gradients_as_one_model(threads, trim):
-    src, tgt = _batch()
-    ref = _model()
+def test_same_loss_and_gradients_as_onesmall_model(threads, trim):
+    src, tgt = padded_batch()
+    ref = small_model()
     loss_ref = float(ref.forward(src, tgt))
     ref.backward()
-    model = _model()
+    model = small_model()
     with DataParallel(model, threads, trim=trim) as dp:
         loss = float(dp.forward(src, tgt))
         dp.backward()
         # a second batch reuses the replicas' buffers and must not see the first one's gradients
-        src2, tgt2 = _batch(seed=1)
+        src2, tgt2 = padded_batch(seed=1)
         ref.forward(src2, tgt2)
         ref.backward()
         loss2, loss2_ref = float(dp.forward(src2, tgt2)), float(ref.forward(src2, tgt2))
@@ -48,11 +32,11 @@ def test_same_loss_and_gradients_as_one_model(threads, trim):
 
 
 def test_float32_gradients_agree_and_stay_float32():
-    src, tgt = _batch(N=64, Ts=20, To=10)
-    ref = _model("float32")
+    src, tgt = padded_batch(N=64, Ts=20, To=10)
+    ref = small_model("float32")
     ref.forward(src, tgt)
     ref.backward()
-    model = _model("float32")
+    model = small_model("float32")
     with DataParallel(model, 2) as dp:
         loss = dp.forward(src, tgt)
         dp.backward()
@@ -63,21 +47,21 @@ def test_float32_gradients_agree_and_stay_float32():
 
 
 def test_replicas_follow_in_place_parameter_updates():
-    model = _model()
+    model = small_model()
     with DataParallel(model, 2) as dp:
         for p in model.parameters():
             p *= 0.5                                                # as every optimizer updates: in place
-        src, tgt = _batch()
+        src, tgt = padded_batch()
         loss = float(dp.forward(src, tgt))
     assert loss == pytest.approx(float(model.forward(src, tgt)), rel=1e-12)
 
 
 def test_dropout_is_deterministic_and_differs_between_shards():
     def grads_after_two_steps():
-        model = _model(dropout=0.3)
+        model = small_model(dropout=0.3)
         with DataParallel(model, 2) as dp:
             for seed in (0, 1):
-                dp.forward(*_batch(seed))
+                dp.forward(*padded_batch(seed))
                 dp.backward()
             masks = [rep.decoder.drop_in.mask for rep in dp.replicas]
         return [g.copy() for g in model.gradients()], masks
@@ -92,7 +76,7 @@ def test_dropout_is_deterministic_and_differs_between_shards():
 
 def test_blas_runs_single_threaded_inside_and_is_restored_after():
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    model = _model()
+    model = small_model()
     seen = []
     with DataParallel(model, 2) as dp:
         if dp.threads == 1:
@@ -105,15 +89,15 @@ def test_blas_runs_single_threaded_inside_and_is_restored_after():
 
         dp.replicas[1].forward = spy
         before = threadpoolctl.threadpool_info()
-        dp.forward(*_batch())
+        dp.forward(*padded_batch())
     assert seen and all(lib["num_threads"] == 1 for lib in seen[0] if lib["user_api"] == "blas")
     assert threadpoolctl.threadpool_info() == before
 
 
 def test_errors_from_a_shard_reach_the_caller():
-    src, tgt = _batch()
+    src, tgt = padded_batch()
     src[5, 0] = 99                                                  # out of the source vocabulary, in shard 2
-    with DataParallel(_model(), 2) as dp, pytest.raises(ValueError, match="src"):
+    with DataParallel(small_model(), 2) as dp, pytest.raises(ValueError, match="src"):
         dp.forward(src, tgt)
 
 
@@ -142,7 +126,7 @@ def test_default_threads_is_the_most_the_promise_allows(monkeypatch, cores):
 
 
 def test_for_training_choices():
-    model = _model()
+    model = small_model()
     assert for_training(model, 1, 128) is model
     assert default_threads(16) == 1                                 # too few rows to split
     dp = for_training(model, 2, 128)
@@ -180,13 +164,13 @@ def test_threads_flag_is_checked(tmp_path, capsys):
 
 
 def test_replica_shares_parameters_and_owns_the_rest():
-    model = _model()
+    model = small_model()
     rep = model.replica()
     for (path, m, i), (_, r, j) in zip(model.named_parameters(), rep.named_parameters()):
         assert r.params[j] is m.params[i], path
         assert r.grads[j] is not m.grads[i], path
     assert rep.loss_layer is not model.loss_layer and rep.decoder.lstm is not model.decoder.lstm
-    src, tgt = _batch()
+    src, tgt = padded_batch()
     rep.forward(src, tgt)
     rep.backward()
     assert all(float(abs(g).sum()) == 0 for g in model.gradients())      # the original's grads untouched
@@ -196,8 +180,8 @@ def test_replica_shares_parameters_and_owns_the_rest():
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_map_batches_keeps_order_and_matches_a_loop(threads):
     from attnseq.run.parallel import map_batches
-    model = _model()
-    batches = [_batch(seed)[0] for seed in range(7)]
+    model = small_model()
+    batches = [padded_batch(seed)[0] for seed in range(7)]
     got = map_batches(model, lambda m, src: m.generate(src, 5), batches, threads)
     for src, (ids, w) in zip(batches, got):
         ids_ref, w_ref = model.generate(src, 5)
@@ -218,7 +202,7 @@ def test_map_batches_passes_errors_on_and_stops(bad):
         time.sleep(0.005)
         return k
     with pytest.raises(ValueError, match=f"batch {bad}"):
-        map_batches(_model(), fn, list(range(60)), 2)
+        map_batches(small_model(), fn, list(range(60)), 2)
     assert len(calls) < 20                                          # the other thread stopped taking batches
 
 
@@ -242,12 +226,12 @@ def test_without_threadpoolctl_it_runs_one_thread(monkeypatch, request):
     monkeypatch.setitem(sys.modules, "threadpoolctl", None)         # import fails
     _blas_controller.cache_clear()                                  # looked up once per process: look again
     request.addfinalizer(_blas_controller.cache_clear)
-    model = _model()
-    src, tgt = _batch()
+    model = small_model()
+    src, tgt = padded_batch()
     with DataParallel(model, 2) as dp:
         assert dp.threads == 1
         loss = float(dp.forward(src, tgt))
-    assert loss == pytest.approx(float(_model().forward(src, tgt)), rel=1e-12)
+    assert loss == pytest.approx(float(small_model().forward(src, tgt)), rel=1e-12)
     from attnseq.run.parallel import map_batches
     assert map_batches(model, lambda m, k: k * 2, [1, 2, 3], 2) == [2, 4, 6]
 
@@ -268,7 +252,7 @@ def test_threads_decoding_one_shared_model_get_what_each_gets_alone(path):
     with kernels.using(path), threadpool_limits(limits=1, user_api="blas"):
         model = AttentionSeq2seq(12, 10, 16, 64, seed=4, decoder_layers=2, attention="general").eval()
         model.state_dict()["decoder.out.b"][2] = -100.0             # no eos: every row runs all 60 steps
-        encoded = [model.encode(_batch(seed=s, N=40, Ts=9)[0]) for s in (1, 2)]
+        encoded = [model.encode(padded_batch(seed=s, N=40, Ts=9)[0]) for s in (1, 2)]
         want = [greedy_encoded(model, *enc, max_len=60) for enc in encoded]
         got, start = [[], []], threading.Barrier(2)
 
