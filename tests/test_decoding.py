@@ -234,3 +234,29 @@ def test_beam_decode_keeps_row_order(threads):
         alone = beam_search(model, src[k:k + 1, :lengths[k]], beam_size=3, alpha=0.6, max_len=20, n_best=2)[0]
         assert [h.ids for h in hyps] == [h.ids for h in alone]
         np.testing.assert_allclose([h.score for h in hyps], [h.score for h in alone], rtol=1e-10)
+
+
+@pytest.mark.parametrize("kernels_on", [True, False], ids=["kernels", "numpy"])
+@pytest.mark.parametrize("options", [dict(), dict(attention="general"), dict(attention="additive"),
+                                     dict(input_feeding=True, decoder_layers=2)],
+                         ids=["dot", "general", "additive", "feeding-2-layers"])
+def test_step_with_k_rows_per_source_equals_the_step_on_repeated_states(options, kernels_on):
+    """Beam search steps k hypotheses per sentence against hs as it is, (N, k, H) queries: the same
+    logits, state and weights as stepping each of the N*k rows against its own copy of hs."""
+    from attnseq.nn import kernels
+    from attnseq.nn.attention import mask_bias
+    model = AttentionSeq2seq(9, 8, 6, 10, dtype="float64", seed=4, **options)
+    src, _ = shuffled_sources(5, seed=2)
+    k, rng = 3, np.random.default_rng(1)
+    with kernels.using("numba" if kernels_on and kernels.fused(src) is not None else "numpy"), model.eval_mode():
+        hs, state, mask = model.encode(src)
+        state = tuple(np.repeat(s, k, axis=0) + rng.normal(0, 0.1, (k * len(src),) + s.shape[1:]) for s in state)
+        tokens = rng.integers(3, 8, k * len(src))
+        got = model.decoder.step(tokens, state, hs, mask_bias(mask, hs.dtype))
+        hs_k, mask_k = np.repeat(hs, k, axis=0), np.repeat(mask, k, axis=0)
+        want = model.decoder.step(tokens, state, hs_k, mask_bias(mask_k, hs.dtype))
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-12, atol=1e-12)          # logits (N*k, V)
+    for g, w in zip(got[1], want[1]):                                            # the new state
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got[2], want[2], rtol=1e-12, atol=1e-12)          # weights (N*k, Ts)
+    assert got[2].shape == (k * len(src), src.shape[1])

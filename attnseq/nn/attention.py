@@ -308,7 +308,8 @@ class Attention(Module):
     def apply(self, hd, hs, bias=None, keys=None):
         """hd (N, To, H), hs (N, Ts, H), bias from ``mask_bias`` or None, keys from ``weight.keys(hs)``
         (made once per hs when None) -> context (N, To, H), a (N, To, Ts).
-        No cache, no ``weights`` kept: for decoding step by step."""
+        No cache, no ``weights`` kept: for decoding step by step (To = R queries per source row:
+        a beam's k hypotheses, or 1)."""
         a = self.weight.apply(hd, hs, bias, keys)
         return self.wsum.apply(hs, a), a
 

@@ -263,10 +263,12 @@ class AttentionDecoder(Module):
     def step(self, tokens, state, hs, bias, table=None):
         """One decoding step, no cache.
 
-        tokens (N,), state the decoding state (see the module docstring), hs (N, Ts, H), bias from
+        tokens (N*R,), state the decoding state (see the module docstring), hs (N, Ts, H), bias from
         ``mask_bias`` (the padding mask as the softmax takes it), table from ``input_table()``
-        (computed here when None) -> logits (N, V), new state, attention weights (N, Ts).
-        The attention's keys are made once per hs (``AttentionWeights.keys_for``).
+        (computed here when None) -> logits (N*R, V), new state, attention weights (N*R, Ts).
+        R rows of the state (adjacent: a beam's hypotheses) share each source row of hs, so beam
+        search attends with (N, R, H) queries against hs as it is, never repeated R times; R = 1
+        for greedy. The attention's keys are made once per hs (``AttentionWeights.keys_for``).
         """
         xp = get_array_module(hs)
         table = self.input_table() if table is None else table
@@ -279,12 +281,13 @@ class AttentionDecoder(Module):
             h, c = lstm.step(xw if l == 0 else lstm.project(new_h[-1]), hl[l], cl[l])   # (N, H)
             new_h.append(h)
             new_c.append(c)
-        context, a = self.attention.apply(h[:, None], hs, bias)     # (N, 1, H), (N, 1, Ts)
-        x = xp.concatenate([context[:, 0], h], axis=1)              # (N, 2H)
+        N, Ts, H = hs.shape
+        context, a = self.attention.apply(h.reshape(N, -1, h.shape[1]), hs, bias)   # (N, R, H), (N, R, Ts)
+        x = xp.concatenate([context.reshape(-1, H), h], axis=1)     # (N*R, 2H)
         if self.input_feeding:
             x = feed = xp.tanh(self.attentional.apply(x))           # h~_t (N, H)
         logits = self._out_apply(x)                                 # (N, V)
-        return logits, self._join_state(new_h, new_c, feed), a[:, 0]
+        return logits, self._join_state(new_h, new_c, feed), a.reshape(-1, Ts)
 
     def generate(self, hs, state, src_mask, bos_id: int, eos_id: int, max_len: int, pad_id: int = 0):
         """Batched greedy decoding from the encoder's output (its state, or ``initial_state`` of it).
@@ -295,6 +298,7 @@ class AttentionDecoder(Module):
         """
         N, Ts, _ = hs.shape
         bias, table = mask_bias(src_mask, hs.dtype), self.input_table()   # padding, (V, 4H)
+        hs = get_array_module(hs).ascontiguousarray(hs)             # once: every step reads it by rows
 
         def step(tokens, state):
             return self.step(tokens, state, hs, bias, table)

@@ -156,6 +156,7 @@ def model_step(model, hs, mask, log_probs: bool = False):
     ``log_probs``, log-probabilities) (N, V), new (h, c), attention (N, Ts)."""
     bias = mask_bias(mask, hs.dtype)                                # (N,) lengths or (N, 1, Ts) bias
     table = model.decoder.input_table()                             # (V, 4H)
+    hs = get_array_module(hs).ascontiguousarray(hs)                 # once per batch: every step reads it by rows
 
     def step(tokens, state):
         logits, state, a = model.decoder.step(tokens, state, hs, bias, table)
@@ -189,8 +190,9 @@ def beam_search(model, src, beam_size: int = 5, alpha: float = 0.0, max_len=None
         xp = get_array_module(hs)
         N, Ts, _ = hs.shape
         k = beam_size
-        # the k rows of a sentence share hs, so only (h, c) is reordered
-        step = model_step(model, xp.repeat(hs, k, axis=0), xp.repeat(mask, k, axis=0), log_probs=True)
+        # the k rows of a sentence share its row of hs (the decoder step attends with (N, k, H)
+        # queries), so hs is neither repeated nor reordered: only (h, c) is
+        step = model_step(model, hs, mask, log_probs=True)
         state = (xp.repeat(h, k, axis=0), xp.repeat(c, k, axis=0))   # (N*k, H)
         return beam_search_core(step, state, N, Ts, model.bos_id, model.eos_id, k, alpha,
                                 output_limit(Ts, max_len, model_rule(model)), n_best, xp)
