@@ -63,6 +63,14 @@ def _trim(src, tgt, pad_id):
     return src[:, :ts], tgt[:, :to]
 
 
+def _flat(a):
+    """A 1-d view of a contiguous array (C or F order: replicas' gradients share the model's layout)."""
+    flat = a.ravel(order="K")
+    if not np.may_share_memory(flat, a):
+        raise ValueError("DataParallel needs contiguous gradient arrays")
+    return flat
+
+
 class DataParallel:
     """Runs ``model``'s training forward/backward on ``threads`` row shards of each batch.
 
@@ -129,14 +137,25 @@ class DataParallel:
         return np.asarray(sum(float(x) * w for x, w in zip(losses, self.shares)), dtype=model.dtype)
 
     def backward(self, dout: float = 1.0) -> None:
-        """The batch gradient into the model's grads: sum over shards of their token-weighted gradients."""
+        """The batch gradient into the model's grads: sum over shards of their token-weighted gradients.
+
+        The sum runs on the threads too, each over its own slice of every gradient, in the same
+        order (shard 0 + shard 1 + ...) whatever the slicing, so the result does not change."""
         n = len(self.shares)
         self._run(lambda k: self.replicas[k].backward(dout * float(self.shares[k])), n)
-        grads = [rep.gradients() for rep in self.replicas[:n]]
-        for k, g in enumerate(self.model.gradients()):
-            np.copyto(g, grads[0][k])
-            for other in grads[1:]:
-                g += other[k]
+        parts = [[_flat(g) for g in rep.gradients()] for rep in self.replicas[:n]]
+        total = [_flat(g) for g in self.model.gradients()]
+
+        def reduce(k):
+            for j, out in enumerate(total):
+                a, b = out.size * k // n, out.size * (k + 1) // n
+                if n == 1:
+                    out[:] = parts[0][j]
+                    continue
+                np.add(parts[0][j][a:b], parts[1][j][a:b], out=out[a:b])   # one pass for two shards
+                for other in parts[2:]:
+                    out[a:b] += other[j][a:b]
+        self._run(reduce, n)
 
     def close(self) -> None:
         if self.pool is not None:
