@@ -149,8 +149,16 @@ def test_defaults_then_task_then_user():
     date = resolve_config(dict(data="date", out="r"))
     assert (date["epochs"], date["lr"], date["hidden_size"], date["tokenizer"]) == (6, 3e-3, 256, "char")
     assert resolve_config(dict(data="date", out="r", epochs=1))["epochs"] == 1
-    assert resolve_config(dict(data="date", out="r", quick=True))["epochs"] == 2
-    assert resolve_config(dict(train="x.tsv", out="r", quick=True))["epochs"] == 3
+    quick = resolve_config(dict(data="date", out="r", quick=True))
+    assert (quick["epochs"], quick["batch_size"], quick["lr"], quick["lr_schedule"], quick["warmup"]) == \
+        (1, 64, 1e-2, "cosine", 50)
+    assert resolve_config(dict(data="date", out="r", quick=True, epochs=2, lr=3e-3))["epochs"] == 2   # flags win
+    mine = resolve_config(dict(data="date", out="r", quick=True, lr_schedule="constant"))
+    assert (mine["lr_schedule"], mine["warmup"]) == ("constant", 0)                    # --quick's warm-up dropped
+    with pytest.raises(ConfigError, match="--warmup is for"):
+        resolve_config(dict(data="date", out="r", quick=True, lr_schedule="constant", warmup=5))
+    other = resolve_config(dict(train="x.tsv", out="r", quick=True))
+    assert (other["epochs"], other["lr_schedule"], other["batch_size"]) == (3, "constant", 64)
     corpus = resolve_config(dict(train="x.tsv", out="r"))
     assert (corpus["epochs"], corpus["tokenizer"], corpus["max_len"]) == (20, "sentencepiece", 100)
     assert set(date) == SAVED_KEYS == set(config_keys())

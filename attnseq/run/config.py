@@ -133,13 +133,18 @@ TASK_DEFAULTS = {
 # What a run's config.json written before an option existed implies, where that is not the option's
 # default: such a run resumes as it was trained (old runs chose best/ by exact match)
 LEGACY = {"select_by": LEGACY_METRIC}
-QUICK_EPOCHS = {"date": 2}      # --quick: a newcomer's first look
-QUICK_OTHER = 3                 # --quick elsewhere
+# --quick: a newcomer's first look. On date, one epoch of small batches at a high lr that a cosine
+# schedule brings down to 0 reaches 99.9% test exact match sooner than the 2 epochs at the task's
+# lr did (three seeds: 100.00% test, 99.89-100% test-short, in about 21 s of training on 2 cores)
+QUICK = {"date": dict(epochs=1, batch_size=64, lr=1e-2, lr_schedule="cosine", warmup=50)}
+QUICK_OTHER = dict(epochs=3)    # --quick elsewhere
 
 
 def _quick_help() -> str:
-    per_task = ", ".join(f"{n} on {task}" for task, n in QUICK_EPOCHS.items())
-    return f"fewer epochs, for a first look: {per_task}, else {QUICK_OTHER}"
+    date = QUICK["date"]
+    return (f"a short run for a first look: on date {date['epochs']} epoch of batch {date['batch_size']}, "
+            f"lr {date['lr']:g} on a {date['lr_schedule']} schedule ({date['warmup']} warm-up steps); "
+            f"elsewhere {QUICK_OTHER['epochs']} epochs")
 
 
 def model_row(name: str, type: type, **kw) -> Option:
@@ -343,12 +348,15 @@ def _check_combination(cfg: dict) -> None:
 
 def _check_schedule(cfg: dict, given: dict) -> None:
     """--warmup and --lr-decay against --lr-schedule; ``given``: what the user set (a task's own
-    --lr-decay is left unused by the other schedules, one the user gives is an error)."""
+    --lr-decay is left unused by the other schedules, one the user gives is an error; so is a
+    warm-up: --quick's is dropped when the user asks for the constant schedule)."""
     schedule = cfg["lr_schedule"]
     if schedule == "warmup-rsqrt" and cfg["warmup"] == 0:
         raise ConfigError("--lr-schedule warmup-rsqrt needs --warmup STEPS (a positive integer)")
     if schedule == "constant" and cfg["warmup"] > 0:
-        raise ConfigError("--warmup is for --lr-schedule warmup-rsqrt, cosine or plateau, not constant")
+        if "warmup" in given:
+            raise ConfigError("--warmup is for --lr-schedule warmup-rsqrt, cosine or plateau, not constant")
+        cfg["warmup"] = 0
     if schedule != "constant" and given.get("lr_decay", 1.0) != 1.0:
         raise ConfigError(f"--lr-decay is for --lr-schedule constant; --lr-schedule {schedule} sets the lr itself")
 
@@ -397,7 +405,7 @@ def defaults(task: str | None = None, quick: bool = False, options=OPTIONS) -> d
     out = {name: opt.default for name, opt in config_keys(options).items()}
     out.update(TASK_DEFAULTS[task if task in TASK_DEFAULTS else "corpus"])
     if quick:
-        out["epochs"] = QUICK_EPOCHS.get(task, QUICK_OTHER)
+        out.update(QUICK.get(task, QUICK_OTHER))
     return out
 
 
