@@ -125,3 +125,30 @@ def test_resume_from_an_average_is_refused(kept_run, tmp_path, capsys):
                           "no optimizer state") and err.count("\n") == 1
     assert sorted(p.name for p in out.iterdir()) == before          # untouched: no lock, no last/ left behind
     assert RunDir(kept_run).kept()[-1][0] == 4
+
+
+def test_train_average_last_writes_scores_and_reports_the_average(tiny_data, tmp_path, capsys):
+    """--average-last 2: RUN/averaged/ is the mean of the last two kept epochs (as attnseq average
+    makes it), scored on valid and test like best/, in the log and result.json; best/ is untouched."""
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_data), "--out", str(out), *TINY, "--epochs", "3", "--hidden-size", "16",
+                 "--keep-last", "2", "--average-last", "2", "--examples", "0"]) == 0
+    log = capsys.readouterr().out
+    line = next(l for l in log.splitlines() if l.startswith("averaged/ (epochs 2-3): valid exact"))
+    assert "| test exact" in line and "than best/ by valid BLEU" in line        # a corpus: selected by BLEU
+    want = average_run(out, 2, tmp_path / "by-hand")
+    for k, a in _weights(want).items():
+        np.testing.assert_array_equal(_weights(out / "averaged")[k], a, err_msg=k)
+    result = json.loads((out / "result.json").read_text())["averaged"]
+    assert result["epochs"] == [2, 3] and result["path"] == str(out / "averaged")
+    assert main(["eval", "--ckpt", str(out / "averaged"), "--data", str(tiny_data / "test.tsv")]) == 0
+    assert json.loads(capsys.readouterr().out)["exact_match"] == pytest.approx(result["test"]["exact_match"])
+    rows = RunDir(out).read_metrics()                              # best/: the epoch best by (BLEU, -loss)
+    best = max([r["valid_bleu"], -r["valid_loss"]] for r in rows)
+    assert result["better_than_best"] == ([result["valid"]["bleu"], -result["valid"]["loss"]] > best)
+
+
+def test_average_last_needs_as_many_kept(tiny_data, tmp_path, capsys):
+    assert main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "r"), *TINY, "--keep-last", "1",
+                 "--average-last", "2"]) == 1
+    assert "--average-last 2 needs --keep-last 2 or more (got 1)" in capsys.readouterr().err

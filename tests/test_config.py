@@ -28,7 +28,7 @@ OLD_KEYS = {
 NEW_KEYS = {
     "encoder_layers", "decoder_layers", "bidirectional", "attention", "input_feeding", "label_smoothing",
     "tie_embeddings", "lr_schedule", "warmup", "plateau_factor", "plateau_patience", "select_by", "max_minutes",
-    "keep_last", "max_output_len",
+    "keep_last", "average_last", "max_output_len",
 }
 SAVED_KEYS = OLD_KEYS | NEW_KEYS
 FAKE = Option("freeze_epochs", int, 1, group="training", metavar="N", resumable=False, check=POSITIVE_INT,
@@ -387,3 +387,5 @@ def test_the_shipped_translation_recipe_is_valid():
     model = AttentionSeq2seq(50, 60, recipe["wordvec_size"], recipe["hidden_size"], bidirectional=True,
                              tie_embeddings=True, label_smoothing=recipe["label_smoothing"])
     assert model.config["bidirectional"] and model.config["tie_embeddings"]
+    cfg = resolve_config(dict(recipe, train="x.tsv", out="r"))        # every check of a whole config passes
+    assert (cfg["keep_last"], cfg["average_last"]) == (3, 3)

@@ -234,6 +234,9 @@ OPTIONS: tuple[Option, ...] = (
            "always runs), then test best/; on --resume, counted from the resume"),
     O("keep_last", int, 0, group="training", metavar="K", check=NON_NEGATIVE,
       help="also keep the last K epoch-end checkpoints, RUN_DIR/epoch-NNNN/, for attnseq average; 0: none"),
+    O("average_last", int, 0, group="training", metavar="K", check=NON_NEGATIVE,
+      help="at the end, average the last K kept checkpoints into RUN_DIR/averaged/ (as attnseq average) and "
+           "score it on valid and test beside best/; needs --keep-last K or more; 0: off"),
     O("seed", int, 0, group="training", resumable=False, check=NON_NEGATIVE,
       help="seeds the weights, batch order, dropout and hold-out split"),
     O("device", str, "cpu", group="training", metavar="cpu|gpu[:N]", check=DEVICE, help="cpu or gpu, gpu:1 ..."),
@@ -340,6 +343,9 @@ def _check_values(cfg: dict, keys: dict[str, Option]) -> None:
 def _check_combination(cfg: dict) -> None:
     if cfg["out"] is None:
         raise ConfigError("--out RUN_DIR is required")
+    if cfg["average_last"] > cfg["keep_last"]:
+        raise ConfigError(f"--average-last {cfg['average_last']} needs --keep-last {cfg['average_last']} or more "
+                          f"(got {cfg['keep_last']})")
     if cfg["data"] is None and cfg["train"] is None:
         raise ConfigError("give --data NAME|DIR, or --train FILE (with --valid FILE)")
     if cfg["data"] is not None and cfg["train"] is not None:

@@ -36,7 +36,8 @@ from ..errors import NonFiniteError, TrainingStopped
 from ..nn.layers import Dropout
 from ..nn.model import AttentionSeq2seq
 from ..nn.optim import NonFiniteGradient, build_optimizer
-from .checkpoint import EpochProgress, RunDir, TrainState
+from .averaging import average_checkpoints
+from .checkpoint import EpochProgress, RunDir, TrainState, load_checkpoint
 from .config import OPTIONS, config_keys, resolve_config, save_interval
 from .decoding import OutputLengthRule
 from .evaluation import evaluate, normalized_refs
@@ -437,8 +438,35 @@ class Trainer:
             result["stopped"] = self.stopped_by
         if "test" in self.sets:
             result.update(self._test_best())
+        result.update(self._average_last())
         self.run_dir.write_result(result)
         return result
+
+    def _average_last(self) -> dict:
+        """--average-last K: the mean of the last K kept epoch checkpoints as RUN/averaged/ (what
+        ``attnseq average`` writes), scored on valid and test -> {"averaged": scores} for result.json,
+        {} when off or when fewer than K epochs were kept. best/ stays the best epoch: the log says
+        which of the two scores higher on valid (use ``--ckpt RUN/averaged`` for the average)."""
+        k = self.cfg["average_last"]
+        if not k:
+            return {}
+        kept = self.run_dir.kept()
+        if len(kept) < k:
+            self.log(f"--average-last {k}: only {len(kept)} epoch checkpoint(s) kept, nothing averaged")
+            return {}
+        path = average_checkpoints([p for _, p in kept[-k:]], self.out / "averaged", source=str(self.out))
+        model = load_checkpoint(path, self.cfg["device"]).model
+        out = {"valid": self._evaluate(model, self.sets["valid"], predictions=False),
+               "epochs": [e for e, _ in kept[-k:]]}
+        if "test" in self.sets:
+            out["test"] = self._evaluate(model, self.sets["test"], predictions=False)
+        by, valid = self.best_metric, out["valid"]
+        better = selection.score(valid, by) > self.best
+        self.log(f"averaged/ (epochs {out['epochs'][0]}-{out['epochs'][-1]}): valid {_scores_text(valid)}"
+                 + (f"  | test {_scores_text(out['test'])}" if "test" in out else "")
+                 + f"  -- {'better' if better else 'not better'} than best/ by {selection.NAMES[by]}"
+                 + (f": use --ckpt {shlex.quote(str(path))}" if better else ""))
+        return {"averaged": dict(out, path=str(path), better_than_best=bool(better))}
 
     def _test_best(self) -> dict:
         """{"test": ..., "test_long": ...} of best/: the test split, and its sources longer than any in train."""
@@ -478,6 +506,12 @@ class Trainer:
         if not keep:
             return None
         return encode_pairs(keep, self.src_tok, self.tgt_tok, self.cfg["reverse_source"])
+
+
+def _scores_text(m: dict) -> str:
+    """exact match, loss and (when computed) BLEU and chrF of one evaluation, for a log line."""
+    text = f"exact {100 * m['exact_match']:.2f}%  loss {m['loss']:.4f}"
+    return text + (f"  BLEU {m['bleu']:.1f}  chrF {m['chrf']:.1f}" if "bleu" in m else "")
 
 
 def train(cfg: dict, log=print) -> dict:
