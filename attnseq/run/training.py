@@ -41,7 +41,7 @@ from .checkpoint import EpochProgress, RunDir, TrainState, load_checkpoint
 from .config import OPTIONS, config_keys, resolve_config, save_interval
 from .decoding import OutputLengthRule
 from .evaluation import evaluate, normalized_refs
-from .parallel import for_training
+from .parallel import DataParallel, for_training
 from .schedules import build_schedule
 
 # options that shape the model (the config rows marked ``model``): passed to AttentionSeq2seq when
@@ -331,6 +331,8 @@ class Trainer:
             t0 = time.perf_counter()
             stats = self.train_epoch()
             self.epoch += 1
+            if isinstance(self.runner, DataParallel):
+                self.runner.release()                               # its scratch memory, while evaluating
             valid = self._evaluate(self.model, self.sets["valid"])
             improved = self._track_best(valid)
             row = self._metrics_row(stats, valid)
