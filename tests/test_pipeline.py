@@ -236,3 +236,18 @@ def test_patience_stops_early(tiny_data, tmp_path, monkeypatch):
                               wordvec_size=8, tokenizer="char", examples=0))
     result = Trainer(cfg, log=logs.append).run()
     assert result["epochs"] == 3 and any("early stop" in line for line in logs)
+
+
+def test_final_test_scores_are_best_slash_on_the_test_split(tiny_data, tmp_path, capsys):
+    """result.json's test scores (reused from the end of best/'s epoch when it ran in this process,
+    else computed from best/) are what attnseq eval gives for best/ on the test split, including
+    after a resume whose epoch (at lr 0.5) does not beat best/."""
+    out = tmp_path / "r"
+    for more in (["--epochs", "2"], ["--epochs", "3", "--resume", "--lr", "0.5"]):   # epoch 3: worse
+        assert main(["train", "--data", str(tiny_data), "--out", str(out), *TINY, *more]) == 0
+        capsys.readouterr()
+        assert main(["eval", "--ckpt", str(out), "--data", str(tiny_data / "test.tsv")]) == 0
+        want = json.loads(capsys.readouterr().out)
+        got = json.loads((out / "result.json").read_text())["test"]
+        for key in ("n", "exact_match", "token_accuracy", "loss", "bleu", "chrf"):
+            assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key

@@ -104,6 +104,7 @@ class Trainer:
         self.rng = np.random.default_rng(cfg["seed"])
         # best/ is chosen by --select-by (selection.score: [that score, -valid loss])
         self.epoch, self.step, self.best, self.bad_epochs, self.skipped = 0, 0, selection.initial_best(), 0, 0
+        self.last_test = self.best_test = None     # test scores of the last epoch, and of best/'s (this process)
         self.best_metric = cfg["select_by"]
         self.schedule = build_schedule(cfg)
         self.progress: EpochProgress | None = None      # a mid-epoch checkpoint's, until its epoch resumes
@@ -336,6 +337,8 @@ class Trainer:
             valid = self._evaluate(self.model, self.sets["valid"])
             improved = self._track_best(valid)
             row = self._metrics_row(stats, valid)
+            if improved:                                            # best/'s test scores, if just computed
+                self.best_test = self.last_test
             note = self.schedule.epoch_end(self.opt, improved)     # --lr-decay, or plateau's cut
             self.run_dir.append_metrics(row)
             self._save(best=improved)
@@ -401,10 +404,12 @@ class Trainer:
         row = dict(epoch=self.epoch, step=self.step, **stats, lr=self.opt.lr,
                    **{f"valid_{k}": v for k, v in valid.items() if k != "predictions"},
                    nonfinite_skipped=self.skipped, elapsed_s=time.perf_counter() - self.t_start)
+        self.last_test = None
         if "test" in self.sets:
             t0 = time.perf_counter()
-            test = self._evaluate(self.model, self.sets["test"], predictions=False)
+            test = self.last_test = self._evaluate(self.model, self.sets["test"], predictions=False)
             row.update({f"test_{k}": v for k, v in test.items()}, test_eval_s=time.perf_counter() - t0)
+            test["eval_s"] = row["test_eval_s"]
         return row
 
     def _state(self, mid_epoch: bool = False) -> TrainState:
@@ -474,8 +479,11 @@ class Trainer:
         """{"test": ..., "test_long": ...} of best/: the test split, and its sources longer than any in train."""
         best = self.run_dir.load_best(self.cfg["device"])
         t0 = time.perf_counter()
-        test = self._evaluate(best.model, self.sets["test"], predictions=False)
-        out = {"test": dict(test, eval_s=time.perf_counter() - t0)}
+        test = self.best_test              # computed at the end of best/'s epoch in this process, or None
+        if test is None:
+            test = dict(self._evaluate(best.model, self.sets["test"], predictions=False),
+                        eval_s=time.perf_counter() - t0)
+        out = {"test": test}
         msg = (f"test ({test['n']} pairs, best/): exact {100 * test['exact_match']:.2f}%  "
                f"tok acc {100 * test['token_accuracy']:.2f}%  loss {test['loss']:.4f}")
         if "bleu" in test:
