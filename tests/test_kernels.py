@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import numerical_grad
 
 from attnseq import Adam, Module
 from attnseq.errors import ConfigError
@@ -291,14 +292,7 @@ def test_reference_lstm_backward_is_the_gradient():
     gates, c, tc, h = run_forward(ref, xa, ha, c_prev)
     da, dc_prev = run_backward(ref, wh, dh_rec, wc, gates, c_prev, tc)
     for x, analytic in ((xa, da), (c_prev, dc_prev)):
-        numeric = np.zeros_like(x)
-        for idx in np.ndindex(x.shape):
-            old = x[idx]
-            x[idx] = old + 1e-6
-            up = loss(xa, c_prev)
-            x[idx] = old - 1e-6
-            numeric[idx] = (up - loss(xa, c_prev)) / 2e-6
-            x[idx] = old
+        numeric = numerical_grad(lambda: loss(xa, c_prev), x, eps=1e-6)
         np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
 
 
@@ -384,14 +378,7 @@ def test_reference_softmax_backward_is_the_gradient():
     w = rand(rng, s.shape, np.float64)
     loss = lambda s: float((w * ref.masked_softmax(s.copy(), lengths)).sum())
     ds = ref.masked_softmax_backward(ref.masked_softmax(s.copy(), lengths), w, np.empty_like(s))
-    numeric = np.zeros_like(s)
-    for idx in np.ndindex(s.shape):
-        old = s[idx]
-        s[idx] = old + 1e-6
-        up = loss(s)
-        s[idx] = old - 1e-6
-        numeric[idx] = (up - loss(s)) / 2e-6
-        s[idx] = old
+    numeric = numerical_grad(lambda: loss(s), s, eps=1e-6)
     np.testing.assert_allclose(ds, numeric, rtol=1e-6, atol=1e-9)
 
 
@@ -504,14 +491,7 @@ def test_reference_cross_entropy_is_the_gradient():
         loss, count = ref.softmax_cross_entropy(z, targets, 0, np.empty_like(z))
         return loss / count
 
-    numeric = np.zeros_like(logits)
-    for idx in np.ndindex(logits.shape):
-        old = logits[idx]
-        logits[idx] = old + 1e-6
-        up = mean_loss(logits)
-        logits[idx] = old - 1e-6
-        numeric[idx] = (up - mean_loss(logits)) / 2e-6
-        logits[idx] = old
+    numeric = numerical_grad(lambda: mean_loss(logits), logits, eps=1e-6)
     np.testing.assert_allclose(d, numeric, rtol=1e-6, atol=1e-9)
     p = np.exp(logits[1] - logits[1].max())
     assert math.isclose(ref.softmax_cross_entropy(logits[1:2], targets[1:2], 0, np.empty((1, 4)))[0],
