@@ -412,13 +412,14 @@ def ce_inputs(rng, M, V, dtype, ignore_index=0):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("scale", [None, 0.25])
 @pytest.mark.parametrize("M,V", [(1, 2), (7, 13), (30, 13), (5, 300), (3, 5000)])
-def test_softmax_cross_entropy_matches_reference(M, V, scale, dtype):
+def test_softmax_cross_entropy_matches_reference(M, V, scale, smoothing, dtype):
     logits, targets = ce_inputs(np.random.default_rng(M * V), M, V, dtype)
     d_got, d_want = nans((M, V), dtype), nans((M, V), dtype)
-    loss, count = cpu.softmax_cross_entropy(logits, targets, 0, d_got, scale)
-    loss_want, count_want = ref.softmax_cross_entropy(logits, targets, 0, d_want, scale)
+    loss, count = cpu.softmax_cross_entropy(logits, targets, 0, d_got, scale, smoothing)
+    loss_want, count_want = ref.softmax_cross_entropy(logits, targets, 0, d_want, scale, smoothing)
     assert count == count_want == int((targets != 0).sum())
     np.testing.assert_allclose(loss, loss_want, **TOL[dtype])
     assert_same(d_got, d_want, dtype)

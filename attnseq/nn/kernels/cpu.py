@@ -326,47 +326,15 @@ def _real_rows(logits, targets, ignore_index, dlogits):
 
 
 @jit
-def _softmax_cross_entropy(logits, targets, ignore_index, dlogits, scale, use_scale):
-    M, V = logits.shape
-    count = _real_rows(logits, targets, ignore_index, dlogits)
-    dt = logits.dtype.type
-    sc = dt(scale) if use_scale else dt(1.0 / max(count, 1))
-    zero = dt(0.0)
-    loss = 0.0
-    for n in range(M):
-        z, d = logits[n], dlogits[n]                                # (V,) rows
-        t = targets[n]
-        if t == ignore_index:
-            for k in range(V):
-                d[k] = zero
-            continue
-        m = z[0]
-        for k in range(1, V):
-            m = max(m, z[k])
-        zt = z[t]
-        total = zero
-        for k in range(V):
-            e = exp(z[k] - m)
-            d[k] = e
-            total += e
-        loss += math.log(total) - (zt - m)
-        inv = sc / total
-        for k in range(V):
-            d[k] *= inv
-        d[t] -= sc
-    return loss, count
-
-
-@jit
-def _smoothed_cross_entropy(logits, targets, ignore_index, dlogits, scale, use_scale, smoothing):
-    """``_softmax_cross_entropy`` against the target (1 - eps) one-hot + eps / V (eps = smoothing > 0)."""
+def _softmax_cross_entropy(logits, targets, ignore_index, dlogits, scale, use_scale, smoothing):
+    """Against the target (1 - eps) one-hot + eps / V, eps = smoothing (0: the one-hot itself)."""
     M, V = logits.shape
     count = _real_rows(logits, targets, ignore_index, dlogits)
     dt = logits.dtype.type
     sc = dt(scale) if use_scale else dt(1.0 / max(count, 1))
     zero = dt(0.0)
     hit = sc * dt(1.0 - smoothing)                                  # the one-hot part of the target, scaled
-    spread = sc * dt(smoothing / V)                                 # the uniform part, scaled
+    spread = sc * dt(smoothing / V)                                 # the uniform part, scaled (0 without)
     loss = 0.0
     for n in range(M):
         z, d = logits[n], dlogits[n]                                # (V,) rows
@@ -375,11 +343,13 @@ def _smoothed_cross_entropy(logits, targets, ignore_index, dlogits, scale, use_s
             for k in range(V):
                 d[k] = zero
             continue
-        m = z[0]
-        zsum = 0.0                                                  # float64
-        for k in range(V):                                          # all reads of z before d (it may be z)
+        m = z[0]                                                    # all reads of z before d (it may be z)
+        for k in range(1, V):
             m = max(m, z[k])
-            zsum += z[k]
+        zsum = 0.0                                                  # float64; only smoothing reads it
+        if smoothing > 0:
+            for k in range(V):
+                zsum += z[k]
         zt = z[t]
         total = zero
         for k in range(V):
@@ -387,8 +357,10 @@ def _smoothed_cross_entropy(logits, targets, ignore_index, dlogits, scale, use_s
             d[k] = e
             total += e
         log_total = math.log(total)
-        # (1 - eps) (-log p_t) + eps mean_k (-log p_k), with -log p_k = log(total) - (z_k - m)
-        loss += (1.0 - smoothing) * (log_total - (zt - m)) + smoothing * (log_total + m - zsum / V)
+        nll = log_total - (zt - m)                                  # -log p_t
+        if smoothing > 0:                                           # (1 - eps) (-log p_t) + eps mean_k (-log p_k)
+            nll = (1.0 - smoothing) * nll + smoothing * (log_total + m - zsum / V)
+        loss += nll
         inv = sc / total
         for k in range(V):
             d[k] = d[k] * inv - spread
@@ -398,8 +370,7 @@ def _smoothed_cross_entropy(logits, targets, ignore_index, dlogits, scale, use_s
 
 @jit
 def _cross_entropy_loss(logits, targets, ignore_index, smoothing):
-    """The loss sum and count of ``_softmax_cross_entropy`` (smoothing 0) or ``_smoothed_cross_entropy``,
-    without the gradient: nothing is written."""
+    """The loss sum and count of ``_softmax_cross_entropy`` without the gradient: nothing is written."""
     M, V = logits.shape
     count = _real_rows(logits, targets, ignore_index, logits)
     zero = logits.dtype.type(0.0)
@@ -435,10 +406,8 @@ def softmax_cross_entropy(logits, targets, ignore_index, dlogits, scale=None, sm
     (1 - eps) one-hot + eps / V. dlogits may be logits (slower). ``layers.SoftmaxCrossEntropy``
     is the numpy version.
     """
-    args = (logits, targets, ignore_index, dlogits, 0.0 if scale is None else float(scale), scale is not None)
-    if smoothing > 0:
-        return _smoothed_cross_entropy(*args, float(smoothing))
-    return _softmax_cross_entropy(*args)
+    return _softmax_cross_entropy(logits, targets, ignore_index, dlogits, 0.0 if scale is None else float(scale),
+                                  scale is not None, float(smoothing))
 
 
 def cross_entropy_loss(logits, targets, ignore_index, smoothing=0.0):
