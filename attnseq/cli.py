@@ -254,7 +254,7 @@ def cmd_plot_attention(args) -> int:
         pairs = read_pairs(args.data)
         if args.wrong_only:
             tr = Translator(args.ckpt, args.device)
-            outs = tr.translate([s for s, _ in pairs], max_len=args.max_output_len)
+            outs = tr.translate([s for s, _ in pairs], beam=args.beam, max_len=args.max_output_len)
             wanted = normalized_refs(tr.tgt_tok, [t for _, t in pairs])
             pairs = [p for p, o, want in zip(pairs, outs, wanted) if o.text != want]
             if not pairs:

@@ -228,6 +228,26 @@ def test_plot_attention_judges_outputs_as_eval_does(chain_ckpt, tmp_path, monkey
     assert titles.pop() == ["dog → the cat sat down  ✗ (want the cat sat)"]
 
 
+def test_plot_attention_wrong_only_judges_the_search_it_plots(chain_ckpt, tmp_path, monkeypatch, capsys):
+    """With --beam K, --wrong-only picks the examples by the beam's outputs (the ones it plots), and
+    says so in one line when none is wrong."""
+    from attnseq.run.inference import Translator
+    beams, real = [], Translator.translate
+    monkeypatch.setattr(Translator, "translate", lambda self, texts, beam=1, **kw:
+                        beams.append(beam) or real(self, texts, beam=beam, **kw))
+    data = tmp_path / "pairs.tsv"
+    data.write_text("a dog\tthe cat sat down\ndog\tthe cat sat\n", encoding="utf-8")
+    assert main(["plot-attention", "--ckpt", str(chain_ckpt), "--data", str(data), "--wrong-only", "--beam", "2",
+                 "--out", str(tmp_path / "a.png")]) == 0
+    assert beams and set(beams) == {2}
+    capsys.readouterr()
+    data.write_text("a dog\tthe cat sat down\n", encoding="utf-8")
+    assert main(["plot-attention", "--ckpt", str(chain_ckpt), "--data", str(data), "--wrong-only",
+                 "--out", str(tmp_path / "b.png")]) == 0
+    assert capsys.readouterr().out == f"attnseq plot-attention: every example in {data} is right; nothing to plot\n"
+    assert not (tmp_path / "b.png").exists()
+
+
 @pytest.mark.parametrize("argv, flag", [
     (["eval", "--ckpt", "r", "--data", "x.tsv", "--batch-size", "0"], "--batch-size"),
     (["explore", "--ckpt", "r", "--data", "x.tsv", "--out", "p.html", "--batch-size", "-2"], "--batch-size"),
