@@ -175,3 +175,18 @@ def test_bucket_jitter_mixes_nearby_lengths():
     no_tie = batch_order(lengths, 16, rng, bucket=True)
     assert all(np.ptp(tgt[b]) <= 2 for b in by_tgt)                  # ~9 rows per target length
     assert np.mean([np.ptp(tgt[b]) for b in no_tie]) > 4
+
+
+@pytest.mark.parametrize("pad_full", [False, True])
+def test_padding_fraction_counts_the_batches_take_makes(pad_full):
+    """The padding share of the batches ``take`` would make (trimmed to each batch's longest row, or to
+    the full width), from the lengths alone; compact (uint16) storage included."""
+    import numpy as np
+    from attnseq.data.batching import encode_pairs, padding_fraction, take
+    pairs = [("ab", "x"), ("abcdef", "xyz"), ("a", "xyzxyzx"), ("abc", "xy"), ("abcdefgh", "x")]
+    tok = CharTokenizer.build([s + t for s, t in pairs])
+    data = encode_pairs(pairs, tok, tok, compact=True)
+    batches = [np.array([0, 3]), np.array([1, 2, 4])]
+    real = sum(int(data.src_len[i].sum() + data.tgt_len[i].sum()) for i in batches)
+    total = sum(s.size + t.size for s, t in (take(data, i, pad_full) for i in batches))
+    assert padding_fraction(data, batches, pad_full) == pytest.approx(1 - real / total, abs=1e-15)
