@@ -154,7 +154,9 @@ def test_defaults_then_task_then_user():
         (1, 64, 1e-2, "cosine", 50)
     assert resolve_config(dict(data="date", out="r", quick=True, epochs=2, lr=3e-3))["epochs"] == 2   # flags win
     mine = resolve_config(dict(data="date", out="r", quick=True, lr_schedule="constant"))
-    assert (mine["lr_schedule"], mine["warmup"]) == ("constant", 0)                    # --quick's warm-up dropped
+    assert (mine["lr_schedule"], mine["warmup"]) == ("constant", 0)        # the user's schedule replaces --quick's
+    decay = resolve_config(dict(data="date", out="r", quick=True, lr_decay=0.9))
+    assert (decay["lr_schedule"], decay["warmup"], decay["lr_decay"], decay["lr"]) == ("constant", 0, 0.9, 1e-2)
     with pytest.raises(ConfigError, match="--warmup is for"):
         resolve_config(dict(data="date", out="r", quick=True, lr_schedule="constant", warmup=5))
     other = resolve_config(dict(train="x.tsv", out="r", quick=True))
@@ -227,6 +229,14 @@ def test_resume_a_run_from_before_the_new_options(tiny_run, tmp_path):
         (run / name / "state.json").write_text(json.dumps(state))
     cfg = resolve_config(dict(out=str(run), resume=True, epochs=3))
     assert cfg["select_by"] == "exact" and cfg["lr_schedule"] == "constant" and model_options(cfg) == {}
+    quick = tmp_path / "older-quick-date"                              # an old `--data date --quick` run
+    shutil.copytree(run, quick)
+    for name in ("best", "last"):
+        config = json.loads((quick / name / "config.json").read_text())
+        config["train"].update(data="date", train=None, quick=True, out=str(quick))
+        (quick / name / "config.json").write_text(json.dumps(config))
+    old_quick = resolve_config(dict(out=str(quick), resume=True))
+    assert (old_quick["lr_schedule"], old_quick["warmup"]) == ("constant", 0)   # not today's --quick schedule
     assert resolve_config(dict(out=str(run), resume=True, select_by="bleu"))["select_by"] == "bleu"
     logs = []
     train(dict(out=str(run), resume=True, epochs=3, examples=0), log=logs.append)

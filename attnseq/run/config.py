@@ -131,13 +131,16 @@ TASK_DEFAULTS = {
                    batch_size=64, patience=4, bleu=True, max_len=100, select_by="bleu"),
 }
 # What a run's config.json written before an option existed implies, where that is not the option's
-# default: such a run resumes as it was trained (old runs chose best/ by exact match)
-LEGACY = {"select_by": LEGACY_METRIC}
+# default (today's or --quick's): such a run resumes as it was trained (old runs chose best/ by exact
+# match, at a constant lr)
+LEGACY = {"select_by": LEGACY_METRIC, "lr_schedule": "constant", "warmup": 0}
 # --quick: a newcomer's first look. On date, one epoch of small batches at a high lr that a cosine
 # schedule brings down to 0 reaches 99.9% test exact match sooner than the 2 epochs at the task's
 # lr did (three seeds: 100.00% test, 99.89-100% test-short, in about 21 s of training on 2 cores)
+# A --quick schedule is one piece: the user's own --lr-schedule, --warmup or --lr-decay replaces all of it.
 QUICK = {"date": dict(epochs=1, batch_size=64, lr=1e-2, lr_schedule="cosine", warmup=50)}
 QUICK_OTHER = dict(epochs=3)    # --quick elsewhere
+SCHEDULE_KEYS = ("lr_schedule", "warmup", "lr_decay")
 
 
 def _quick_help() -> str:
@@ -354,15 +357,12 @@ def _check_combination(cfg: dict) -> None:
 
 def _check_schedule(cfg: dict, given: dict) -> None:
     """--warmup and --lr-decay against --lr-schedule; ``given``: what the user set (a task's own
-    --lr-decay is left unused by the other schedules, one the user gives is an error; so is a
-    warm-up: --quick's is dropped when the user asks for the constant schedule)."""
+    --lr-decay is left unused by the other schedules, one the user gives is an error)."""
     schedule = cfg["lr_schedule"]
     if schedule == "warmup-rsqrt" and cfg["warmup"] == 0:
         raise ConfigError("--lr-schedule warmup-rsqrt needs --warmup STEPS (a positive integer)")
     if schedule == "constant" and cfg["warmup"] > 0:
-        if "warmup" in given:
-            raise ConfigError("--warmup is for --lr-schedule warmup-rsqrt, cosine or plateau, not constant")
-        cfg["warmup"] = 0
+        raise ConfigError("--warmup is for --lr-schedule warmup-rsqrt, cosine or plateau, not constant")
     if schedule != "constant" and given.get("lr_decay", 1.0) != 1.0:
         raise ConfigError(f"--lr-decay is for --lr-schedule constant; --lr-schedule {schedule} sets the lr itself")
 
@@ -406,12 +406,16 @@ def read_toml(path: str, options=OPTIONS) -> dict:
 
 
 # -- the full config -------------------------------------------------------------------------
-def defaults(task: str | None = None, quick: bool = False, options=OPTIONS) -> dict:
-    """Every config key: the table's default, then the task's (``TASK_DEFAULTS``; any other data is "corpus")."""
+def defaults(task: str | None = None, quick: bool = False, options=OPTIONS, given=()) -> dict:
+    """Every config key: the table's default, then the task's (``TASK_DEFAULTS``; any other data is
+    "corpus"), then with ``quick`` the task's ``QUICK`` settings, less its schedule when the keys
+    ``given`` (set by the user, or saved by the run) name one of ``SCHEDULE_KEYS``."""
     out = {name: opt.default for name, opt in config_keys(options).items()}
     out.update(TASK_DEFAULTS[task if task in TASK_DEFAULTS else "corpus"])
     if quick:
-        out.update(QUICK.get(task, QUICK_OTHER))
+        own_schedule = any(k in given for k in SCHEDULE_KEYS)
+        out.update({k: v for k, v in QUICK.get(task, QUICK_OTHER).items()
+                    if not (own_schedule and k in SCHEDULE_KEYS)})
     return out
 
 
@@ -431,7 +435,7 @@ def resolve_config(cfg: dict, run: RunDir | None = None, options=OPTIONS) -> dic
     _check_values(user, keys)
     if user.get("resume") and user.get("out"):
         user = _with_saved_config(user, run if run is not None else RunDir(user["out"]), keys)
-    out = defaults(user.get("data"), bool(user.get("quick")), options)
+    out = defaults(user.get("data"), bool(user.get("quick")), options, given=user)
     out.update(user)
     _check_combination(out)
     _check_values(out, keys)
