@@ -251,3 +251,4 @@ def test_final_test_scores_are_best_slash_on_the_test_split(tiny_data, tmp_path,
         got = json.loads((out / "result.json").read_text())["test"]
         for key in ("n", "exact_match", "token_accuracy", "loss", "bleu", "chrf"):
             assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
+    assert json.loads((out / "best" / "state.json").read_text())["epoch"] == 2     # epoch 3 did not beat it

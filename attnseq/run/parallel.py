@@ -100,8 +100,7 @@ class DataParallel:
         """Start over with fresh replicas, letting go of the old ones' scratch memory (their buffers
         and the caches that view them) until the next batch allocates it again. Results do not
         change: a replica keeps nothing between batches that a batch needs. The Trainer calls it
-        before each epoch's evaluation, whose own buffers then do not come on top (the date quick
-        start's peak RSS: 304 -> 287 MiB)."""
+        before each epoch's evaluation, whose own buffers then do not come on top."""
         self.replicas = [self.model.replica() for _ in range(self.threads)]
         self.replica_dropouts = [[m for _, m in rep.named_modules() if isinstance(m, Dropout)]
                                  for rep in self.replicas]

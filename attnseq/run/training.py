@@ -36,7 +36,7 @@ from ..errors import NonFiniteError, TrainingStopped
 from ..nn.layers import Dropout
 from ..nn.model import AttentionSeq2seq
 from ..nn.optim import NonFiniteGradient, build_optimizer
-from .averaging import average_checkpoints
+from .averaging import average_run
 from .checkpoint import EpochProgress, RunDir, TrainState, load_checkpoint
 from .config import OPTIONS, config_keys, resolve_config, save_interval
 from .decoding import OutputLengthRule
@@ -104,7 +104,7 @@ class Trainer:
         self.rng = np.random.default_rng(cfg["seed"])
         # best/ is chosen by --select-by (selection.score: [that score, -valid loss])
         self.epoch, self.step, self.best, self.bad_epochs, self.skipped = 0, 0, selection.initial_best(), 0, 0
-        self.last_test = self.best_test = None     # test scores of the last epoch, and of best/'s (this process)
+        self.best_test = None                      # best/'s test scores, when its epoch ran in this process
         self.best_metric = cfg["select_by"]
         self.schedule = build_schedule(cfg)
         self.progress: EpochProgress | None = None      # a mid-epoch checkpoint's, until its epoch resumes
@@ -337,8 +337,8 @@ class Trainer:
             valid = self._evaluate(self.model, self.sets["valid"])
             improved = self._track_best(valid)
             row = self._metrics_row(stats, valid)
-            if improved:                                            # best/'s test scores, if just computed
-                self.best_test = self.last_test
+            if improved and "test" in self.sets:                   # best/'s test scores, just computed
+                self.best_test = {k.removeprefix("test_"): v for k, v in row.items() if k.startswith("test_")}
             note = self.schedule.epoch_end(self.opt, improved)     # --lr-decay, or plateau's cut
             self.run_dir.append_metrics(row)
             self._save(best=improved)
@@ -404,12 +404,10 @@ class Trainer:
         row = dict(epoch=self.epoch, step=self.step, **stats, lr=self.opt.lr,
                    **{f"valid_{k}": v for k, v in valid.items() if k != "predictions"},
                    nonfinite_skipped=self.skipped, elapsed_s=time.perf_counter() - self.t_start)
-        self.last_test = None
         if "test" in self.sets:
             t0 = time.perf_counter()
-            test = self.last_test = self._evaluate(self.model, self.sets["test"], predictions=False)
+            test = self._evaluate(self.model, self.sets["test"], predictions=False)
             row.update({f"test_{k}": v for k, v in test.items()}, test_eval_s=time.perf_counter() - t0)
-            test["eval_s"] = row["test_eval_s"]
         return row
 
     def _state(self, mid_epoch: bool = False) -> TrainState:
@@ -461,7 +459,7 @@ class Trainer:
         if len(kept) < k:
             self.log(f"--average-last {k}: only {len(kept)} epoch checkpoint(s) kept, nothing averaged")
             return {}
-        path = average_checkpoints([p for _, p in kept[-k:]], self.out / "averaged", source=str(self.out))
+        path = average_run(self.out, k, self.out / "averaged")
         model = load_checkpoint(path, self.cfg["device"]).model
         out = {"valid": self._evaluate(model, self.sets["valid"], predictions=False),
                "epochs": [e for e, _ in kept[-k:]]}
