@@ -35,7 +35,7 @@ from .backend import get_array_module
 from .layers import Dropout, Embedding, Linear, TiedOutput
 from .lstm import LSTM
 from .module import Module
-from .search import greedy_search
+from .search import greedy_search, log_softmax
 
 
 class AttentionDecoder(Module):
@@ -297,10 +297,18 @@ class AttentionDecoder(Module):
         Stops when every row has emitted eos, or after ``max_len`` tokens.
         """
         N, Ts, _ = hs.shape
+        return greedy_search(self.step_fn(hs, src_mask), self.initial_state(state), N, Ts, bos_id, eos_id,
+                             max_len, pad_id, get_array_module(hs))
+
+    def step_fn(self, hs, src_mask, log_probs: bool = False):
+        """``step`` over encoder states hs (N, Ts, H) with padding mask src_mask (N, Ts), as the searches
+        take it: step(tokens (N*R,), state) -> logits (or, with ``log_probs``, log-probabilities)
+        (N*R, V), new state, attention (N*R, Ts). The padding bias, the input table and a contiguous
+        hs are made once here, for every step."""
         bias, table = mask_bias(src_mask, hs.dtype), self.input_table()   # padding, (V, 4H)
-        hs = get_array_module(hs).ascontiguousarray(hs)             # once: every step reads it by rows
+        hs = get_array_module(hs).ascontiguousarray(hs)             # every step reads it by rows
 
         def step(tokens, state):
-            return self.step(tokens, state, hs, bias, table)
-        return greedy_search(step, self.initial_state(state), N, Ts, bos_id, eos_id, max_len, pad_id,
-                             get_array_module(hs))
+            logits, state, a = self.step(tokens, state, hs, bias, table)
+            return (log_softmax(logits) if log_probs else logits), state, a
+        return step

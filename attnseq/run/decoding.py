@@ -26,7 +26,6 @@ import numpy as np
 
 from ..data.batching import batch_order
 from ..errors import CheckpointError
-from ..nn.attention import mask_bias
 from ..nn.backend import get_array_module, to_numpy
 from ..nn.search import Hypothesis, beam_search_core, greedy_search, log_softmax  # noqa: F401 (re-exported)
 from .parallel import map_batches
@@ -153,15 +152,8 @@ def output_limit(src_len: int, max_len=None, rule: OutputLengthRule | None = Non
 def model_step(model, hs, mask, log_probs: bool = False):
     """The model's decoder as a step function over encoder states hs (N, Ts, H), padding mask (N, Ts)
     (masked positions get attention weight 0): step(tokens (N,), (h, c)) -> logits (or, with
-    ``log_probs``, log-probabilities) (N, V), new (h, c), attention (N, Ts)."""
-    bias = mask_bias(mask, hs.dtype)                                # (N,) lengths or (N, 1, Ts) bias
-    table = model.decoder.input_table()                             # (V, 4H)
-    hs = get_array_module(hs).ascontiguousarray(hs)                 # once per batch: every step reads it by rows
-
-    def step(tokens, state):
-        logits, state, a = model.decoder.step(tokens, state, hs, bias, table)
-        return (log_softmax(logits) if log_probs else logits), state, a
-    return step
+    ``log_probs``, log-probabilities) (N, V), new (h, c), attention (N, Ts). See ``AttentionDecoder.step_fn``."""
+    return model.decoder.step_fn(hs, mask, log_probs)
 
 
 def greedy_encoded(model, hs, state, mask, max_len=None):
