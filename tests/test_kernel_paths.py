@@ -17,6 +17,7 @@ from kernel_paths import kernel_path  # noqa: F401 (a fixture)
 
 from attnseq.nn import kernels
 from attnseq.nn.model import AttentionSeq2seq
+from attnseq.nn.layers import SoftmaxCrossEntropy
 from attnseq.nn.optim import build_optimizer
 from attnseq.run.decoding import beam_decode, greedy_decode
 from attnseq.run.parallel import DataParallel
@@ -26,7 +27,7 @@ from attnseq.nn.kernels import cpu  # noqa: E402  (needs numba)
 
 TOL = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=1e-5, atol=1e-6)}
 KERNELS = ("lstm_cell_forward", "lstm_cell_backward", "masked_softmax", "masked_softmax_backward",
-           "softmax_cross_entropy", "embedding_grad", "sum_squares", "adam_update")
+           "softmax_cross_entropy", "cross_entropy_loss", "embedding_grad", "sum_squares", "adam_update")
 
 
 def train_step(path, dtype, dropout):
@@ -115,6 +116,7 @@ def test_every_kernel_runs_on_the_numba_path_and_none_on_numpy(spy, path):
         m.backward()
         opt.step()
         m.generate(src, max_len=3)
+        SoftmaxCrossEntropy(ignore_index=0).forward(m.logits(src, tgt), tgt[:, 1:], need_grad=False)   # evaluation's loss
     if path == "numpy":
         assert not any(spy.values()), spy
     else:
