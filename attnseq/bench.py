@@ -167,9 +167,29 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_class() -> str:
+    """What tells apart CPUs that share a model name (an "AMD EPYC" VM may be Zen 3 or Zen 4): /proc/cpuinfo's
+    family and model, and the widest vector extension its flags list (AVX-512, AVX2, or neither); "" if unknown."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+                if key.strip() == "flags":
+                    break
+    except OSError:
+        return ""
+    flags = set(info.get("flags", "").split())
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    parts = [f"family {info['cpu family']} model {info['model']}"] if "cpu family" in info and "model" in info else []
+    return ", ".join(parts + ([vector] if flags else []))
+
+
 def _device_name(device: str) -> str:
     if device == "cpu":
-        return f"cpu ({cpu_model()}, {os.cpu_count()} cores)"
+        detail = cpu_class()
+        return f"cpu ({cpu_model()}, {detail + ', ' if detail else ''}{os.cpu_count()} cores)"
     import cupy
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     return f"{device} ({props['name'].decode()})"

@@ -180,6 +180,21 @@ def test_bench_measures_both_paths_in_one_run(capsys):
     assert all(cpu_model() in r["device"] and r["train_s_per_iter"] > 0 for r in runs)
 
 
+def test_cpu_class_names_family_model_and_vector_width():
+    """bench's device names what the model name alone does not (Zen 3 or Zen 4 behind "AMD EPYC")."""
+    from attnseq.bench import cpu_class
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            info = dict((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in f) if k.strip())
+    except OSError:
+        pytest.skip("no /proc/cpuinfo here")
+    if "flags" not in info or "cpu family" not in info:
+        pytest.skip("no flags or cpu family in /proc/cpuinfo here")
+    flags = info["flags"].split()
+    want = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    assert cpu_class() == f"family {info['cpu family']} model {info['model']}, {want}"
+
+
 def test_cpu_model_is_the_model_name_in_proc_cpuinfo():
     from attnseq.bench import cpu_model
     try:
