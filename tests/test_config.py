@@ -7,6 +7,7 @@ import pytest
 from conftest import TINY
 
 import attnseq.run.checkpoint as ckmod
+import attnseq.run.rundir as rundir
 from attnseq.cli import build_parser, main, train_config
 from attnseq.errors import ConfigError
 from attnseq.nn.layers import INIT_SCHEMES
@@ -256,8 +257,8 @@ def test_resume_an_old_run_whose_config_lacks_a_key(tiny_run, tmp_path, monkeypa
         del config["train"]["skip_nonfinite"], config["train"]["threads"]
         path.write_text(json.dumps(config))
     reads = []
-    real = ckmod.load_checkpoint_config
-    monkeypatch.setattr(ckmod, "load_checkpoint_config", lambda path: reads.append(path) or real(path))
+    real = rundir.load_checkpoint_config
+    monkeypatch.setattr(rundir, "load_checkpoint_config", lambda path: reads.append(path) or real(path))
     result = train(dict(out=str(run), resume=True, epochs=3, examples=0), log=lambda *a: None)
     assert result["epochs"] == 3
     assert [p.name for p in reads].count("last") == 1                 # resume check and checkpoint load share it

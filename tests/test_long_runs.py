@@ -17,10 +17,12 @@ import numpy as np
 import pytest
 
 import attnseq.run.checkpoint as ckmod
+import attnseq.run.lock as lockmod
 from attnseq.cli import main
 from attnseq.errors import CheckpointError, ConfigError
 from attnseq.run import training
-from attnseq.run.checkpoint import RunDir, load_checkpoint
+from attnseq.run.checkpoint import load_checkpoint
+from attnseq.run.rundir import RunDir
 from attnseq.run.config import resolve_config, save_interval
 from attnseq import TrainingStopped
 from attnseq.run.training import StopSignals, Trainer, train
@@ -249,7 +251,7 @@ def _lock(run, pid, **extra):
 def test_a_second_trainer_is_refused_naming_the_pid(tiny_data, tmp_path, capsys):
     run, holder = tmp_path / "busy", _sleeper()
     try:
-        _lock(run, holder.pid, started=ckmod._process_start(holder.pid))
+        _lock(run, holder.pid, started=lockmod._process_start(holder.pid))
         assert main(["train", "--data", str(tiny_data), "--out", str(run), *ARGS]) == 1
         err = capsys.readouterr().err
         assert err == (f"attnseq train: error: {run} is in use by another attnseq train (pid {holder.pid}); "
@@ -284,8 +286,8 @@ def test_a_stale_lock_is_taken_over_with_a_warning(tiny_data, tmp_path, capsys, 
         proc.kill()
         proc.wait()
     try:
-        _lock(run, proc.pid, started=-5 if reused else ckmod._process_start(os.getpid()))
-        if reused and ckmod._process_start(proc.pid) is None:
+        _lock(run, proc.pid, started=-5 if reused else lockmod._process_start(os.getpid()))
+        if reused and lockmod._process_start(proc.pid) is None:
             pytest.skip("no /proc start times here")
         assert main(["train", "--data", str(tiny_data), "--out", str(run), *ARGS, "--epochs", "1"]) == 0
         err = capsys.readouterr().err
@@ -334,7 +336,7 @@ def test_the_lock_appears_whole(tmp_path, monkeypatch):
     def link(src, dst):
         at_link.append((os.path.exists(dst), json.loads(open(src).read())))
         return real(src, dst)
-    monkeypatch.setattr(ckmod.os, "link", link)
+    monkeypatch.setattr(lockmod.os, "link", link)
     rd = RunDir(run)
     rd.lock()
     holder = json.loads((run / ".lock").read_text())
@@ -349,7 +351,7 @@ def test_the_lock_without_hard_links(tmp_path, monkeypatch):
     """A filesystem without hard links (FAT: EPERM): the lock is created in place, as before."""
     def no_link(src, dst):
         raise OSError(errno.EPERM, "Operation not permitted")
-    monkeypatch.setattr(ckmod.os, "link", no_link)
+    monkeypatch.setattr(lockmod.os, "link", no_link)
     a, b = RunDir(tmp_path / "r"), RunDir(tmp_path / "r")
     a.lock()
     assert json.loads((tmp_path / "r" / ".lock").read_text())["pid"] == os.getpid()

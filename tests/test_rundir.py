@@ -8,7 +8,8 @@ import pytest
 
 from attnseq.errors import CheckpointError, ConfigError
 from attnseq.nn.optim import build_optimizer
-from attnseq.run.checkpoint import RunDir, TrainState
+from attnseq.run.rundir import RunDir
+from attnseq.run.train_state import TrainState
 
 
 def _copy(tiny_run, tmp_path, name="run"):
@@ -197,7 +198,7 @@ def test_keep_last_keeps_the_newest_k_and_prunes_the_rest(tiny_run, tmp_path):
 
 
 def test_keep_last_off_and_mid_epoch_saves_keep_nothing(tiny_run, tmp_path):
-    from attnseq.run.checkpoint import EpochProgress
+    from attnseq.run.train_state import EpochProgress
     run = _copy(tiny_run, tmp_path)
     rd, ck, opt, state = _resume(run)
     _save_epochs(run, ck, opt, state, [3], keep=0)

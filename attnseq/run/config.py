@@ -28,7 +28,7 @@ from ..nn.backend import check_device
 from ..nn.layers import INIT_SCHEMES
 from ..nn.model import MODEL_DEFAULTS
 from ..nn.optim import OPTIMIZERS
-from .checkpoint import RunDir
+from .rundir import RunDir
 from .decoding import EVAL_BATCH_SIZE, OutputLengthRule
 from .schedules import SCHEDULES
 from .selection import LEGACY_METRIC, SELECT_BY

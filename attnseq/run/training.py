@@ -37,12 +37,14 @@ from ..nn.layers import Dropout
 from ..nn.model import AttentionSeq2seq
 from ..nn.optim import NonFiniteGradient, build_optimizer
 from .averaging import average_run
-from .checkpoint import EpochProgress, RunDir, TrainState, load_checkpoint
+from .checkpoint import load_checkpoint
 from .config import OPTIONS, config_keys, resolve_config, save_interval
 from .decoding import OutputLengthRule
 from .evaluation import evaluate, normalized_refs
 from .parallel import DataParallel, for_training
+from .rundir import RunDir
 from .schedules import build_schedule
+from .train_state import EpochProgress, TrainState
 
 # options that shape the model (the config rows marked ``model``): passed to AttentionSeq2seq when
 # they differ from their defaults
