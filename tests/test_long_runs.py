@@ -20,6 +20,7 @@ from attnseq.errors import CheckpointError
 from attnseq.run import training
 from attnseq.run.checkpoint import load_checkpoint
 from attnseq.run.config import resolve_config, save_interval
+from attnseq.run.rundir import RunDir
 from attnseq import TrainingStopped
 from attnseq.run.training import StopSignals, Trainer, train
 
@@ -426,7 +427,8 @@ def test_max_minutes_stops_before_the_epoch_that_would_overrun(tiny_data, tmp_pa
         in logs
     assert json.loads((out / "result.json").read_text())["stopped"] == "max_minutes"
     # resumed, the budget counts from the resume: epochs 4 and 5 end at 4 minutes of this process
-    result = timed(Trainer(resolve_config(dict(out=str(out), resume=True, epochs=5)), log=logs.append)).run()
+    resumed = resolve_config(dict(out=str(out), resume=True, epochs=5), RunDir(out).saved_options())
+    result = timed(Trainer(resumed, log=logs.append)).run()
     assert result["epochs"] == 5 and "stopped" not in json.loads((out / "result.json").read_text())
 
 

@@ -11,6 +11,7 @@ from attnseq.run.checkpoint import load_checkpoint, save_checkpoint
 from attnseq.cli import main
 from attnseq.errors import CheckpointError, NonFiniteError
 from attnseq.run.config import resolve_config
+from attnseq.run.rundir import RunDir
 from attnseq.run.training import Trainer
 
 
@@ -130,7 +131,7 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tiny_data, tmp_path, monk
     out = tmp_path / "nan"
     assert main(["train", "--data", str(tiny_data), "--out", str(out), *TINY[:-1], "--epochs", "1"]) == 0
     before = (out / "last" / "weights.npz").read_bytes()
-    cfg = resolve_config(dict(out=str(out), epochs=2, resume=True, examples=0))
+    cfg = resolve_config(dict(out=str(out), epochs=2, resume=True, examples=0), RunDir(out).saved_options())
     trainer = Trainer(cfg, log=lambda *a: None)
     poison_loss(monkeypatch, trainer, (5,), "nan")
     with pytest.raises(NonFiniteError, match=r"step 29 \(epoch 2\): loss is nan"):

@@ -253,3 +253,19 @@ def test_the_date_run_reports_test_short(tmp_path, monkeypatch, swap):
     assert set(short) >= {"exact_match", "loss", "token_accuracy"}
     what = EXTRA_TESTS["date"]["test-short"]
     assert f"test-short (300 pairs, {what}): exact {100 * short['exact_match']:.2f}%" in logs
+
+
+def test_saved_options_are_the_train_section_of_the_checkpoint_to_resume(tiny_run, tmp_path):
+    """What resolve_config takes on --resume: last/'s "train" section (best/'s when last/ is gone), else None."""
+    run = _copy(tiny_run, tmp_path)
+    saved = RunDir(run).saved_options()
+    assert saved == json.loads((run / "last" / "config.json").read_text())["train"] and saved["epochs"] == 2
+    shutil.rmtree(run / "last")
+    config = json.loads((run / "best" / "config.json").read_text())
+    (run / "best" / "config.json").write_text(json.dumps(dict(config, train=dict(config["train"], epochs=7))))
+    assert RunDir(run).saved_options()["epochs"] == 7
+    (run / "best" / "config.json").write_text(json.dumps(dict(config, train=[1, 2])))
+    assert RunDir(run).saved_options() is None                       # not an object: nothing to take
+    (run / "best" / "config.json").write_text("{not json")
+    assert RunDir(run).saved_options() is None
+    assert RunDir(tmp_path / "new").saved_options() is None          # no run yet: a fresh start

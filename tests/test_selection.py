@@ -8,6 +8,7 @@ import pytest
 
 from attnseq.run import selection, training
 from attnseq.run.config import resolve_config
+from attnseq.run.rundir import RunDir
 from attnseq.run.selection import score
 from attnseq.run.training import Trainer, train
 
@@ -116,7 +117,8 @@ def test_resume_with_another_selection_takes_best_s_score_from_its_metrics_row(t
     row = next(json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()
                if json.loads(x)["epoch"] == best_epoch_)
     logs = []
-    trainer = Trainer(resolve_config(dict(out=str(run), resume=True, select_by="exact", epochs=2)), log=logs.append)
+    cfg = resolve_config(dict(out=str(run), resume=True, select_by="exact", epochs=2), RunDir(run).saved_options())
+    trainer = Trainer(cfg, log=logs.append)
     assert trainer.best == [row["valid_exact_match"], -row["valid_loss"]] and trainer.best_metric == "exact"
     assert "note: best/ was chosen by valid BLEU; from now on by valid exact match" in logs
     trainer.run_dir.unlock()
@@ -127,7 +129,8 @@ def test_resume_with_another_selection_and_no_record_starts_best_over(tiny_run, 
     shutil.copytree(tiny_run, run)
     (run / "metrics.jsonl").unlink()
     logs = []
-    trainer = Trainer(resolve_config(dict(out=str(run), resume=True, select_by="loss", epochs=3)), log=logs.append)
+    cfg = resolve_config(dict(out=str(run), resume=True, select_by="loss", epochs=3), RunDir(run).saved_options())
+    trainer = Trainer(cfg, log=logs.append)
     assert trainer.best == selection.initial_best()
     assert any("the next epoch replaces it" in line for line in logs)
     trainer.run()

@@ -93,7 +93,7 @@ class Trainer:
     """One run's model, optimizer, data and counters; ``run()`` trains to the end.
 
     ``cfg`` is a resolved config (``resolve_config``). ``run_dir`` is the RunDir of ``cfg["out"]``
-    when the caller has one (it keeps the config.json that resolving a ``--resume`` already read).
+    when the caller has one (it keeps the config.json that ``saved_options`` already read for a ``--resume``).
     Building a Trainer takes the run directory's lock (a ConfigError if another trainer holds it);
     ``run()`` releases it, whatever happens.
     """
@@ -532,4 +532,5 @@ def train(cfg: dict, log=print) -> dict:
     """
     out = cfg.get("out")
     run_dir = RunDir(out) if isinstance(out, str) else None     # shared, so a --resume reads config.json once
-    return Trainer(resolve_config(cfg, run_dir), log, run_dir).run()
+    saved = run_dir.saved_options() if run_dir is not None and cfg.get("resume") else None
+    return Trainer(resolve_config(cfg, saved), log, run_dir).run()
