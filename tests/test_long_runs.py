@@ -28,7 +28,7 @@ from attnseq.run.training import StopSignals, Trainer, train
 ARGS = ["--tokenizer", "char", "--epochs", "6", "--hidden-size", "16", "--wordvec-size", "8", "--batch-size", "64",
         "--lr", "0.01", "--lr-decay", "0.8", "--dropout", "0.1", "--no-plot", "--examples", "0", "--patience", "9"]
 STEPS_PER_EPOCH = 24                    # 1500 pairs in batches of 64
-TIMING = ("epoch_time_s", "samples_per_s", "elapsed_s", "test_eval_s")
+TIMING = ("epoch_time_s", "samples_per_s", "elapsed_s")
 RESUMED = re.compile(r"resumed .* at epoch (\d+), step (\d+)(?:, batch (\d+) of epoch \d+)?")
 
 

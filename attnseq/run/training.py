@@ -106,7 +106,6 @@ class Trainer:
         self.rng = np.random.default_rng(cfg["seed"])
         # best/ is chosen by --select-by (selection.score: [that score, -valid loss])
         self.epoch, self.step, self.best, self.bad_epochs, self.skipped = 0, 0, selection.initial_best(), 0, 0
-        self.best_test = None                      # best/'s test scores, when its epoch ran in this process
         self.best_metric = cfg["select_by"]
         self.schedule = build_schedule(cfg)
         self.progress: EpochProgress | None = None      # a mid-epoch checkpoint's, until its epoch resumes
@@ -339,8 +338,6 @@ class Trainer:
             valid = self._evaluate(self.model, self.sets["valid"])
             improved = self._track_best(valid)
             row = self._metrics_row(stats, valid)
-            if improved and "test" in self.sets:                   # best/'s test scores, just computed
-                self.best_test = {k.removeprefix("test_"): v for k, v in row.items() if k.startswith("test_")}
             note = self.schedule.epoch_end(self.opt, improved)     # --lr-decay, or plateau's cut
             self.run_dir.append_metrics(row)
             self._save(best=improved)
@@ -402,15 +399,11 @@ class Trainer:
         return False
 
     def _metrics_row(self, stats: dict, valid: dict) -> dict:
-        """One metrics.jsonl row: the epoch's training stats, valid (and test) scores, lr before decay."""
-        row = dict(epoch=self.epoch, step=self.step, **stats, lr=self.opt.lr,
-                   **{f"valid_{k}": v for k, v in valid.items() if k != "predictions"},
-                   nonfinite_skipped=self.skipped, elapsed_s=time.perf_counter() - self.t_start)
-        if "test" in self.sets:
-            t0 = time.perf_counter()
-            test = self._evaluate(self.model, self.sets["test"], predictions=False)
-            row.update({f"test_{k}": v for k, v in test.items()}, test_eval_s=time.perf_counter() - t0)
-        return row
+        """One metrics.jsonl row: the epoch's training stats, valid scores, lr before decay (no test
+        scores: the test split is scored once, at the end, on what validation chose)."""
+        return dict(epoch=self.epoch, step=self.step, **stats, lr=self.opt.lr,
+                    **{f"valid_{k}": v for k, v in valid.items() if k != "predictions"},
+                    nonfinite_skipped=self.skipped, elapsed_s=time.perf_counter() - self.t_start)
 
     def _state(self, mid_epoch: bool = False) -> TrainState:
         rng = self.epoch_rng if mid_epoch else self.rng.bit_generator.state
@@ -425,8 +418,6 @@ class Trainer:
                 f"exact {100 * row['valid_exact_match']:.2f}%")
         if "valid_bleu" in row:
             line += f"  BLEU {row['valid_bleu']:.1f}"
-        if "test_exact_match" in row:
-            line += f"  | test exact {100 * row['test_exact_match']:.2f}%"
         line += f"  ({row['epoch_time_s']:.1f} s, {row['samples_per_s']:.0f} samples/s)"
         self.log(line)
         pairs = self.sets["valid"].pairs[:self.cfg["examples"]]
@@ -479,10 +470,7 @@ class Trainer:
         """{"test": ..., "test_long": ...} of best/: the test split, and its sources longer than any in train."""
         best = self.run_dir.load_best(self.cfg["device"])
         t0 = time.perf_counter()
-        test = self.best_test              # computed at the end of best/'s epoch in this process, or None
-        if test is None:
-            test = dict(self._evaluate(best.model, self.sets["test"], predictions=False),
-                        eval_s=time.perf_counter() - t0)
+        test = dict(self._evaluate(best.model, self.sets["test"], predictions=False), eval_s=time.perf_counter() - t0)
         out = {"test": test}
         msg = (f"test ({test['n']} pairs, best/): exact {100 * test['exact_match']:.2f}%  "
                f"tok acc {100 * test['token_accuracy']:.2f}%  loss {test['loss']:.4f}")
