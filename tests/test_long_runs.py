@@ -22,7 +22,8 @@ from attnseq.run.checkpoint import load_checkpoint
 from attnseq.run.config import resolve_config, save_interval
 from attnseq.run.rundir import RunDir
 from attnseq import TrainingStopped
-from attnseq.run.training import StopSignals, Trainer, train
+from attnseq.run.stopping import StopSignals
+from attnseq.run.training import Trainer, train
 
 # 6 epochs of 24 steps, with dropout and learning-rate decay; threads: the default (2 on a 2-core machine)
 ARGS = ["--tokenizer", "char", "--epochs", "6", "--hidden-size", "16", "--wordvec-size", "8", "--batch-size", "64",

@@ -227,10 +227,10 @@ def test_a_checkpoint_directory_is_not_a_run_directory(tiny_run, tmp_path):
 # -- the end of a run: result.json ------------------------------------------------------------------
 def _small_date(monkeypatch, n=300):
     """--data date with the first n pairs of each split (and of test-short), so a run takes seconds."""
-    from attnseq.run import training
-    real_load, real_extra = training.load_data, training.extra_tests
+    from attnseq.run import finish, training
+    real_load, real_extra = training.load_data, finish.extra_tests
     monkeypatch.setattr(training, "load_data", lambda cfg: {k: v[:n] for k, v in real_load(cfg).items()})
-    monkeypatch.setattr(training, "extra_tests",
+    monkeypatch.setattr(finish, "extra_tests",
                         lambda name, d: {f: (what, pairs[:n]) for f, (what, pairs) in real_extra(name, d).items()})
 
 
