@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import pytest
 from helpers import finish, start_cli
@@ -26,8 +27,15 @@ def _cmd(data, out, *extra):
     return ["train", "--data", str(data), "--out", str(out), *ARGS, *extra]
 
 
+@contextmanager
 def _sleeper():
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    """A live process of this user for a minute at most, killed on leaving."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def _lock(run, pid, **extra):
@@ -36,8 +44,8 @@ def _lock(run, pid, **extra):
 
 
 def test_a_second_trainer_is_refused_naming_the_pid(tiny_data, tmp_path, capsys):
-    run, holder = tmp_path / "busy", _sleeper()
-    try:
+    run = tmp_path / "busy"
+    with _sleeper() as holder:
         _lock(run, holder.pid, started=lockmod._process_start(holder.pid))
         assert main(["train", "--data", str(tiny_data), "--out", str(run), *ARGS]) == 1
         err = capsys.readouterr().err
@@ -45,9 +53,6 @@ def test_a_second_trainer_is_refused_naming_the_pid(tiny_data, tmp_path, capsys)
                        f"wait for it or stop it (if none runs, delete {run / '.lock'})\n")
         assert json.loads((run / ".lock").read_text())["pid"] == holder.pid        # left alone
         assert not (run / "last").exists()
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_a_live_trainer_holds_the_lock(tiny_data, tmp_path):
@@ -68,11 +73,11 @@ def test_a_live_trainer_holds_the_lock(tiny_data, tmp_path):
 @pytest.mark.parametrize("reused", [False, True])
 def test_a_stale_lock_is_taken_over_with_a_warning(tiny_data, tmp_path, capsys, reused):
     """The PID of a process that ended, or a live PID whose start time differs (reused): stale."""
-    run, proc = tmp_path / "stale", _sleeper()
-    if not reused:
-        proc.kill()
-        proc.wait()
-    try:
+    run = tmp_path / "stale"
+    with _sleeper() as proc:
+        if not reused:
+            proc.kill()
+            proc.wait()
         _lock(run, proc.pid, started=-5 if reused else lockmod._process_start(os.getpid()))
         if reused and lockmod._process_start(proc.pid) is None:
             pytest.skip("no /proc start times here")
@@ -80,9 +85,6 @@ def test_a_stale_lock_is_taken_over_with_a_warning(tiny_data, tmp_path, capsys, 
         err = capsys.readouterr().err
         assert f"attnseq train: warning: {run}: the lock of pid {proc.pid} is stale" in err
         assert (run / "result.json").exists() and not (run / ".lock").exists()
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_the_lock_is_released_when_setting_up_fails(tmp_path, capsys):
