@@ -143,7 +143,7 @@ def cmd_plot_curves(args) -> int:
 
 def read_epochs(run) -> list[dict]:
     """The per-epoch rows of RUN/metrics.jsonl, read as the trainer reads them (``RunDir.read_metrics``)."""
-    from .run.checkpoint import RunDir
+    from .run.rundir import RunDir
     path = Path(run) / "metrics.jsonl"
     if not path.is_file():
         raise ConfigError(f"{path}: no such file (is {run} a run directory?)")

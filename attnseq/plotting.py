@@ -150,12 +150,14 @@ def plot_curves(rows: list[dict], out, title: str = "") -> Path:
     a1.set_xlabel("epoch")
     a1.set_ylabel("loss (per token)")
     a1.legend()
-    for key, label in (("valid_token_accuracy", "valid token acc"), ("valid_exact_match", "valid exact match"),
-                       ("test_exact_match", "test exact match")):
-        if key in rows[0]:
-            a2.plot(ep, [100 * r[key] for r in rows], "o-", label=label)
-    if "valid_bleu" in rows[0]:
-        a2.plot(ep, [r["valid_bleu"] for r in rows], "s--", label="valid BLEU")
+    for key, label, style in (("valid_token_accuracy", "valid token acc", "o-"),
+                              ("valid_exact_match", "valid exact match", "o-"),
+                              ("test_exact_match", "test exact match", "o-"),     # old runs' rows only
+                              ("valid_bleu", "valid BLEU", "s--")):
+        have = [r for r in rows if key in r]    # a run resumed across versions holds a key in some rows only
+        if have:
+            scale = 1 if key == "valid_bleu" else 100
+            a2.plot([r["epoch"] for r in have], [scale * r[key] for r in have], style, label=label)
     a2.set_xlabel("epoch")
     a2.set_ylabel("%")
     a2.legend()

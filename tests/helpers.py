@@ -86,3 +86,20 @@ def train_steps(model, src, tgt, epochs, batch_size=64, lr=1e-2):
             model.backward()
             opt.step()
     return model
+
+
+def start_cli(args, fault=""):
+    """``attnseq ARGS`` (``python -m attnseq.cli``) in a subprocess, stopped or killed at fault point ``fault``
+    (``attnseq.run.faults``: ATTNSEQ_KILL_AT), its output unbuffered and piped as text."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, ATTNSEQ_KILL_AT=fault, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "attnseq.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(p, timeout=120):
+    """Wait for subprocess ``p`` -> (returncode, stdout, stderr)."""
+    out, err = p.communicate(timeout=timeout)
+    return p.returncode, out, err

@@ -9,7 +9,8 @@ from conftest import TINY
 from attnseq.cli import main
 from attnseq.errors import CheckpointError, ConfigError
 from attnseq.run.averaging import average_run
-from attnseq.run.checkpoint import RunDir, load_checkpoint
+from attnseq.run.checkpoint import load_checkpoint
+from attnseq.run.rundir import RunDir
 from attnseq.run.inference import Translator
 
 

@@ -7,6 +7,8 @@ import pytest
 from conftest import TINY
 
 import attnseq.run.checkpoint as ckmod
+import attnseq.run.rundir as rundir
+from attnseq.run.rundir import RunDir
 from attnseq.cli import build_parser, main, train_config
 from attnseq.errors import ConfigError
 from attnseq.nn.layers import INIT_SCHEMES
@@ -61,11 +63,16 @@ def _toml(tmp_path, text):
 
 
 def _saved_run(tmp_path, **train):
-    """A run dir whose last/config.json holds ``train`` (all resolve_config reads on --resume)."""
+    """A run dir whose last/config.json holds ``train`` (all that RunDir.saved_options reads)."""
     last = tmp_path / "run" / "last"
     last.mkdir(parents=True)
     (last / "config.json").write_text(json.dumps({"format_version": 1, "train": train}))
     return str(tmp_path / "run")
+
+
+def _resumed(cfg, options=OPTIONS):
+    """resolve_config for --resume, with the saved options of the run in cfg["out"], as train() reads them."""
+    return resolve_config(dict(cfg, resume=True), RunDir(cfg["out"]).saved_options(), options=options)
 
 
 # -- argparse --------------------------------------------------------------------------------------
@@ -108,10 +115,10 @@ def test_a_new_row_reaches_argparse_toml_defaults_and_resume(tmp_path):
     assert resolve_config(dict(data="date", out="r"), options=options)["freeze_epochs"] == 1
     with pytest.raises(ConfigError, match="--freeze-epochs must be a positive integer, got 0"):
         resolve_config(dict(data="date", out="r", freeze_epochs=0), options=options)
-    run = _saved_run(tmp_path, data="date", out="r", freeze_epochs=3)
+    saved = dict(data="date", out="r", freeze_epochs=3)
     with pytest.raises(ConfigError, match="--freeze-epochs differ from the run"):
-        resolve_config(dict(out=run, resume=True, freeze_epochs=5), options=options)
-    assert resolve_config(dict(out=run, resume=True), options=options)["freeze_epochs"] == 3
+        resolve_config(dict(out="r", resume=True, freeze_epochs=5), saved, options=options)
+    assert resolve_config(dict(out="r", resume=True), saved, options=options)["freeze_epochs"] == 3
 
 
 # -- TOML ------------------------------------------------------------------------------------------
@@ -198,19 +205,20 @@ def test_bad_values_name_the_flag(cfg, message):
 def test_resume_takes_the_saved_options_and_checks_the_fixed_ones(tmp_path):
     saved = {**resolve_config(dict(data="date", out="r", hidden_size=64, epochs=2)), "dropout": 0.2}
     run = _saved_run(tmp_path, **saved)
-    cfg = resolve_config(dict(out=run, resume=True, epochs=5, lr=0.01))          # resumable: accepted
+    cfg = _resumed(dict(out=run, epochs=5, lr=0.01))                              # resumable: accepted
     assert (cfg["epochs"], cfg["lr"], cfg["hidden_size"], cfg["dropout"], cfg["out"]) == (5, 0.01, 64, 0.2, run)
     for change, flag in ((dict(hidden_size=32), "--hidden-size"), (dict(optimizer="sgd"), "--optimizer"),
                          (dict(tokenizer="word"), "--tokenizer"), (dict(seed=1), "--seed")):
-        with pytest.raises(ConfigError, match=f"--resume: {flag} differ from the run in "):
-            resolve_config(dict(out=run, resume=True, **change))
-    assert resolve_config(dict(out=run, resume=True, hidden_size=64))["hidden_size"] == 64    # the same: fine
+        with pytest.raises(ConfigError, match=f"--resume: {flag} differ from the run in {run}; "):
+            _resumed(dict(out=run, **change))
+    assert _resumed(dict(out=run, hidden_size=64))["hidden_size"] == 64          # the same: fine
+    assert resolve_config(dict(data="date", out=run, resume=True, hidden_size=32))["hidden_size"] == 32  # none saved
 
 
 def test_resume_config_lacking_a_newer_key_takes_its_default(tmp_path):
     saved = resolve_config(dict(data="date", out="r", bucket_jitter=2.0))
     del saved["bucket_jitter"], saved["skip_nonfinite"]
-    cfg = resolve_config(dict(out=_saved_run(tmp_path, **saved), resume=True))
+    cfg = resolve_config(dict(out="r", resume=True), saved)
     assert cfg["bucket_jitter"] == TASK_DEFAULTS["date"]["bucket_jitter"] and cfg["skip_nonfinite"] is False
 
 
@@ -227,7 +235,7 @@ def test_resume_a_run_from_before_the_new_options(tiny_run, tmp_path):
         state["best"] = [0.0, state["best"][1]]                        # [exact, -loss], as it was
         del state["best_metric"], state["schedule"]
         (run / name / "state.json").write_text(json.dumps(state))
-    cfg = resolve_config(dict(out=str(run), resume=True, epochs=3))
+    cfg = _resumed(dict(out=str(run), epochs=3))
     assert cfg["select_by"] == "exact" and cfg["lr_schedule"] == "constant" and model_options(cfg) == {}
     quick = tmp_path / "older-quick-date"                              # an old `--data date --quick` run
     shutil.copytree(run, quick)
@@ -235,9 +243,9 @@ def test_resume_a_run_from_before_the_new_options(tiny_run, tmp_path):
         config = json.loads((quick / name / "config.json").read_text())
         config["train"].update(data="date", train=None, quick=True, out=str(quick))
         (quick / name / "config.json").write_text(json.dumps(config))
-    old_quick = resolve_config(dict(out=str(quick), resume=True))
+    old_quick = _resumed(dict(out=str(quick)))
     assert (old_quick["lr_schedule"], old_quick["warmup"]) == ("constant", 0)   # not today's --quick schedule
-    assert resolve_config(dict(out=str(run), resume=True, select_by="bleu"))["select_by"] == "bleu"
+    assert _resumed(dict(out=str(run), select_by="bleu"))["select_by"] == "bleu"
     logs = []
     train(dict(out=str(run), resume=True, epochs=3, examples=0), log=logs.append)
     state = json.loads((run / "last" / "state.json").read_text())
@@ -256,8 +264,8 @@ def test_resume_an_old_run_whose_config_lacks_a_key(tiny_run, tmp_path, monkeypa
         del config["train"]["skip_nonfinite"], config["train"]["threads"]
         path.write_text(json.dumps(config))
     reads = []
-    real = ckmod.load_checkpoint_config
-    monkeypatch.setattr(ckmod, "load_checkpoint_config", lambda path: reads.append(path) or real(path))
+    real = rundir.load_checkpoint_config
+    monkeypatch.setattr(rundir, "load_checkpoint_config", lambda path: reads.append(path) or real(path))
     result = train(dict(out=str(run), resume=True, epochs=3, examples=0), log=lambda *a: None)
     assert result["epochs"] == 3
     assert [p.name for p in reads].count("last") == 1                 # resume check and checkpoint load share it
@@ -336,14 +344,14 @@ def test_a_tasks_own_lr_decay_does_not_block_another_schedule():
 
 
 def test_resume_rules_of_the_new_options(tmp_path):
-    run = _saved_run(tmp_path, **resolve_config(dict(data="date", out="r", lr_schedule="cosine", warmup=5)))
+    saved = resolve_config(dict(data="date", out="r", lr_schedule="cosine", warmup=5))
     for change, flag in ((dict(encoder_layers=2), "--encoder-layers"), (dict(attention="general"), "--attention"),
                          (dict(label_smoothing=0.1), "--label-smoothing"), (dict(tie_embeddings=True), "--tie-embeddings"),
                          (dict(lr_schedule="plateau"), "--lr-schedule"), (dict(warmup=6), "--warmup")):
         with pytest.raises(ConfigError, match=f"--resume: {flag} differ from the run"):
-            resolve_config(dict(out=run, resume=True, **change))
-    cfg = resolve_config(dict(out=run, resume=True, select_by="loss", max_minutes=5.0, keep_last=2,
-                              plateau_patience=3))
+            resolve_config(dict(out="r", resume=True, **change), saved)
+    cfg = resolve_config(dict(out="r", resume=True, select_by="loss", max_minutes=5.0, keep_last=2,
+                              plateau_patience=3), saved)
     assert (cfg["select_by"], cfg["max_minutes"], cfg["keep_last"], cfg["lr_schedule"]) == ("loss", 5.0, 2, "cosine")
 
 

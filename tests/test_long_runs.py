@@ -1,5 +1,5 @@
 """Long runs: mid-epoch checkpoints with exact resume (--save-every), a graceful stop on SIGINT/SIGTERM,
-one trainer per run directory (RUN/.lock), and a full disk at a mid-epoch save."""
+and a full disk at a mid-epoch save. (One trainer per run directory: tests/test_lock.py.)"""
 import errno
 import json
 import os
@@ -7,51 +7,41 @@ import random
 import re
 import shlex
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
 import numpy as np
 import pytest
+from helpers import finish, start_cli
 
 import attnseq.run.checkpoint as ckmod
 from attnseq.cli import main
-from attnseq.errors import CheckpointError, ConfigError
+from attnseq.errors import CheckpointError
 from attnseq.run import training
-from attnseq.run.checkpoint import RunDir, load_checkpoint
+from attnseq.run.checkpoint import load_checkpoint
 from attnseq.run.config import resolve_config, save_interval
+from attnseq.run.rundir import RunDir
 from attnseq import TrainingStopped
-from attnseq.run.training import StopSignals, Trainer, train
+from attnseq.run.stopping import StopSignals
+from attnseq.run.training import Trainer, train
 
 # 6 epochs of 24 steps, with dropout and learning-rate decay; threads: the default (2 on a 2-core machine)
 ARGS = ["--tokenizer", "char", "--epochs", "6", "--hidden-size", "16", "--wordvec-size", "8", "--batch-size", "64",
         "--lr", "0.01", "--lr-decay", "0.8", "--dropout", "0.1", "--no-plot", "--examples", "0", "--patience", "9"]
 STEPS_PER_EPOCH = 24                    # 1500 pairs in batches of 64
-TIMING = ("epoch_time_s", "samples_per_s", "elapsed_s", "test_eval_s")
+TIMING = ("epoch_time_s", "samples_per_s", "elapsed_s")
 RESUMED = re.compile(r"resumed .* at epoch (\d+), step (\d+)(?:, batch (\d+) of epoch \d+)?")
 
 
 def _cmd(data, out, *extra):
-    return [sys.executable, "-m", "attnseq.cli", "train", "--data", str(data), "--out", str(out), *ARGS, *extra]
-
-
-def _start(cmd, fault=""):
-    env = dict(os.environ, ATTNSEQ_KILL_AT=fault, PYTHONUNBUFFERED="1")
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _finish(p, timeout=120):
-    out, err = p.communicate(timeout=timeout)
-    return p.returncode, out, err
+    return ["train", "--data", str(data), "--out", str(out), *ARGS, *extra]
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_data, tmp_path_factory):
     """The uninterrupted run (no mid-epoch saves) every interrupted one must equal."""
     out = tmp_path_factory.mktemp("long") / "ref"
-    rc, _, err = _finish(_start(_cmd(tiny_data, out, "--save-every", "0")))
+    rc, _, err = finish(start_cli(_cmd(tiny_data, out, "--save-every", "0")))
     assert rc == 0, err
     return out
 
@@ -95,11 +85,11 @@ def test_sigkill_inside_epochs_then_resume_matches_uninterrupted(tiny_data, tmp_
                 f"train-step:{rng.randint(8, 20)}"]
     run, kills, mid_epoch_resumes, log = tmp_path / "killed", 0, 0, []
     for point in schedule + ["end"]:
-        p = _start(_cmd(tiny_data, run, "--save-every", "7", "--resume"), point if point not in (None, "end") else "")
+        p = start_cli(_cmd(tiny_data, run, "--save-every", "7", "--resume"), point if point not in (None, "end") else "")
         if point is None:                                   # a kill at a random moment
             time.sleep(rng.uniform(0.5, 1.2))
             p.send_signal(signal.SIGKILL)
-        rc, out, err = _finish(p)
+        rc, out, err = finish(p)
         resumed = RESUMED.search(out)
         if resumed and resumed[3] is not None and int(resumed[3]) > 0:
             mid_epoch_resumes += 1
@@ -148,19 +138,19 @@ def test_signal_stops_after_the_step_and_resumes_identically(tiny_data, tmp_path
     step, saves last/, prints one line and exits 128 + the signal; the printed resume command ends the
     run exactly as the uninterrupted one."""
     run = tmp_path / "stopped"
-    p = _start(_cmd(tiny_data, run, "--save-every", "0"), f"{point}:STOP")
+    p = start_cli(_cmd(tiny_data, run, "--save-every", "0"), f"{point}:STOP")
     _, status = os.waitpid(p.pid, os.WUNTRACED)
     assert os.WIFSTOPPED(status)
     p.send_signal(sig)
     p.send_signal(signal.SIGCONT)
-    rc, _, err = _finish(p)
+    rc, _, err = finish(p)
     assert rc == 128 + sig, err
     m = re.fullmatch(rf"attnseq train: stopped {where}; checkpoint in {re.escape(str(run))}/last — "
                      r"resume with: (attnseq train --out \S+ --resume)\n", err)
     assert m, err
     assert not (run / ".lock").exists()
     resume = shlex.split(m[1])
-    rc, out, err = _finish(_start([sys.executable, "-m", "attnseq.cli", *resume[1:], "--no-plot"]))
+    rc, out, err = finish(start_cli([*resume[1:], "--no-plot"]))
     assert rc == 0, err
     assert_same_run(run, reference)
 
@@ -169,13 +159,13 @@ def test_second_ctrl_c_stops_at_once_and_keeps_the_previous_checkpoint(tiny_data
     """Ctrl-C at step 30, a second one inside the save it starts (the third weights write, after
     epoch 1's best/ and last/): KeyboardInterrupt, exit 130, last/ still epoch 1's, nothing half-written."""
     run = tmp_path / "twice"
-    rc, _, err = _finish(_start(_cmd(tiny_data, run, "--save-every", "0"),
+    rc, _, err = finish(start_cli(_cmd(tiny_data, run, "--save-every", "0"),
                                 "train-step:30:INT,save-weights-written:3:INT"))
     assert rc == 130 and err == "attnseq: interrupted\n", err
     state = load_checkpoint(run / "last", with_optimizer=True).state
     assert state["epoch"] == 1 and state["step"] == STEPS_PER_EPOCH and "in_epoch" not in state
     assert not list(run.glob(".*tmp*")) and not (run / ".lock").exists()
-    rc, _, err = _finish(_start(_cmd(tiny_data, run, "--resume")))
+    rc, _, err = finish(start_cli(_cmd(tiny_data, run, "--resume")))
     assert rc == 0, err
     assert_same_run(run, reference)
 
@@ -234,129 +224,6 @@ def test_train_outside_the_main_thread_installs_no_handlers(tiny_data, tmp_path)
     t.join(120)
     assert not errors and signal.getsignal(signal.SIGINT) is before
     assert (tmp_path / "t" / "result.json").exists()
-
-
-# -- one trainer per run directory ------------------------------------------------------------------
-def _sleeper():
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-
-
-def _lock(run, pid, **extra):
-    run.mkdir(parents=True, exist_ok=True)
-    (run / ".lock").write_text(json.dumps(dict(pid=pid, host=socket.gethostname(), **extra)))
-
-
-def test_a_second_trainer_is_refused_naming_the_pid(tiny_data, tmp_path, capsys):
-    run, holder = tmp_path / "busy", _sleeper()
-    try:
-        _lock(run, holder.pid, started=ckmod._process_start(holder.pid))
-        assert main(["train", "--data", str(tiny_data), "--out", str(run), *ARGS]) == 1
-        err = capsys.readouterr().err
-        assert err == (f"attnseq train: error: {run} is in use by another attnseq train (pid {holder.pid}); "
-                       f"wait for it or stop it (if none runs, delete {run / '.lock'})\n")
-        assert json.loads((run / ".lock").read_text())["pid"] == holder.pid        # left alone
-        assert not (run / "last").exists()
-    finally:
-        holder.kill()
-        holder.wait()
-
-
-def test_a_live_trainer_holds_the_lock(tiny_data, tmp_path):
-    """A real trainer, paused mid-epoch: a second one on its directory is refused; the first then finishes."""
-    run = tmp_path / "two"
-    first = _start(_cmd(tiny_data, run, "--epochs", "1"), "train-step:5:STOP")
-    os.waitpid(first.pid, os.WUNTRACED)
-    try:
-        rc, _, err = _finish(_start(_cmd(tiny_data, run, "--resume")))
-        assert rc == 1 and f"in use by another attnseq train (pid {first.pid})" in err and err.count("\n") == 1
-    finally:
-        first.send_signal(signal.SIGCONT)
-    rc, _, err = _finish(first)
-    assert rc == 0, err
-    assert (run / "result.json").exists() and not (run / ".lock").exists()
-
-
-@pytest.mark.parametrize("reused", [False, True])
-def test_a_stale_lock_is_taken_over_with_a_warning(tiny_data, tmp_path, capsys, reused):
-    """The PID of a process that ended, or a live PID whose start time differs (reused): stale."""
-    run, proc = tmp_path / "stale", _sleeper()
-    if not reused:
-        proc.kill()
-        proc.wait()
-    try:
-        _lock(run, proc.pid, started=-5 if reused else ckmod._process_start(os.getpid()))
-        if reused and ckmod._process_start(proc.pid) is None:
-            pytest.skip("no /proc start times here")
-        assert main(["train", "--data", str(tiny_data), "--out", str(run), *ARGS, "--epochs", "1"]) == 0
-        err = capsys.readouterr().err
-        assert f"attnseq train: warning: {run}: the lock of pid {proc.pid} is stale" in err
-        assert (run / "result.json").exists() and not (run / ".lock").exists()
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-def test_the_lock_is_released_when_setting_up_fails(tmp_path, capsys):
-    run = tmp_path / "bad"
-    assert main(["train", "--train", str(tmp_path / "missing.tsv"), "--valid", str(tmp_path / "missing.tsv"),
-                 "--out", str(run)]) == 1
-    assert "missing.tsv: no such file" in capsys.readouterr().err
-    assert run.is_dir() and not (run / ".lock").exists()
-
-
-def test_lock_and_unlock(tmp_path):
-    a, b = RunDir(tmp_path / "r"), RunDir(tmp_path / "r")
-    a.lock()
-    holder = json.loads((tmp_path / "r" / ".lock").read_text())
-    assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
-    with pytest.raises(ConfigError, match=f"pid {os.getpid()}"):
-        b.lock()                                            # another trainer in this very process
-    a.unlock()
-    assert not (tmp_path / "r" / ".lock").exists()
-    b.lock()
-    a.unlock()                                              # a does not hold it: nothing happens
-    assert (tmp_path / "r" / ".lock").exists()
-    del b                                                   # dropped without unlock: released anyway
-    import gc
-    gc.collect()
-    assert not (tmp_path / "r" / ".lock").exists()
-
-
-def test_the_lock_appears_whole(tmp_path, monkeypatch):
-    """The lock is written to .lock.tmp-PID and linked into place, so .lock never exists empty (an empty
-    or garbled one is only ever a crashed writer's); a crashed writer's temporary blocks nothing and
-    prepare removes it."""
-    run = tmp_path / "r"
-    run.mkdir()
-    (run / ".lock.tmp-999999").write_text("")                    # a writer killed before its link
-    at_link, real = [], os.link
-
-    def link(src, dst):
-        at_link.append((os.path.exists(dst), json.loads(open(src).read())))
-        return real(src, dst)
-    monkeypatch.setattr(ckmod.os, "link", link)
-    rd = RunDir(run)
-    rd.lock()
-    holder = json.loads((run / ".lock").read_text())
-    assert at_link == [(False, holder)] and holder["pid"] == os.getpid()
-    assert not (run / f".lock.tmp-{os.getpid()}").exists()
-    rd.prepare(resume=False)
-    assert sorted(p.name for p in run.iterdir()) == [".lock"]
-    rd.unlock()
-
-
-def test_the_lock_without_hard_links(tmp_path, monkeypatch):
-    """A filesystem without hard links (FAT: EPERM): the lock is created in place, as before."""
-    def no_link(src, dst):
-        raise OSError(errno.EPERM, "Operation not permitted")
-    monkeypatch.setattr(ckmod.os, "link", no_link)
-    a, b = RunDir(tmp_path / "r"), RunDir(tmp_path / "r")
-    a.lock()
-    assert json.loads((tmp_path / "r" / ".lock").read_text())["pid"] == os.getpid()
-    with pytest.raises(ConfigError, match=f"pid {os.getpid()}"):
-        b.lock()
-    a.unlock()
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == []
 
 
 # -- a full disk at a mid-epoch save ------------------------------------------------------------------
@@ -561,7 +428,8 @@ def test_max_minutes_stops_before_the_epoch_that_would_overrun(tiny_data, tmp_pa
         in logs
     assert json.loads((out / "result.json").read_text())["stopped"] == "max_minutes"
     # resumed, the budget counts from the resume: epochs 4 and 5 end at 4 minutes of this process
-    result = timed(Trainer(resolve_config(dict(out=str(out), resume=True, epochs=5)), log=logs.append)).run()
+    resumed = resolve_config(dict(out=str(out), resume=True, epochs=5), RunDir(out).saved_options())
+    result = timed(Trainer(resumed, log=logs.append)).run()
     assert result["epochs"] == 5 and "stopped" not in json.loads((out / "result.json").read_text())
 
 

@@ -11,6 +11,7 @@ from attnseq.run.checkpoint import load_checkpoint, save_checkpoint
 from attnseq.cli import main
 from attnseq.errors import CheckpointError, NonFiniteError
 from attnseq.run.config import resolve_config
+from attnseq.run.rundir import RunDir
 from attnseq.run.training import Trainer
 
 
@@ -41,7 +42,7 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path):
     assert main(["train", "--out", str(tmp_path / "b"), *args, "--resume"]) == 0
     ra = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     rb = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
-    drop = ("epoch_time_s", "samples_per_s", "elapsed_s", "test_eval_s")
+    drop = ("epoch_time_s", "samples_per_s", "elapsed_s")
     strip = lambda r: {k: v for k, v in r.items() if k not in drop}
     assert [strip(r) for r in ra] == [strip(r) for r in rb]
     wa = np.load(tmp_path / "a" / "last" / "weights.npz")
@@ -130,7 +131,7 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(tiny_data, tmp_path, monk
     out = tmp_path / "nan"
     assert main(["train", "--data", str(tiny_data), "--out", str(out), *TINY[:-1], "--epochs", "1"]) == 0
     before = (out / "last" / "weights.npz").read_bytes()
-    cfg = resolve_config(dict(out=str(out), epochs=2, resume=True, examples=0))
+    cfg = resolve_config(dict(out=str(out), epochs=2, resume=True, examples=0), RunDir(out).saved_options())
     trainer = Trainer(cfg, log=lambda *a: None)
     poison_loss(monkeypatch, trainer, (5,), "nan")
     with pytest.raises(NonFiniteError, match=r"step 29 \(epoch 2\): loss is nan"):
@@ -161,6 +162,50 @@ def test_plot_curves_reads_metrics(tiny_run, tmp_path):
     out = tmp_path / "curves.png"
     assert main(["plot-curves", str(tiny_run), "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_curves_reads_old_rows_with_test_scores_beside_new_ones(tmp_path, monkeypatch):
+    """metrics.jsonl of a run resumed across versions: its old rows hold test scores (written every epoch
+    then), its new rows valid BLEU; each curve is drawn over the epochs whose rows hold it."""
+    from attnseq import plotting
+    rows = [dict(epoch=1, train_loss=2.0, valid_loss=2.1, valid_token_accuracy=0.5, valid_exact_match=0.1,
+                 test_exact_match=0.12, test_loss=2.2, test_eval_s=0.5),
+            dict(epoch=2, train_loss=1.0, valid_loss=1.1, valid_token_accuracy=0.7, valid_exact_match=0.3,
+                 valid_bleu=20.0)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    figs = []
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, out: figs.append(fig) or out)
+    assert main(["plot-curves", str(tmp_path), "--out", str(tmp_path / "c.png")]) == 0
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in figs[0].axes[1].get_lines()}
+    plotting._plt().close(figs[0])
+    assert lines["test exact match"] == ([1], [pytest.approx(12.0)])
+    assert lines["valid BLEU"] == ([2], [20.0])
+    assert lines["valid exact match"] == ([1, 2], [pytest.approx(10.0), pytest.approx(30.0)])
+
+
+def test_the_test_split_is_scored_once_at_the_end(tiny_data, tmp_path, monkeypatch):
+    """No test scores while training, neither in the epoch lines nor in metrics.jsonl: the test split is
+    decoded after the last epoch, once on best/ and once on averaged/ (--average-last)."""
+    from attnseq.run import training
+    from attnseq.run.rundir import RunDir
+    out, real, calls, logs = tmp_path / "end", training.evaluate, [], []
+
+    def spy(model, data, *a, **k):                  # (is it the test split, metrics rows written so far)
+        calls.append((data is trainer.sets["test"], len(RunDir(out).read_metrics())))
+        return real(model, data, *a, **k)
+    monkeypatch.setattr(training, "evaluate", spy)
+    trainer = Trainer(resolve_config(dict(data=str(tiny_data), out=str(out), epochs=3, hidden_size=16, wordvec_size=8,
+                                          batch_size=64, tokenizer="char", examples=0, keep_last=2, average_last=2)),
+                      log=logs.append)
+    result = trainer.run()
+    assert [rows for is_test, rows in calls if is_test] == [3, 3]              # best/, averaged/: after epoch 3
+    assert [rows for is_test, rows in calls if not is_test][:3] == [0, 1, 2]    # valid, at each epoch's end
+    rows = RunDir(out).read_metrics()
+    assert len(rows) == 3 and not [k for r in rows for k in r if k.startswith("test")]
+    epoch_lines = [line for line in logs if line.startswith("epoch ")]
+    assert len(epoch_lines) == 3 and not any("test" in line for line in epoch_lines)
+    assert result["test"]["n"] == 200 and result["averaged"]["test"]["n"] == 200
+    assert any(line.startswith("test (200 pairs, best/)") for line in logs)
 
 
 def test_config_file_and_flags(tiny_data, tmp_path):
@@ -239,9 +284,8 @@ def test_patience_stops_early(tiny_data, tmp_path, monkeypatch):
 
 
 def test_final_test_scores_are_best_slash_on_the_test_split(tiny_data, tmp_path, capsys):
-    """result.json's test scores (reused from the end of best/'s epoch when it ran in this process,
-    else computed from best/) are what attnseq eval gives for best/ on the test split, including
-    after a resume whose epoch (at lr 0.5) does not beat best/."""
+    """result.json's test scores (computed from best/ at the end of the run) are what attnseq eval gives
+    for best/ on the test split, including after a resume whose epoch (at lr 0.5) does not beat best/."""
     out = tmp_path / "r"
     for more in (["--epochs", "2"], ["--epochs", "3", "--resume", "--lr", "0.5"]):   # epoch 3: worse
         assert main(["train", "--data", str(tiny_data), "--out", str(out), *TINY, *more]) == 0

@@ -8,7 +8,8 @@ import pytest
 
 from attnseq.errors import CheckpointError, ConfigError
 from attnseq.nn.optim import build_optimizer
-from attnseq.run.checkpoint import RunDir, TrainState
+from attnseq.run.rundir import RunDir
+from attnseq.run.train_state import TrainState
 
 
 def _copy(tiny_run, tmp_path, name="run"):
@@ -197,7 +198,7 @@ def test_keep_last_keeps_the_newest_k_and_prunes_the_rest(tiny_run, tmp_path):
 
 
 def test_keep_last_off_and_mid_epoch_saves_keep_nothing(tiny_run, tmp_path):
-    from attnseq.run.checkpoint import EpochProgress
+    from attnseq.run.train_state import EpochProgress
     run = _copy(tiny_run, tmp_path)
     rd, ck, opt, state = _resume(run)
     _save_epochs(run, ck, opt, state, [3], keep=0)
@@ -226,10 +227,10 @@ def test_a_checkpoint_directory_is_not_a_run_directory(tiny_run, tmp_path):
 # -- the end of a run: result.json ------------------------------------------------------------------
 def _small_date(monkeypatch, n=300):
     """--data date with the first n pairs of each split (and of test-short), so a run takes seconds."""
-    from attnseq.run import training
-    real_load, real_extra = training.load_data, training.extra_tests
+    from attnseq.run import finish, training
+    real_load, real_extra = training.load_data, finish.extra_tests
     monkeypatch.setattr(training, "load_data", lambda cfg: {k: v[:n] for k, v in real_load(cfg).items()})
-    monkeypatch.setattr(training, "extra_tests",
+    monkeypatch.setattr(finish, "extra_tests",
                         lambda name, d: {f: (what, pairs[:n]) for f, (what, pairs) in real_extra(name, d).items()})
 
 
@@ -252,3 +253,19 @@ def test_the_date_run_reports_test_short(tmp_path, monkeypatch, swap):
     assert set(short) >= {"exact_match", "loss", "token_accuracy"}
     what = EXTRA_TESTS["date"]["test-short"]
     assert f"test-short (300 pairs, {what}): exact {100 * short['exact_match']:.2f}%" in logs
+
+
+def test_saved_options_are_the_train_section_of_the_checkpoint_to_resume(tiny_run, tmp_path):
+    """What resolve_config takes on --resume: last/'s "train" section (best/'s when last/ is gone), else None."""
+    run = _copy(tiny_run, tmp_path)
+    saved = RunDir(run).saved_options()
+    assert saved == json.loads((run / "last" / "config.json").read_text())["train"] and saved["epochs"] == 2
+    shutil.rmtree(run / "last")
+    config = json.loads((run / "best" / "config.json").read_text())
+    (run / "best" / "config.json").write_text(json.dumps(dict(config, train=dict(config["train"], epochs=7))))
+    assert RunDir(run).saved_options()["epochs"] == 7
+    (run / "best" / "config.json").write_text(json.dumps(dict(config, train=[1, 2])))
+    assert RunDir(run).saved_options() is None                       # not an object: nothing to take
+    (run / "best" / "config.json").write_text("{not json")
+    assert RunDir(run).saved_options() is None
+    assert RunDir(tmp_path / "new").saved_options() is None          # no run yet: a fresh start

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from attnseq.run.config import resolve_config
+from attnseq.run.rundir import RunDir
 from attnseq.run.schedules import SCHEDULES, Constant, Cosine, Plateau, WarmupRsqrt, build_schedule, check_state
 from attnseq.run.training import Trainer
 
@@ -111,8 +112,8 @@ def test_resume_with_another_lr_trains_with_it(tiny_data, tmp_path, schedule, ex
         return 0.002 * 0.5 * (1 + math.cos(math.pi * (s - 6) / (total - 5)))
     for epochs, note in ((2, "note: --lr changed from 0.01 to 0.002"), (3, None)):
         logs = []
-        trainer = Trainer(resolve_config(dict(out=cfg["out"], resume=True, epochs=epochs, lr=0.002)),
-                          log=logs.append)
+        resumed = dict(out=cfg["out"], resume=True, epochs=epochs, lr=0.002)
+        trainer = Trainer(resolve_config(resumed, RunDir(cfg["out"]).saved_options()), log=logs.append)
         seen, real = [], trainer.opt.step
 
         def step():

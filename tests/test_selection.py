@@ -2,12 +2,12 @@
 per-task defaults, and runs resumed with another selection than they were trained with."""
 import json
 import shutil
-from types import SimpleNamespace
 
 import pytest
 
-from attnseq.run import selection, training
+from attnseq.run import finish, selection, training
 from attnseq.run.config import resolve_config
+from attnseq.run.rundir import RunDir
 from attnseq.run.selection import score
 from attnseq.run.training import Trainer, train
 
@@ -28,19 +28,46 @@ def test_score_is_the_metric_then_lower_loss():
     assert score(valid, "exact") > selection.initial_best()
 
 
-def _best_epoch_by_the_trainer(rows, by):
-    """The epoch ``Trainer._track_best`` keeps as best/ after the valid scores of ``rows``, in order."""
-    state, best = SimpleNamespace(best=selection.initial_best(), bad_epochs=0, best_metric=by), None
+def _valid(row):
+    return {k[len("valid_"):]: v for k, v in row.items() if k != "epoch"}
+
+
+def _best_epoch(rows, by):
+    """The epoch ``selection.Best`` keeps as best/ after the valid scores of ``rows``, in order, and its
+    count of the epochs since."""
+    best, epoch = selection.Best(by), None
     for row in rows:
-        if Trainer._track_best(state, {k[len("valid_"):]: v for k, v in row.items() if k != "epoch"}):
-            best = row["epoch"]
-    return best
+        if best.update(_valid(row)):
+            epoch = row["epoch"]
+    return epoch, best.bad_epochs
 
 
 @pytest.mark.parametrize("by, epoch", [("exact", 4), ("bleu", 3), ("loss", 5)])
 def test_best_epoch_of_known_rows(by, epoch):
-    assert _best_epoch_by_the_trainer(ROWS, by) == epoch
-    assert _best_epoch_by_the_trainer(ROWS[:3], by) == {"exact": 2, "bleu": 3, "loss": 3}[by]
+    assert _best_epoch(ROWS, by) == (epoch, 5 - epoch)
+    assert _best_epoch(ROWS[:3], by) == {"exact": (2, 1), "bleu": (3, 0), "loss": (3, 0)}[by]
+
+
+def test_best_keeps_the_score_and_counts_the_epochs_since():
+    best = selection.Best("bleu")
+    assert best.score == selection.initial_best() and best.bad_epochs == 0
+    assert best.update(_valid(ROWS[2])) and best.score == [45.0, -1.4] and best.bad_epochs == 0
+    assert not best.update(_valid(ROWS[4])) and best.bad_epochs == 1           # 44 < 45
+    assert not best.update(_valid(ROWS[2])) and best.bad_epochs == 2           # equal: not better
+    assert best.update(dict(_valid(ROWS[2]), loss=1.0)) and best.bad_epochs == 0    # equal BLEU, lower loss
+    assert best.value() == {"best_valid_bleu": 45.0}
+    assert selection.Best("loss", [-1.2, -1.2], 3).value() == {"best_valid_loss": 1.2}
+    with pytest.raises(ValueError, match="--select-by 'chrf'"):
+        selection.Best("chrf")
+
+
+def test_rechoosing_best_by_another_metric_reads_its_row():
+    best = selection.Best("exact", [40.0, -1.4], bad_epochs=1)
+    note = best.rechoose("bleu", ROWS, 3)
+    assert best.score == [0.40, -1.4] and best.bad_epochs == 1
+    assert note == "note: best/ was chosen by valid BLEU; from now on by valid exact match"
+    assert best.rechoose("bleu", ROWS, 9).endswith("(best/'s is not recorded: the next epoch replaces it)")
+    assert best.score == selection.initial_best()
 
 
 def test_rows_without_the_metric_are_passed_over():
@@ -100,7 +127,7 @@ def test_select_by_bleu_scores_bleu_even_where_the_task_does_not(tmp_path, monke
     """The date task computes no BLEU; --select-by bleu turns it on."""
     real = training.load_data
     monkeypatch.setattr(training, "load_data", lambda cfg: {k: v[:200] for k, v in real(cfg).items()})
-    monkeypatch.setattr(training, "extra_tests", lambda name, d: {})
+    monkeypatch.setattr(finish, "extra_tests", lambda name, d: {})
     result = train(dict(data="date", out=str(tmp_path / "b"), epochs=1, hidden_size=16, wordvec_size=8,
                         examples=0, select_by="bleu"), log=lambda *a: None)
     row = json.loads((tmp_path / "b" / "metrics.jsonl").read_text())
@@ -116,8 +143,9 @@ def test_resume_with_another_selection_takes_best_s_score_from_its_metrics_row(t
     row = next(json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()
                if json.loads(x)["epoch"] == best_epoch_)
     logs = []
-    trainer = Trainer(resolve_config(dict(out=str(run), resume=True, select_by="exact", epochs=2)), log=logs.append)
-    assert trainer.best == [row["valid_exact_match"], -row["valid_loss"]] and trainer.best_metric == "exact"
+    cfg = resolve_config(dict(out=str(run), resume=True, select_by="exact", epochs=2), RunDir(run).saved_options())
+    trainer = Trainer(cfg, log=logs.append)
+    assert trainer.best.score == [row["valid_exact_match"], -row["valid_loss"]] and trainer.best.by == "exact"
     assert "note: best/ was chosen by valid BLEU; from now on by valid exact match" in logs
     trainer.run_dir.unlock()
 
@@ -127,8 +155,9 @@ def test_resume_with_another_selection_and_no_record_starts_best_over(tiny_run, 
     shutil.copytree(tiny_run, run)
     (run / "metrics.jsonl").unlink()
     logs = []
-    trainer = Trainer(resolve_config(dict(out=str(run), resume=True, select_by="loss", epochs=3)), log=logs.append)
-    assert trainer.best == selection.initial_best()
+    cfg = resolve_config(dict(out=str(run), resume=True, select_by="loss", epochs=3), RunDir(run).saved_options())
+    trainer = Trainer(cfg, log=logs.append)
+    assert trainer.best.score == selection.initial_best()
     assert any("the next epoch replaces it" in line for line in logs)
     trainer.run()
     assert json.loads((run / "best" / "state.json").read_text())["epoch"] == 3

@@ -14,7 +14,8 @@ import numpy as np
 
 from ..errors import CheckpointError, ConfigError
 from ..nn.backend import to_numpy
-from .checkpoint import Checkpoint, RunDir, check_arrays, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, check_arrays, load_checkpoint, save_checkpoint
+from .rundir import RunDir
 
 
 def average_run(run: str | Path, last: int, out: str | Path) -> Path:

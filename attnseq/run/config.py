@@ -22,13 +22,12 @@ from typing import Any, Callable
 
 from ..data.datasets import GENERATORS
 from ..data.tokenizers import TOKENIZERS
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..nn.attention import SCORES
 from ..nn.backend import check_device
 from ..nn.layers import INIT_SCHEMES
 from ..nn.model import MODEL_DEFAULTS
 from ..nn.optim import OPTIMIZERS
-from .checkpoint import RunDir
 from .decoding import EVAL_BATCH_SIZE, OutputLengthRule
 from .schedules import SCHEDULES
 from .selection import LEGACY_METRIC, SELECT_BY
@@ -419,13 +418,14 @@ def defaults(task: str | None = None, quick: bool = False, options=OPTIONS, give
     return out
 
 
-def resolve_config(cfg: dict, run: RunDir | None = None, options=OPTIONS) -> dict:
+def resolve_config(cfg: dict, saved: dict | None = None, options=OPTIONS) -> dict:
     """The full config: defaults, then the built-in task's defaults, then what the user set (keys not None).
 
-    With ``resume``, what the user left out comes from the run in ``out`` (its config.json, read
-    once through ``run``, the RunDir of ``out`` when the caller has one), and the options the table
-    marks not resumable must agree with it. A key missing there (an option added since) takes its
-    ``LEGACY`` value, else its default. Raises ConfigError naming the option.
+    With ``resume``, what the user left out comes from ``saved``, the options of the run in ``out``
+    (its config.json's "train" section, which the caller reads: ``RunDir.saved_options()``; None when
+    there is no run there yet), and the options the table marks not resumable must agree with it. A
+    key missing there (an option added since) takes its ``LEGACY`` value, else its default. Raises
+    ConfigError naming the option.
     """
     keys = config_keys(options)
     unknown = sorted(set(cfg) - set(keys))
@@ -433,8 +433,8 @@ def resolve_config(cfg: dict, run: RunDir | None = None, options=OPTIONS) -> dic
         raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
     user = given = {k: v for k, v in cfg.items() if v is not None}
     _check_values(user, keys)
-    if user.get("resume") and user.get("out"):
-        user = _with_saved_config(user, run if run is not None else RunDir(user["out"]), keys)
+    if user.get("resume") and user.get("out") and saved is not None:
+        user = _with_saved_config(user, saved, keys)
     out = defaults(user.get("data"), bool(user.get("quick")), options, given=user)
     out.update(user)
     _check_combination(out)
@@ -444,19 +444,8 @@ def resolve_config(cfg: dict, run: RunDir | None = None, options=OPTIONS) -> dic
     return out
 
 
-def _saved_train_config(run: RunDir) -> dict | None:
-    try:
-        saved = run.resume_config()["train"]
-    except (CheckpointError, KeyError, TypeError):
-        return None                     # nothing to resume (yet): a fresh start, or the Trainer reports it
-    return saved if isinstance(saved, dict) else None
-
-
-def _with_saved_config(user: dict, run: RunDir, keys: dict[str, Option]) -> dict:
+def _with_saved_config(user: dict, saved: dict, keys: dict[str, Option]) -> dict:
     """For --resume: options not given now come from the run being resumed; non-resumable ones must agree."""
-    saved = _saved_train_config(run)
-    if saved is None:
-        return user
     saved = {**{k: v for k, v in LEGACY.items() if k in keys}, **saved}
     changed = [name for name, opt in keys.items()
                if not opt.resumable and name in user and name in saved and user[name] != saved[name]]

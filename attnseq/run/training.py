@@ -1,79 +1,45 @@
-"""The trainer: epochs over the training data, evaluation, checkpoints, metrics, early stopping.
+"""The trainer: the loop over epochs and steps, with the valid split scored and checkpoints saved at epoch ends.
 
-``train(cfg)`` is what ``attnseq train`` and ``scripts/train.py`` call. ``cfg`` is a plain dict
-keyed by the options of ``attnseq.run.config`` (``batch_size`` for ``--batch-size``); ``train``
-fills in the defaults. Everything on disk goes through ``RunDir``, which also holds the run
-directory's lock while a Trainer exists.
+``train(cfg)`` is what ``attnseq train`` and ``scripts/train.py`` call. ``cfg`` is a plain dict keyed by
+the options of ``attnseq.run.config`` (``batch_size`` for ``--batch-size``); ``train`` fills in the
+defaults, and on ``--resume`` the run's saved options. Around the loop, each in its module: the run
+directory and its lock (``rundir``), state.json (``train_state``), best/ and ``--patience``
+(``selection``), the lr (``schedules``), signals and ``--max-minutes`` (``stopping``), the log lines
+(``report``) and the end of the run, where the test split is scored once (``finish``).
 
-Long runs: ``--save-every`` also saves ``last/`` inside an epoch, with how far into the epoch's
-batch order it is (``EpochProgress``), so ``--resume`` continues from that step and ends exactly
-where an uninterrupted run would. SIGINT or SIGTERM while training finishes the current step,
-saves ``last/`` and raises ``TrainingStopped`` (the CLI exits 130 or 143); a second signal raises
-KeyboardInterrupt at once. The handlers are installed only while the epochs run.
-
-The lr follows ``--lr-schedule`` (``attnseq.run.schedules``: set before each step, changed at epoch
-ends); best/ is chosen by ``--select-by`` (``attnseq.run.selection``), which also drives early
-stopping and the plateau schedule. ``--max-minutes`` stops before an epoch that would end too late
-(the estimate: the mean wall time of the epochs this process ran, evaluation and saving included;
-the clock starts when the Trainer is built, so a resumed run gets the whole budget again).
-``--keep-last K`` keeps the last K epoch-end checkpoints as ``RUN/epoch-NNNN/`` (``RunDir``).
+Long runs: ``--save-every`` also saves ``last/`` inside an epoch, with how far into the epoch's batch
+order it is (``EpochProgress``), so ``--resume`` continues from that step and ends exactly where an
+uninterrupted run would. A stop signal finishes the current step, saves ``last/`` and raises
+``TrainingStopped`` (the CLI exits 130 or 143).
 """
 from __future__ import annotations
 
 import math
 import shlex
-import signal
-import threading
 import time
 
 import numpy as np
 
-from . import faults, selection
+from . import faults, report, selection
 from ..data.batching import Encoded, batch_order, encode_pairs, padding_fraction, take
-from ..data.corpus import build_tokenizers, load_data, shipped_dir
-from ..data.datasets import EXTRA_TESTS, extra_tests
+from ..data.corpus import build_tokenizers, load_data
 from ..errors import NonFiniteError, TrainingStopped
 from ..nn.layers import Dropout
 from ..nn.model import AttentionSeq2seq
 from ..nn.optim import NonFiniteGradient, build_optimizer
-from .averaging import average_run
-from .checkpoint import EpochProgress, RunDir, TrainState, load_checkpoint
 from .config import OPTIONS, config_keys, resolve_config, save_interval
 from .decoding import OutputLengthRule
 from .evaluation import evaluate, normalized_refs
+from .finish import EndOfRun
 from .parallel import DataParallel, for_training
+from .rundir import RunDir
 from .schedules import build_schedule
+from .stopping import StopSignals, TimeLimit
+from .train_state import EpochProgress, TrainState
 
 # options that shape the model (the config rows marked ``model``): passed to AttentionSeq2seq when
 # they differ from their defaults
 MODEL_OPTIONS = tuple(o.name for o in OPTIONS if o.model)
-
-
-class StopSignals:
-    """While entered (in the main thread only): SIGINT and SIGTERM set ``signum`` and nothing else,
-    so the training loop can stop between steps; a second signal raises KeyboardInterrupt at once.
-    On exit the previous handlers come back."""
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
-        self._previous.clear()
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
 
 
 def _dropout_rng(model) -> np.random.Generator:
@@ -91,7 +57,7 @@ class Trainer:
     """One run's model, optimizer, data and counters; ``run()`` trains to the end.
 
     ``cfg`` is a resolved config (``resolve_config``). ``run_dir`` is the RunDir of ``cfg["out"]``
-    when the caller has one (it keeps the config.json that resolving a ``--resume`` already read).
+    when the caller has one (it keeps the config.json that ``saved_options`` already read for a ``--resume``).
     Building a Trainer takes the run directory's lock (a ConfigError if another trainer holds it);
     ``run()`` releases it, whatever happens.
     """
@@ -102,14 +68,12 @@ class Trainer:
         self.out = self.run_dir.path
         self.t_start = time.perf_counter()
         self.rng = np.random.default_rng(cfg["seed"])
-        # best/ is chosen by --select-by (selection.score: [that score, -valid loss])
-        self.epoch, self.step, self.best, self.bad_epochs, self.skipped = 0, 0, selection.initial_best(), 0, 0
-        self.best_test = None                      # best/'s test scores, when its epoch ran in this process
-        self.best_metric = cfg["select_by"]
+        self.epoch, self.step, self.skipped = 0, 0, 0
+        self.best = selection.Best(cfg["select_by"])    # best/'s score by --select-by, and the epochs since
         self.schedule = build_schedule(cfg)
         self.progress: EpochProgress | None = None      # a mid-epoch checkpoint's, until its epoch resumes
         self.save_every = save_interval(cfg["save_every"])
-        self.epoch_walls: list[float] = []              # seconds per epoch run here, for --max-minutes
+        self.time_limit = TimeLimit(cfg["max_minutes"], self.t_start)
         self.stopped_by: str | None = None
         self.stop, self.runner = StopSignals(), None
         self.run_dir.lock()                             # released by run(), or here if setting up fails
@@ -157,15 +121,15 @@ class Trainer:
         self.model, self.src_tok, self.tgt_tok = ck.model, ck.src_tok, ck.tgt_tok
         self.opt = self._build_optimizer()
         state = self.run_dir.restore(ck, self.opt)
-        self.epoch, self.step, self.best = state.epoch, state.step, state.best
-        self.bad_epochs, self.skipped = state.bad_epochs, state.nonfinite_skipped
+        self.epoch, self.step, self.skipped = state.epoch, state.step, state.nonfinite_skipped
+        self.best = selection.Best(self.best.by, state.best, state.bad_epochs)
         self.rng.bit_generator.state = state.rng
         _dropout_rng(self.model).bit_generator.state = state.dropout_rng
         self.progress = EpochProgress.from_json(ck.state, ck.path / "state.json")
         if state.schedule and state.schedule.get("name") == self.schedule.name:
             self.schedule.load_state_dict(state.schedule)
-        if state.best_metric != self.best_metric:
-            self._migrate_best(state.best_metric)
+        if state.best_metric != self.best.by:
+            self.log(self.best.rechoose(state.best_metric, self.run_dir.read_metrics(), self.run_dir.best_epoch()))
         saved = ck.config.get("train")
         self._apply_changed_lr(saved.get("lr") if isinstance(saved, dict) else None)
 
@@ -177,16 +141,6 @@ class Trainer:
             return
         self.opt.lr = new
         self.log(f"note: --lr changed from {saved:g} to {new:g}")
-
-    def _migrate_best(self, old: str) -> None:
-        """Resumed with a --select-by other than the one best/ was chosen by: best/'s score under the
-        new one, from its metrics.jsonl row (if that row lacks the score, the next epoch replaces best/)."""
-        by, epoch = self.best_metric, self.run_dir.best_epoch()
-        row = next((r for r in self.run_dir.read_metrics() if r.get("epoch") == epoch), None)
-        score = selection.score_of_row(row, by) if row is not None else None
-        self.best = score if score is not None else selection.initial_best()
-        self.log(f"note: best/ was chosen by {selection.NAMES[old]}; from now on by {selection.NAMES[by]}"
-                 + ("" if score is not None else " (best/'s is not recorded: the next epoch replaces it)"))
 
     def _load_data(self) -> dict[str, list]:
         data = load_data(self.cfg)
@@ -223,7 +177,6 @@ class Trainer:
     # -- one epoch ---------------------------------------------------------------------------
     def train_epoch(self) -> dict:
         """One pass over the training data in a fresh batch order, or the rest of a resumed epoch's."""
-        from tqdm import tqdm
         data, cfg = self.sets["train"], self.cfg
         self.model.train()
         self.epoch_rng = self.rng.bit_generator.state   # the epoch's batch order is drawn from this state
@@ -232,16 +185,12 @@ class Trainer:
         self.schedule.total_steps = cfg["epochs"] * len(batches)
         progress = self._epoch_progress(len(batches))
         t0, time_before = time.perf_counter(), progress.time_s
-        bar = tqdm(total=len(batches), initial=progress.batches_done, desc=f"epoch {self.epoch + 1}/{cfg['epochs']}",
-                   unit="batch", leave=False, dynamic_ncols=True, disable=None, mininterval=0.5)
+        bar = report.EpochBar(len(batches), progress.batches_done, f"epoch {self.epoch + 1}/{cfg['epochs']}")
         for idx in batches[progress.batches_done:]:
             self._train_batch(data, idx, progress)
             progress.batches_done += 1
             progress.time_s = time_before + time.perf_counter() - t0
-            bar.update()
-            if self.step % 10 == 0:
-                bar.set_postfix(loss=f"{progress.loss_sum / max(progress.loss_batches, 1):.4f}",
-                                samples_s=f"{progress.samples / max(progress.time_s, 1e-9):.0f}", refresh=False)
+            bar.update(self.step, progress)
             self._between_steps(progress)
         bar.close()
         dt = max(progress.time_s, 1e-9)
@@ -325,8 +274,10 @@ class Trainer:
 
     def _run_epochs(self) -> None:
         cfg = self.cfg
-        while self.epoch < cfg["epochs"] and self.bad_epochs < cfg["patience"]:
-            if self._out_of_time():
+        while self.epoch < cfg["epochs"] and self.best.bad_epochs < cfg["patience"]:
+            late = self.time_limit.too_late(self.epoch + 1)
+            if late:
+                self.log(late)
                 self.stopped_by = "max_minutes"
                 return
             t0 = time.perf_counter()
@@ -335,36 +286,20 @@ class Trainer:
             if isinstance(self.runner, DataParallel):
                 self.runner.release()                               # its scratch memory, while evaluating
             valid = self._evaluate(self.model, self.sets["valid"])
-            improved = self._track_best(valid)
+            improved = self.best.update(valid)
             row = self._metrics_row(stats, valid)
-            if improved and "test" in self.sets:                   # best/'s test scores, just computed
-                self.best_test = {k.removeprefix("test_"): v for k, v in row.items() if k.startswith("test_")}
             note = self.schedule.epoch_end(self.opt, improved)     # --lr-decay, or plateau's cut
             self.run_dir.append_metrics(row)
             self._save(best=improved)
             self._report(row, valid)
             if note:
                 self.log(note)
-            self.epoch_walls.append(time.perf_counter() - t0)
-            if self.bad_epochs >= cfg["patience"]:
-                tie = "" if self.best_metric == "loss" else " (or loss)"
-                self.log(f"early stop: no better {selection.NAMES[self.best_metric]}{tie} for {cfg['patience']} epochs")
+            self.time_limit.walls.append(time.perf_counter() - t0)
+            if self.best.bad_epochs >= cfg["patience"]:
+                tie = "" if self.best.by == "loss" else " (or loss)"
+                self.log(f"early stop: no better {selection.NAMES[self.best.by]}{tie} for {cfg['patience']} epochs")
             if self.stop.signum is not None:
                 raise self._stopped(mid_epoch=False)
-
-    def _out_of_time(self) -> bool:
-        """True (said in the log) when the next epoch would end past --max-minutes, by the mean of the
-        epochs this process ran; never before one has."""
-        limit = self.cfg["max_minutes"]
-        if limit is None or not self.epoch_walls:
-            return False
-        per_epoch = sum(self.epoch_walls) / len(self.epoch_walls)
-        elapsed = time.perf_counter() - self.t_start
-        if elapsed + per_epoch <= 60.0 * limit:
-            return False
-        self.log(f"stopping before epoch {self.epoch + 1}: it would end past --max-minutes {limit:g} "
-                 f"({elapsed / 60:.1f} min so far, about {per_epoch / 60:.1f} min an epoch)")
-        return True
 
     def _save(self, best: bool = False, progress: EpochProgress | None = None) -> None:
         """last/ (and best/, and with --keep-last epoch-NNNN/): at an epoch's end, or inside one with
@@ -382,7 +317,7 @@ class Trainer:
                                f"attnseq train --out {shlex.quote(str(self.out))} --resume", self.stop.signum)
 
     def _evaluate(self, model, data: Encoded, predictions: bool = True) -> dict:
-        bleu = bool(self.cfg["bleu"]) or self.best_metric == "bleu"
+        bleu = bool(self.cfg["bleu"]) or self.best.by == "bleu"
         limit = self.cfg["max_output_len"]                 # None: the model's own rule
         scores = evaluate(model, data, self.tgt_tok, self.cfg["eval_batch_size"], bleu,
                           max_len=OutputLengthRule.parse(limit) if limit else None)
@@ -390,136 +325,40 @@ class Trainer:
             scores.pop("predictions")
         return scores
 
-    def _track_best(self, valid: dict) -> bool:
-        """True when this epoch beats best/ (by --select-by, then loss); counts the epochs that do not."""
-        score = selection.score(valid, self.best_metric)
-        if score > self.best:
-            self.best, self.bad_epochs = score, 0
-            return True
-        self.bad_epochs += 1
-        return False
-
     def _metrics_row(self, stats: dict, valid: dict) -> dict:
-        """One metrics.jsonl row: the epoch's training stats, valid (and test) scores, lr before decay."""
-        row = dict(epoch=self.epoch, step=self.step, **stats, lr=self.opt.lr,
-                   **{f"valid_{k}": v for k, v in valid.items() if k != "predictions"},
-                   nonfinite_skipped=self.skipped, elapsed_s=time.perf_counter() - self.t_start)
-        if "test" in self.sets:
-            t0 = time.perf_counter()
-            test = self._evaluate(self.model, self.sets["test"], predictions=False)
-            row.update({f"test_{k}": v for k, v in test.items()}, test_eval_s=time.perf_counter() - t0)
-        return row
+        """One metrics.jsonl row: the epoch's training stats, valid scores, lr before decay (no test
+        scores: the test split is scored once, at the end, on what validation chose)."""
+        return dict(epoch=self.epoch, step=self.step, **stats, lr=self.opt.lr,
+                    **{f"valid_{k}": v for k, v in valid.items() if k != "predictions"},
+                    nonfinite_skipped=self.skipped, elapsed_s=time.perf_counter() - self.t_start)
 
     def _state(self, mid_epoch: bool = False) -> TrainState:
         rng = self.epoch_rng if mid_epoch else self.rng.bit_generator.state
-        return TrainState(epoch=self.epoch, step=self.step, best=self.best, bad_epochs=self.bad_epochs,
+        return TrainState(epoch=self.epoch, step=self.step, best=self.best.score, bad_epochs=self.best.bad_epochs,
                           nonfinite_skipped=self.skipped, rng=rng,
                           dropout_rng=_dropout_rng(self.model).bit_generator.state,
-                          best_metric=self.best_metric, schedule=self.schedule.state_dict())
+                          best_metric=self.best.by, schedule=self.schedule.state_dict())
 
     def _report(self, row: dict, valid: dict) -> None:
-        line = (f"epoch {row['epoch']}/{self.cfg['epochs']}  loss {row['train_loss']:.4f}  "
-                f"valid: loss {row['valid_loss']:.4f}  tok acc {100 * row['valid_token_accuracy']:.2f}%  "
-                f"exact {100 * row['valid_exact_match']:.2f}%")
-        if "valid_bleu" in row:
-            line += f"  BLEU {row['valid_bleu']:.1f}"
-        if "test_exact_match" in row:
-            line += f"  | test exact {100 * row['test_exact_match']:.2f}%"
-        line += f"  ({row['epoch_time_s']:.1f} s, {row['samples_per_s']:.0f} samples/s)"
-        self.log(line)
         pairs = self.sets["valid"].pairs[:self.cfg["examples"]]
         wanted = normalized_refs(self.tgt_tok, [ref for _, ref in pairs])
-        for (src, ref), want, hyp in zip(pairs, wanted, valid["predictions"]):
-            ok = hyp == want
-            self.log(f"  {'✓' if ok else '✗'} {src} → {hyp}" + ("" if ok else f"   (want {ref})"))
+        examples = [(src, ref, want, hyp) for (src, ref), want, hyp in zip(pairs, wanted, valid["predictions"])]
+        for line in report.epoch_lines(row, self.cfg["epochs"], examples):
+            self.log(line)
 
     # -- the end -------------------------------------------------------------------------------
     def finish(self) -> dict:
-        """Evaluate ``best/`` on the test split (if any), write result.json and return the final metrics."""
-        result = dict(run=str(self.out), epochs=self.epoch, steps=self.step, select_by=self.best_metric,
-                      **selection.best_value(self.best, self.best_metric),
-                      wall_s=time.perf_counter() - self.t_start, examples=self.sets["valid"].pairs[:4])
+        """Score best/ (and averaged/) on the test split, once (``EndOfRun``); write result.json and return it."""
+        result = dict(run=str(self.out), epochs=self.epoch, steps=self.step, select_by=self.best.by,
+                      **self.best.value(), wall_s=time.perf_counter() - self.t_start,
+                      examples=self.sets["valid"].pairs[:4])
         if self.stopped_by is not None:
             result["stopped"] = self.stopped_by
-        if "test" in self.sets:
-            result.update(self._test_best())
-        result.update(self._average_last())
+        end = EndOfRun(self.cfg, self.run_dir, self.sets, self.src_tok, self.tgt_tok,
+                       lambda model, data: self._evaluate(model, data, predictions=False), self.log)
+        result.update(end.scores(self.best))
         self.run_dir.write_result(result)
         return result
-
-    def _average_last(self) -> dict:
-        """--average-last K: the mean of the last K kept epoch checkpoints as RUN/averaged/ (what
-        ``attnseq average`` writes), scored on valid and test -> {"averaged": scores} for result.json,
-        {} when off or when fewer than K epochs were kept. best/ stays the best epoch: the log says
-        which of the two scores higher on valid (use ``--ckpt RUN/averaged`` for the average)."""
-        k = self.cfg["average_last"]
-        if not k:
-            return {}
-        kept = self.run_dir.kept()
-        if len(kept) < k:
-            self.log(f"--average-last {k}: only {len(kept)} epoch checkpoint(s) kept, nothing averaged")
-            return {}
-        path = average_run(self.out, k, self.out / "averaged")
-        model = load_checkpoint(path, self.cfg["device"]).model
-        out = {"valid": self._evaluate(model, self.sets["valid"], predictions=False),
-               "epochs": [e for e, _ in kept[-k:]]}
-        if "test" in self.sets:
-            out["test"] = self._evaluate(model, self.sets["test"], predictions=False)
-        by, valid = self.best_metric, out["valid"]
-        better = selection.score(valid, by) > self.best
-        self.log(f"averaged/ (epochs {out['epochs'][0]}-{out['epochs'][-1]}): valid {_scores_text(valid)}"
-                 + (f"  | test {_scores_text(out['test'])}" if "test" in out else "")
-                 + f"  -- {'better' if better else 'not better'} than best/ by {selection.NAMES[by]}"
-                 + (f": use --ckpt {shlex.quote(str(path))}" if better else ""))
-        return {"averaged": dict(out, path=str(path), better_than_best=bool(better))}
-
-    def _test_best(self) -> dict:
-        """{"test": ..., "test_long": ...} of best/: the test split, and its sources longer than any in train."""
-        best = self.run_dir.load_best(self.cfg["device"])
-        t0 = time.perf_counter()
-        test = self.best_test              # computed at the end of best/'s epoch in this process, or None
-        if test is None:
-            test = dict(self._evaluate(best.model, self.sets["test"], predictions=False),
-                        eval_s=time.perf_counter() - t0)
-        out = {"test": test}
-        msg = (f"test ({test['n']} pairs, best/): exact {100 * test['exact_match']:.2f}%  "
-               f"tok acc {100 * test['token_accuracy']:.2f}%  loss {test['loss']:.4f}")
-        if "bleu" in test:
-            msg += f"  BLEU {test['bleu']:.1f}  chrF {test['chrf']:.1f}"
-        self.log(msg)
-        test_long = self._test_long()
-        if test_long is not None:
-            lm = out["test_long"] = self._evaluate(best.model, test_long, predictions=False)
-            self.log(f"test, sources longer than any in train ({lm['n']} pairs): exact "
-                     f"{100 * lm['exact_match']:.2f}%" + (f"  BLEU {lm['bleu']:.1f}" if "bleu" in lm else ""))
-        out.update(self._extra_tests(best.model))
-        return out
-
-    def _extra_tests(self, model) -> dict:
-        """{"test_short": ...}: the built-in task's extra test sets (``EXTRA_TESTS``: the date data's
-        test-short), each logged in one line; none when the sides are swapped."""
-        name, out = self.cfg["data"], {}
-        if name not in EXTRA_TESTS or self.cfg["swap_sides"]:
-            return out
-        for file, (what, pairs) in extra_tests(name, shipped_dir(name)).items():
-            enc = encode_pairs(pairs, self.src_tok, self.tgt_tok, self.cfg["reverse_source"])
-            m = out[file.replace("-", "_")] = self._evaluate(model, enc, predictions=False)
-            self.log(f"{file} ({m['n']} pairs, {what}): exact {100 * m['exact_match']:.2f}%")
-        return out
-
-    def _test_long(self) -> Encoded | None:
-        """Test pairs whose source is longer (in tokens) than every training source, if there are any."""
-        test, longest = self.sets["test"], int(self.sets["train"].src_len.max())
-        keep = [p for p, n in zip(test.pairs, test.src_len) if n > longest]
-        if not keep:
-            return None
-        return encode_pairs(keep, self.src_tok, self.tgt_tok, self.cfg["reverse_source"])
-
-
-def _scores_text(m: dict) -> str:
-    """exact match, loss and (when computed) BLEU and chrF of one evaluation, for a log line."""
-    text = f"exact {100 * m['exact_match']:.2f}%  loss {m['loss']:.4f}"
-    return text + (f"  BLEU {m['bleu']:.1f}  chrF {m['chrf']:.1f}" if "bleu" in m else "")
 
 
 def train(cfg: dict, log=print) -> dict:
@@ -530,4 +369,5 @@ def train(cfg: dict, log=print) -> dict:
     """
     out = cfg.get("out")
     run_dir = RunDir(out) if isinstance(out, str) else None     # shared, so a --resume reads config.json once
-    return Trainer(resolve_config(cfg, run_dir), log, run_dir).run()
+    saved = run_dir.saved_options() if run_dir is not None and cfg.get("resume") else None
+    return Trainer(resolve_config(cfg, saved), log, run_dir).run()
