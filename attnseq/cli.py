@@ -13,7 +13,8 @@ import warnings
 from pathlib import Path
 
 from .errors import AttnseqError, ConfigError
-from .run.decoding import EVAL_BATCH_SIZE, OutputLengthRule
+from .nn.output_length import OutputLengthRule
+from .run.decoding import EVAL_BATCH_SIZE
 
 TRAIN_HELP = """\
 Train an attention seq2seq model and save checkpoints in --out (best/ and last/),

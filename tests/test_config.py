@@ -1,8 +1,10 @@
 """The option table: argparse, TOML, defaults, value checks and the --resume rules all come from it."""
 import argparse
+import dataclasses
 import json
 import shutil
 
+import numpy as np
 import pytest
 from conftest import TINY
 
@@ -13,10 +15,11 @@ from attnseq.cli import build_parser, main, train_config
 from attnseq.errors import ConfigError
 from attnseq.nn.layers import INIT_SCHEMES
 from attnseq.nn.optim import OPTIMIZERS
-from attnseq.run.config import (OPTIONS, POSITIVE_INT, TASK_DEFAULTS, Option, add_flags, config_keys, model_row,
-                                problem, read_toml, resolve_config)
-from attnseq.nn.model import MODEL_DEFAULTS, AttentionSeq2seq
-from attnseq.run.training import MODEL_OPTIONS, model_options, train
+from attnseq.run.config import (OPTIONS, POSITIVE_INT, TASK_DEFAULTS, Option, add_flags, config_keys, model_config,
+                                model_row, problem, read_toml, resolve_config)
+from attnseq.nn.config import ModelConfig
+from attnseq.nn.model import AttentionSeq2seq
+from attnseq.run.training import train
 
 # config.json's "train" section as written before the table existed: old checkpoints must keep resuming
 OLD_KEYS = {
@@ -236,7 +239,8 @@ def test_resume_a_run_from_before_the_new_options(tiny_run, tmp_path):
         del state["best_metric"], state["schedule"]
         (run / name / "state.json").write_text(json.dumps(state))
     cfg = _resumed(dict(out=str(run), epochs=3))
-    assert cfg["select_by"] == "exact" and cfg["lr_schedule"] == "constant" and model_options(cfg) == {}
+    assert cfg["select_by"] == "exact" and cfg["lr_schedule"] == "constant"
+    assert model_options_of(cfg) == ModelConfig.options()
     quick = tmp_path / "older-quick-date"                              # an old `--data date --quick` run
     shutil.copytree(run, quick)
     for name in ("best", "last"):
@@ -355,29 +359,48 @@ def test_resume_rules_of_the_new_options(tmp_path):
     assert (cfg["select_by"], cfg["max_minutes"], cfg["keep_last"], cfg["lr_schedule"]) == ("loss", 5.0, 2, "cosine")
 
 
-def test_default_model_options_pass_nothing_to_the_model():
+def model_options_of(cfg: dict) -> dict:
+    """The options beyond the book's model that a config gives its model."""
+    c = model_config(cfg, 5, 6)
+    return {k: getattr(c, k) for k in ModelConfig.options()}
+
+
+def test_a_config_that_sets_no_model_option_builds_the_books_model():
     """A run that sets none of them builds AttentionSeq2seq exactly as before they existed."""
     for task in ("date", "addition", "toy-en-ko", None):
-        assert model_options(resolve_config(dict(data=task or "dir", out="r"))) == {}
-    assert model_options({**resolve_config(dict(data="date", out="r")), "attention": "general", "warmup": 3}) == \
-        {"attention": "general"}
+        cfg = resolve_config(dict(data=task or "dir", out="r"))
+        assert model_options_of(cfg) == ModelConfig.options()
+    cfg = resolve_config(dict(data="date", out="r"))
+    assert model_options_of({**cfg, "attention": "general", "warmup": 3}) == {**ModelConfig.options(),
+                                                                             "attention": "general"}
+    built = AttentionSeq2seq.from_config(model_config({**cfg, "hidden_size": 8, "seed": 4}, 5, 6))
+    book = AttentionSeq2seq(5, 6, cfg["wordvec_size"], 8, seed=4)
+    assert built.config == book.config
+    for (k, a), b in zip(built.state_dict().items(), book.state_dict().values()):
+        np.testing.assert_array_equal(a, b, err_msg=k)
 
 
 def test_the_model_options_are_listed_once():
-    """The model's MODEL_DEFAULTS make the table's model rows (their defaults), the Trainer's MODEL_OPTIONS,
-    the ONNX export's book model and the config keys it knows; a name the model does not take is an error."""
-    from attnseq.export.onnx_graphs import KNOWN_MODEL_KEYS
-    from attnseq.export.spec import BOOK_OPTIONS, TRAINING_ONLY
+    """ModelConfig's fields make the table's model rows (their types, defaults and choices), the ONNX
+    export's book model and the config keys it knows (without onnx installed); a name the model does not
+    take is an error."""
+    from attnseq.export.spec import BOOK_OPTIONS, KNOWN_MODEL_KEYS, TRAINING_ONLY
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
     rows = {o.name: o for o in OPTIONS if o.model}
-    assert MODEL_OPTIONS == tuple(MODEL_DEFAULTS) == tuple(rows)
-    assert {k: o.default for k, o in rows.items()} == MODEL_DEFAULTS
-    assert all(o.group == "model" and not o.resumable for o in rows.values())
-    assert {**BOOK_OPTIONS, **{k: MODEL_DEFAULTS[k] for k in TRAINING_ONLY}} == MODEL_DEFAULTS
-    assert KNOWN_MODEL_KEYS == set(AttentionSeq2seq(5, 6, 4, 8).config)
+    assert set(rows) == set(fields) - {"src_vocab_size", "tgt_vocab_size", "pad_id", "bos_id", "eos_id"}
+    for name, row in rows.items():
+        f = fields[name]
+        assert (row.type, row.default, row.choices) == (f.type, f.default, f.metadata.get("choices")), name
+    options = ModelConfig.options()
+    assert list(options) == ["encoder_layers", "decoder_layers", "bidirectional", "attention", "input_feeding",
+                             "label_smoothing", "tie_embeddings"]
+    assert all(rows[k].group == "model" and not rows[k].resumable for k in options)
+    assert {**BOOK_OPTIONS, **{k: options[k] for k in TRAINING_ONLY}} == options
+    assert KNOWN_MODEL_KEYS == set(AttentionSeq2seq(5, 6, 4, 8).config.to_dict()) == set(fields)
     with pytest.raises(TypeError, match="unknown option.* heads; its options are encoder_layers, "):
         AttentionSeq2seq(5, 6, 4, 8, heads=2)
     with pytest.raises(KeyError):
-        model_row("heads", int)
+        model_row("heads")
 
 
 def test_model_options_reach_the_model(tiny_data, tmp_path):

@@ -3,10 +3,13 @@ whatever happens, one default output length rules every decoder, and rows come b
 import numpy as np
 import pytest
 
+from attnseq.nn import decoders, output_length as output_length_mod
+from attnseq.nn.attention import mask_bias
 from attnseq.nn.model import AttentionSeq2seq
+from attnseq.nn.output_length import OutputLengthRule
+from attnseq.nn.search import greedy_search
 from attnseq.run import decoding
-from attnseq.run.decoding import (beam_decode, beam_search, greedy_decode, greedy_search, model_step,
-                                  output_length)
+from attnseq.run.decoding import beam_decode, beam_search, greedy_decode, model_step, output_length
 
 BOS, EOS, PAD = 1, 2, 0
 
@@ -77,6 +80,68 @@ def test_greedy_search_equals_the_decoders_generate():
     np.testing.assert_array_equal(w, want_w)
 
 
+# -- one greedy path -----------------------------------------------------------------------------
+# options, and an eos output bias with which some rows end within 9 tokens and some do not
+VARIANTS = {"book": ({}, 1.5), "general": (dict(attention="general"), 1.5),
+            "feeding": (dict(input_feeding=True, decoder_layers=2), 6.0),
+            "all": (dict(encoder_layers=2, decoder_layers=2, bidirectional=True, attention="additive",
+                         input_feeding=True, tie_embeddings=True), 9.0)}
+
+
+def written_out_greedy(model, src, max_len):
+    """Greedy decoding written out, without greedy_search: one ``decoder.step`` per token, the argmax fed
+    back, pad after a row's eos, stopping once every row has ended."""
+    with model.eval_mode():
+        hs, state, mask = model.encode(src)
+        bias = mask_bias(mask, hs.dtype)
+        N, Ts = src.shape
+        ids, weights = np.full((N, max_len), PAD), np.zeros((N, max_len, Ts))
+        tokens, done = np.full(N, BOS), np.zeros(N, dtype=bool)
+        for t in range(max_len):
+            logits, state, a = model.decoder.step(tokens, state, hs, bias)
+            tokens = logits.argmax(axis=1)
+            ids[:, t] = np.where(done, PAD, tokens)
+            weights[:, t] = a * ~done[:, None]
+            done |= tokens == EOS
+            if done.all():
+                return ids[:, :t + 1], weights[:, :t + 1]
+    return ids, weights
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_greedy_entry_point_is_the_one_path(variant, monkeypatch):
+    """model.generate, greedy_batch, greedy_encoded, greedy_decode and evaluate all decode through
+    AttentionDecoder.generate (greedy_search over its step function), and give what the written-out loop gives."""
+    options, eos_bias = VARIANTS[variant]
+    model = AttentionSeq2seq(9, 8, 6, 10, dtype="float64", seed=1, **options)
+    model.load_state_dict({k: np.random.default_rng(2).standard_normal(v.shape) for k, v in model.state_dict().items()})
+    src, lengths = shuffled_sources()
+    calls = []
+    real = decoders.greedy_search
+    monkeypatch.setattr(decoders, "greedy_search", lambda *a: calls.append(a[2]) or real(*a))   # a[2]: rows
+    for bias in (20.0, eos_bias):                                   # all end at once; some end, some do not
+        model.state_dict()["decoder.out.b"][EOS] = bias
+        want_ids, want_w = written_out_greedy(model, src, 9)
+        ids, w = model.generate(src, 9)
+        L = want_ids.shape[1]
+        assert L == 1 if bias == 20.0 else (L == 9 and 0 < sum(EOS in row for row in want_ids) < 12)
+        np.testing.assert_array_equal(ids[:, :L], want_ids)
+        np.testing.assert_array_equal(w[:, :L], want_w)
+        assert ids.shape[1] == (4 if L == 1 else 9)                 # all ended: seen at the check every 4 steps
+        assert (ids[:, L:] == PAD).all() and (w[:, L:] == 0).all()
+    assert calls == [12, 12]
+    for got in (decoding.greedy_batch(model, src, 9), decoding.greedy_encoded(model, *model.encode(src), 9),
+                model.decoder.generate(*model.encode(src), BOS, EOS, 9, PAD)):
+        np.testing.assert_array_equal(got[0], ids)
+        np.testing.assert_array_equal(got[1], w)
+    calls.clear()
+    rows = greedy_decode(model, src, lengths, batch_size=5, max_len=9, threads=1)
+    assert sorted(calls) == [2, 5, 5]                               # the three length-sorted batches
+    for k, row in enumerate(rows):
+        alone, _ = written_out_greedy(model, src[k:k + 1, :lengths[k]], 9)
+        np.testing.assert_array_equal(row, alone[0, :output_length(alone[0], EOS)])
+
+
 # -- eval_mode ---------------------------------------------------------------------------------
 def flags(model):
     return {m.training for _, m in model.named_modules()}
@@ -113,7 +178,7 @@ def short_default(monkeypatch):
     def fake(src_len, rule=None):
         asked.append(int(src_len))
         return 3
-    monkeypatch.setattr(decoding, "default_max_len", fake)
+    monkeypatch.setattr(output_length_mod, "default_max_len", fake)
     return asked
 
 
@@ -173,14 +238,14 @@ def test_every_decoder_follows_the_models_own_rule(threads):
     model = random_model(eos_bias=-1e4)                            # never ends: runs to the limit
     src, lengths = shuffled_sources()
     assert model.generate(src)[0].shape[1] == 2 * 12 + 10          # no rule: the legacy one
-    model.output_len_rule = decoding.OutputLengthRule(3, 1)
+    model.output_len_rule = OutputLengthRule(3, 1)
     widths = {k: int(lengths[idx].max()) for idx in decoding.batch_order(lengths, 5, None, True) for k in idx}
     want = [3 * widths[k] + 1 for k in range(12)]                  # each row: its sorted batch's width
     assert [len(o) for o in greedy_decode(model, src, lengths, batch_size=5, threads=threads)] == want
     assert [len(f[0].ids) for f in beam_decode(model, src, lengths, 2, batch_size=5, threads=threads)] == want
     assert model.generate(src)[0].shape[1] == 3 * 12 + 1
     assert [len(h.ids) for h in beam_search(model, src, beam_size=2)[0]] == [3 * 12 + 1]
-    override = decoding.OutputLengthRule(1, 2)                      # an override: tokens, or a rule of its own
+    override = OutputLengthRule(1, 2)                      # an override: tokens, or a rule of its own
     assert [len(o) for o in greedy_decode(model, src, lengths, batch_size=5, max_len=override,
                                           threads=threads)] == [widths[k] + 2 for k in range(12)]
     assert [len(f[0].ids) for f in beam_decode(model, src, lengths, 2, max_len=4, batch_size=5,
@@ -193,13 +258,13 @@ def test_evaluate_follows_the_models_rule_and_an_override(monkeypatch):
     from attnseq.data.tokenizers import CharTokenizer
     from attnseq.run.evaluation import evaluate
     asked = []
-    real = decoding.greedy_search
-    monkeypatch.setattr(decoding, "greedy_search", lambda *a: asked.append(a[6]) or real(*a))   # a[6]: max_len
+    real = decoders.greedy_search
+    monkeypatch.setattr(decoders, "greedy_search", lambda *a: asked.append(a[6]) or real(*a))   # a[6]: max_len
     pairs = [("abc", "xy"), ("a", "yyy"), ("abcabc", "x")]
     src_tok = CharTokenizer.build(s for s, _ in pairs)
     tgt_tok = CharTokenizer.build(t for _, t in pairs)
     model = AttentionSeq2seq(src_tok.vocab_size, tgt_tok.vocab_size, 4, 6, dtype="float64")
-    model.output_len_rule = decoding.OutputLengthRule(5, 0)
+    model.output_len_rule = OutputLengthRule(5, 0)
     data = encode_pairs(pairs, src_tok, tgt_tok)
     evaluate(model, data, tgt_tok, batch_size=2)
     assert sorted(asked) == [5 * 3, 5 * 6]                          # batches of widths 3 and 6

@@ -1,5 +1,6 @@
 """ONNX export (attnseq.export): graphs, manifest, onnxruntime translation identical to attnseq's."""
 import ast
+import dataclasses
 import io
 import json
 import os
@@ -22,10 +23,12 @@ from attnseq.errors import CheckpointError, ConfigError                # noqa: E
 from attnseq.export import MissingExtraError, OnnxSeq2seq, OnnxTranslator, export_onnx  # noqa: E402
 from attnseq.export.exporter import exportable_weights, self_check     # noqa: E402
 from attnseq.export.onnx_graphs import build_graphs                    # noqa: E402
+from attnseq.nn.config import ModelConfig                              # noqa: E402
 from attnseq.nn.model import AttentionSeq2seq                          # noqa: E402
+from attnseq.nn.output_length import LEGACY_RULE, OutputLengthRule    # noqa: E402
+from attnseq.nn.search import log_softmax                              # noqa: E402
 from attnseq.run.checkpoint import load_checkpoint, save_checkpoint    # noqa: E402
 from attnseq.run import decoding                                       # noqa: E402
-from attnseq.run.decoding import LEGACY_RULE, OutputLengthRule, log_softmax   # noqa: E402
 from attnseq.run.inference import Translator                           # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,13 +87,17 @@ def translators(tiny_run, export_dir):
 @pytest.fixture(scope="module")
 def word_ckpt(tmp_path_factory):
     """An untrained word-level model with random weights that never picks eos: every output runs to
-    the length limit, a path trained models rarely take."""
+    the length limit, a path trained models rarely take. Its config.json has no max_output_len, as
+    those saved before rules were fitted."""
     texts = ["the cat sat on the mat", "a dog ran in the park", "we read good songs"]
     src_tok, tgt_tok = WordTokenizer.build(texts), WordTokenizer.build([t.upper() for t in texts])
     model = random_model(Vs=src_tok.vocab_size, Vt=tgt_tok.vocab_size, seed=5)
     model.state_dict()["decoder.out.b"][EOS_ID] = -100.0
     d = tmp_path_factory.mktemp("word") / "ckpt"
     save_checkpoint(d, model, None, src_tok, tgt_tok, {"reverse_source": True, "max_len": 4}, {"epoch": 0, "step": 0})
+    config = json.loads((d / "config.json").read_text())
+    del config["max_output_len"]
+    (d / "config.json").write_text(json.dumps(config))
     return d
 
 
@@ -399,8 +406,10 @@ def test_out_dir_rules(tiny_run, tmp_path):
 
 
 def test_options_the_export_cannot_express_are_refused():
+    later = dataclasses.make_dataclass("LaterConfig", [("coverage_penalty", float, 0.2)], bases=(ModelConfig,),
+                                       frozen=True)        # a model option from a later attnseq
     model = random_model()
-    model.config["coverage_penalty"] = 0.2                  # a model option from a later attnseq
+    model.config = later(**model.config.to_dict())
     with pytest.raises(ConfigError, match="model option.*coverage_penalty.*not supported") as e:
         exportable_weights(model, Path("run/best/config.json"))
     one_line(e)

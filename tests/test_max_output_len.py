@@ -19,7 +19,7 @@ from attnseq.errors import CheckpointError, ConfigError
 from attnseq.explorer import read_embedded
 from attnseq.run.checkpoint import load_checkpoint
 from attnseq.run.config import resolve_config
-from attnseq.run.decoding import LEGACY_RULE, MIN_MARGIN, OutputLengthRule
+from attnseq.nn.output_length import LEGACY_RULE, MIN_MARGIN, OutputLengthRule
 from attnseq.run.evaluation import evaluate
 from attnseq.run.inference import Translator, TranslatorBase, evaluate_file
 

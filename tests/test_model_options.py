@@ -19,7 +19,8 @@ from attnseq.nn.decoders import AttentionDecoder
 from attnseq.nn.encoders import BiLSTM, Encoder, reversal_index
 from attnseq.nn.layers import SoftmaxCrossEntropy
 from attnseq.nn.lstm import LSTM
-from attnseq.run.decoding import beam_search, greedy_decode, log_softmax, model_step
+from attnseq.nn.search import log_softmax
+from attnseq.run.decoding import beam_search, greedy_decode, model_step
 
 BOOK_KEYS = ["encoder.embed.W", "encoder.lstm.Wx", "encoder.lstm.Wh", "encoder.lstm.b",
              "decoder.embed.W", "decoder.lstm.Wx", "decoder.lstm.Wh", "decoder.lstm.b",
@@ -326,7 +327,7 @@ def test_config_holds_every_option_and_rebuilds_the_model():
     model = AttentionSeq2seq(11, 9, 5, 6, **ALL)
     for key, value in ALL.items():
         assert model.config[key] == value
-    again = AttentionSeq2seq.from_config(json.loads(json.dumps(model.config)))
+    again = AttentionSeq2seq.from_config(json.loads(json.dumps(model.config.to_dict())))
     assert list(again.state_dict()) == list(model.state_dict())
     assert again.config == model.config
 
@@ -337,7 +338,7 @@ def test_a_config_without_the_options_is_the_books_model():
                dtype="float32", seed=4, pad_id=0, bos_id=1, eos_id=2)
     model = AttentionSeq2seq.from_config(old)
     assert list(model.state_dict()) == BOOK_KEYS
-    assert model.config == dict(old, encoder_layers=1, decoder_layers=1, bidirectional=False, attention="dot",
+    assert model.config.to_dict() == dict(old, encoder_layers=1, decoder_layers=1, bidirectional=False, attention="dot",
                                 input_feeding=False, label_smoothing=0.0, tie_embeddings=False)
     book = AttentionSeq2seq(11, 9, 5, 6, seed=4)
     for (k, a), b in zip(model.state_dict().items(), book.state_dict().values()):

@@ -20,10 +20,11 @@ from ..data.io import atomic_write_bytes
 from ..data.tokenizers import BOS_ID, EOS_ID, PAD_ID
 from ..errors import CheckpointError, ConfigError
 from ..nn.backend import to_numpy
+from ..nn.output_length import OutputLengthRule
+from ..nn.search import log_softmax
 from ..run.checkpoint import load_checkpoint
-from ..run.decoding import OutputLengthRule, log_softmax, model_rule
 from ..run.inference import DEFAULT_MAX_INPUT
-from .spec import (DECODER_STEP, ENCODER, GRAPH_FILES, MANIFEST, TOKENIZER_NAMES, build_manifest,
+from .spec import (DECODER_STEP, ENCODER, GRAPH_FILES, KNOWN_MODEL_KEYS, MANIFEST, TOKENIZER_NAMES, build_manifest,
                    is_export_dir, require, rule_entry)
 
 SELF_CHECK_TOL = 1e-3           # largest |log-prob difference| the export accepts (float32 graphs)
@@ -33,8 +34,8 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, cast_float32: bool = False
     """Export the checkpoint ``ckpt`` (a run dir means its best/) to the directory ``out``.
 
     A float64 checkpoint is refused unless ``cast_float32`` (the graphs are float32). The
-    manifest's output-length rule is the checkpoint's own (``decoding.model_rule``: the one in its
-    config.json, 2 * Ts + 10 for a checkpoint saved without one) unless ``max_output_len`` (tokens,
+    manifest's output-length rule is the checkpoint's own (the model's ``output_len_rule``: the one in
+    its config.json, 2 * Ts + 10 for a checkpoint saved without one) unless ``max_output_len`` (tokens,
     "S*Ts+O" or an ``OutputLengthRule``, as ``--max-output-len``) replaces it. Raises
     ``MissingExtraError`` without onnx/onnxruntime, ``ConfigError`` for an option the export
     cannot express or an unusable ``out``, ``CheckpointError`` for a bad checkpoint.
@@ -54,7 +55,7 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, cast_float32: bool = False
     train = ck.config.get("train", {})
     state = ck.state if isinstance(ck.state, dict) else {}
     provenance = dict(attnseq_version=__version__, checkpoint=str(ck.path), epoch=state.get("epoch"),
-                      step=state.get("step"), checkpoint_dtype=config["dtype"])
+                      step=state.get("step"), checkpoint_dtype=config.dtype)
     max_input_len = train.get("max_len") or DEFAULT_MAX_INPUT
     rule = manifest_rule(ck.model, max_output_len)
     manifest = build_manifest(config, tokenizers, bool(train.get("reverse_source", False)), max_input_len,
@@ -67,7 +68,7 @@ def export_onnx(ckpt: str | Path, out: str | Path, *, cast_float32: bool = False
 def manifest_rule(model, override=None) -> dict:
     """The manifest's ``max_output_len``: ``override`` (tokens, "S*Ts+O" or an ``OutputLengthRule``) or the
     model's own rule, which is linear by construction, so the manifest records it exactly."""
-    rule = model_rule(model) if override is None else OutputLengthRule.parse(override)
+    rule = model.output_len_rule if override is None else OutputLengthRule.parse(override)
     return rule_entry(rule)
 
 
@@ -92,19 +93,18 @@ def _read(path: Path) -> bytes:
 
 def exportable_weights(model, where: Path, cast_float32: bool = False) -> dict:
     """The model's parameters as float32 numpy arrays, or a ConfigError naming what cannot be exported."""
-    from .onnx_graphs import KNOWN_MODEL_KEYS
     config = model.config
-    unknown = sorted(set(config) - KNOWN_MODEL_KEYS)
+    unknown = sorted(set(config.to_dict()) - KNOWN_MODEL_KEYS)
     if unknown:
         raise ConfigError(f"{where}: model option(s) {', '.join(unknown)} are not supported by the ONNX export "
                           f"(it would translate differently); not exported")
-    ids = (config.get("pad_id", PAD_ID), config.get("bos_id", BOS_ID), config.get("eos_id", EOS_ID))
+    ids = (config.pad_id, config.bos_id, config.eos_id)
     if ids != (PAD_ID, BOS_ID, EOS_ID):
         raise ConfigError(f"{where}: special ids pad/bos/eos {ids}; the export supports {(PAD_ID, BOS_ID, EOS_ID)}")
     weights = {k: to_numpy(v) for k, v in model.state_dict().items()}   # build_graphs refuses any left unread
-    if config["dtype"] != "float32":
+    if config.dtype != "float32":
         if not cast_float32:
-            raise ConfigError(f"{where}: model option dtype {config['dtype']}: the ONNX graphs are float32 "
+            raise ConfigError(f"{where}: model option dtype {config.dtype}: the ONNX graphs are float32 "
                               f"(onnxruntime's LSTM has no float64); export with --float32 (cast_float32) "
                               f"to convert")
         weights = {k: v.astype(np.float32) for k, v in weights.items()}
@@ -116,7 +116,7 @@ def self_check(model, graphs: dict, tol: float = SELF_CHECK_TOL) -> float:
     (teacher forcing). -> the largest difference; ConfigError when it is over ``tol``."""
     from .runtime import OnnxSeq2seq
     rng = np.random.default_rng(0)
-    Vs, Vt = model.config["src_vocab_size"], model.config["tgt_vocab_size"]
+    Vs, Vt = model.config.src_vocab_size, model.config.tgt_vocab_size
     lengths = [6, 4, 1]
     src = np.zeros((len(lengths), max(lengths)), dtype=np.int64)   # (N, Ts), right-padded
     for row, n in enumerate(lengths):

@@ -48,13 +48,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ConfigError
-from .spec import BOOK_OPTIONS, DECODER_STEP, ENCODER, IR_VERSION, OPSET, TRAINING_ONLY, graph_io, model_options
-
-# the model config keys (AttentionSeq2seq.config) that these graphs express: the book model's sizes,
-# settings and special ids, and every model option (``spec.BOOK_OPTIONS``, from ``nn.model.MODEL_DEFAULTS``,
-# and the training-only ones); any other key is refused
-KNOWN_MODEL_KEYS = {"src_vocab_size", "tgt_vocab_size", "wordvec_size", "hidden_size", "dropout", "init", "dtype",
-                    "seed", "pad_id", "bos_id", "eos_id", *BOOK_OPTIONS, *TRAINING_ONLY}
+from ..nn.config import ModelConfig
+from .spec import DECODER_STEP, ENCODER, IR_VERSION, OPSET, graph_io, model_options
 ELEM = {"int64": TensorProto.INT64, "float32": TensorProto.FLOAT, "bool": TensorProto.BOOL}
 
 
@@ -167,9 +162,9 @@ def _keys(g: Graph, w: Weights, attention: str, hs: str) -> str:
                         g.const("key_b", w["decoder.attention.weight.key.b"])], "keys")
 
 
-def encoder_graph(w: Weights, config: dict) -> onnx.ModelProto:
+def encoder_graph(w: Weights, config: ModelConfig) -> onnx.ModelProto:
     """encoder.onnx from float32 weights ``w`` (state_dict names)."""
-    H = config["hidden_size"]
+    H = config.hidden_size
     o = model_options(config)
     g = Graph()
     for name, axes in (("axis0", (0,)), ("axis1", (1,)), ("shape_00m", (0, 0, -1)), ("shape_0m", (0, -1))):
@@ -189,7 +184,7 @@ def encoder_graph(w: Weights, config: dict) -> onnx.ModelProto:
         n = g.op("Slice", [g.op("Shape", ["src_ids"]), g.const("zero", _axes(0)), g.const("one", _axes(1))])
         g.op("ConstantOfShape", [g.op("Concat", [n, g.const("H", _axes(H))], axis=0)], "feed0",
              value=numpy_helper.from_array(np.zeros(1, np.float32)))                # (N, H) zeros
-    io = graph_io(H, config["tgt_vocab_size"], **o)[ENCODER]
+    io = graph_io(H, config.tgt_vocab_size, **o)[ENCODER]
     outs = ", ".join(e["name"] for e in io["outputs"])
     return g.model("attnseq_encoder", io, f"attnseq encoder: src_ids (N, Ts), src_lengths (N,) -> {outs}")
 
@@ -225,9 +220,9 @@ def _logits(g: Graph, w: Weights, x: str, tied: bool) -> str:
     return g.op("Add", [g.op("MatMul", [x, W]), g.const("out_b", w["decoder.out.b"])])
 
 
-def decoder_step_graph(w: Weights, config: dict) -> onnx.ModelProto:
+def decoder_step_graph(w: Weights, config: ModelConfig) -> onnx.ModelProto:
     """decoder_step.onnx from float32 weights ``w`` (state_dict names)."""
-    H, D = config["hidden_size"], config["wordvec_size"]
+    H, D = config.hidden_size, config.wordvec_size
     o = model_options(config)
     L = o["decoder_layers"]
     g = Graph()
@@ -264,12 +259,12 @@ def decoder_step_graph(w: Weights, config: dict) -> onnx.ModelProto:
             g.op("Identity", [news[0]], f"{part}_out")
         else:
             g.op("Concat", [g.op("Unsqueeze", [s, "axis0"]) for s in news], f"{part}_out", axis=0)   # (L, N, H)
-    io = graph_io(H, config["tgt_vocab_size"], **o)[DECODER_STEP]
+    io = graph_io(H, config.tgt_vocab_size, **o)[DECODER_STEP]
     ins, outs = (", ".join(e["name"] for e in io[k]) for k in ("inputs", "outputs"))
     return g.model("attnseq_decoder_step", io, f"attnseq decoder step: {ins} -> {outs}")
 
 
-def build_graphs(weights: dict, config: dict) -> dict:
+def build_graphs(weights: dict, config: ModelConfig) -> dict:
     """graph name -> checked ModelProto, from float32 weights keyed like ``model.state_dict()``.
 
     ConfigError when a parameter is read by neither graph (an option these graphs do not express)."""

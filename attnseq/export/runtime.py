@@ -1,7 +1,7 @@
 """Translating with an export directory in onnxruntime, with attnseq's own search code.
 
 ``OnnxSeq2seq`` holds the two graphs in onnxruntime sessions and gives what the searches in
-``attnseq.run.decoding`` take: ``encode`` (the encoder graph) and ``step_fn`` (the decoder-step
+``attnseq.nn.search`` take: ``encode`` (the encoder graph) and ``step_fn`` (the decoder-step
 graph as ``step(tokens (N,), state) -> log_probs (N, V), state, attention (N, Ts)``, the state
 being the manifest's ``decoder_state`` arrays, (h, c) or (h, c, feed), kept batch-first for the
 searches to reorder: (N, H), or (N, L, H) for the graphs' (L, N, H)).
@@ -20,8 +20,9 @@ import numpy as np
 from ..data.batching import pad_rows
 from ..data.tokenizers import BOS_ID, EOS_ID, PAD_ID, UNK_ID, load_tokenizer
 from ..errors import CheckpointError, ConfigError
-from ..run.decoding import (EVAL_BATCH_SIZE, OutputLengthRule, beam_search_core, greedy_search, map_rows,
-                             output_length, output_limit)
+from ..nn.output_length import OutputLengthRule, output_limit
+from ..nn.search import beam_search_core, greedy_search
+from ..run.decoding import EVAL_BATCH_SIZE, map_rows, output_length
 from ..run.inference import TranslatorBase
 from .spec import (DECODER_STEP, ENCODER, GRAPH_FILES, MANIFEST, ORT_TYPES, TOKENIZER_NAMES, decoder_state,
                    read_listed_file, read_manifest, read_rule, require)

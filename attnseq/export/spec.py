@@ -6,17 +6,18 @@ names the file at fault in one ``CheckpointError``. No onnx or onnxruntime impor
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import json
 from pathlib import Path
 
 from ..errors import AttnseqError, CheckpointError
-from ..data.tokenizers import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from ..data.tokenizers import UNK_ID
 from ..nn.attention import SCORES
-from ..nn.model import MODEL_DEFAULTS
+from ..nn.config import ModelConfig
+from ..nn.output_length import OutputLengthRule
 from ..run.checkpoint import read_json
-from ..run.decoding import OutputLengthRule
 
 FORMAT = "attnseq-onnx"
 FORMAT_VERSION = 2      # 2: graphs whose inputs differ from the book model's (layers, input feeding, keys)
@@ -52,14 +53,18 @@ def _io(name, dtype, shape, doc):
 # Model options that change how a model trains, not what it computes once trained: no graph has them
 # (nor dropout, which is no option of the model's shape either).
 TRAINING_ONLY = ("label_smoothing",)
-# The model options that shape the graphs, with the book model's values (a config or manifest
-# "model" without a key means the book's): every one of the model's but the training-only ones.
-BOOK_OPTIONS = {k: v for k, v in MODEL_DEFAULTS.items() if k not in TRAINING_ONLY}
+# The model options that shape the graphs, with the book model's values (a manifest "model" without
+# a key means the book's): every one of the model's (``ModelConfig.options``) but the training-only ones.
+BOOK_OPTIONS = {k: v for k, v in ModelConfig.options().items() if k not in TRAINING_ONLY}
+# The model config keys the graphs express: every field of ``ModelConfig``; a model whose config holds
+# any other (a config of a later attnseq's) is refused.
+KNOWN_MODEL_KEYS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
 
 
-def model_options(model: dict) -> dict:
-    """The graph-shaping options of a model config or a manifest's "model" (missing keys: the book's)."""
-    return {k: model.get(k, v) for k, v in BOOK_OPTIONS.items()}
+def model_options(model: ModelConfig | dict) -> dict:
+    """The graph-shaping options of a model's ``ModelConfig`` or a manifest's "model" (missing keys: the book's)."""
+    values = model.to_dict() if isinstance(model, ModelConfig) else model
+    return {k: values.get(k, v) for k, v in BOOK_OPTIONS.items()}
 
 
 def decoder_state(options: dict) -> list:
@@ -143,15 +148,16 @@ def file_digest(data: bytes) -> dict:
     return dict(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
 
 
-def build_manifest(model_config: dict, tokenizers: dict, reverse_source: bool, max_input_len: int,
+def build_manifest(model_config: ModelConfig, tokenizers: dict, reverse_source: bool, max_input_len: int,
                    max_output_len: dict, files: dict, provenance: dict) -> dict:
     """The manifest: everything a runtime needs to reproduce attnseq's translate.
 
     ``tokenizers``: side ("source"/"target") -> {"kind", "name", "files"}; ``max_output_len``:
     ``rule_entry`` of the rule; ``files``: file name -> bytes.
     """
-    H, V = model_config["hidden_size"], model_config["tgt_vocab_size"]
-    options = model_options(model_config)
+    c = model_config
+    options = model_options(c)
+    H, V = c.hidden_size, c.tgt_vocab_size
     io = graph_io(H, V, **options)
     return {
         "format": FORMAT,
@@ -159,10 +165,9 @@ def build_manifest(model_config: dict, tokenizers: dict, reverse_source: bool, m
         "opset": OPSET,
         "ir_version": IR_VERSION,
         "dtype": "float32",
-        "model": {**{k: int(model_config[k]) for k in ("src_vocab_size", "tgt_vocab_size", "wordvec_size",
-                                                       "hidden_size")}, **options},
-        "special_ids": {"pad": int(model_config.get("pad_id", PAD_ID)), "bos": int(model_config.get("bos_id", BOS_ID)),
-                        "eos": int(model_config.get("eos_id", EOS_ID)), "unk": UNK_ID},
+        "model": dict(src_vocab_size=c.src_vocab_size, tgt_vocab_size=c.tgt_vocab_size, wordvec_size=c.wordvec_size,
+                      hidden_size=H, **options),
+        "special_ids": {"pad": c.pad_id, "bos": c.bos_id, "eos": c.eos_id, "unk": UNK_ID},
         "tokenizers": tokenizers,
         "reverse_source": bool(reverse_source),
         "max_input_len": int(max_input_len),

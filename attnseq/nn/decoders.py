@@ -290,7 +290,9 @@ class AttentionDecoder(Module):
         return logits, self._join_state(new_h, new_c, feed), a.reshape(-1, Ts)
 
     def generate(self, hs, state, src_mask, bos_id: int, eos_id: int, max_len: int, pad_id: int = 0):
-        """Batched greedy decoding from the encoder's output (its state, or ``initial_state`` of it).
+        """Batched greedy decoding from the encoder's output (its state, or ``initial_state`` of it):
+        ``greedy_search`` over ``step_fn``, the one greedy path (``AttentionSeq2seq.generate`` and
+        ``attnseq.run.decoding`` come here).
 
         -> ids (N, L) with ``pad_id`` after each row's end-of-sequence token, and
         the attention weights (N, L, Ts) of each emitted token (zeros after eos).

@@ -3,50 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import get_array_module
+from .backend import get_array_module, to_numpy
 from .checks import check_ids, check_mask
+from .config import ModelConfig
 from .decoders import AttentionDecoder
 from .encoders import Encoder
-from .attention import SCORES
-from .layers import INIT_SCHEMES, SoftmaxCrossEntropy
+from .layers import SoftmaxCrossEntropy
 from .module import Module
+from .output_length import LEGACY_RULE, OutputLengthRule, output_limit
 from ..data.tokenizers import BOS_ID, EOS_ID, PAD_ID
-
-
-# The options beyond the book's model, with the book's values: what AttentionSeq2seq takes as keywords
-# besides sizes, dropout, init, dtype, seed and the special ids. The one list of them: the training
-# flags take their defaults from it and the ONNX export its book model.
-MODEL_DEFAULTS = dict(encoder_layers=1, decoder_layers=1, bidirectional=False, attention="dot",
-                      input_feeding=False, label_smoothing=0.0, tie_embeddings=False)
-
-
-def _check_count(name: str, v) -> None:
-    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
-
-
-def _checked_options(options: dict, hidden_size: int) -> dict:
-    """``MODEL_DEFAULTS`` updated with ``options``, each checked (ValueError naming it; an unknown
-    one is a TypeError, as for any keyword) and as a plain int, bool, float or str."""
-    unknown = sorted(set(options) - set(MODEL_DEFAULTS))
-    if unknown:
-        raise TypeError(f"AttentionSeq2seq got unknown option(s) {', '.join(unknown)}; "
-                        f"its options are {', '.join(MODEL_DEFAULTS)}")
-    o = {**MODEL_DEFAULTS, **options}
-    for name in ("encoder_layers", "decoder_layers"):
-        _check_count(name, o[name])
-    for name in ("bidirectional", "input_feeding", "tie_embeddings"):
-        if not isinstance(o[name], (bool, np.bool_)):
-            raise ValueError(f"{name} must be true or false, got {o[name]!r}")
-    if o["attention"] not in SCORES:
-        raise ValueError(f"attention must be one of {', '.join(SCORES)}, got {o['attention']!r}")
-    eps = o["label_smoothing"]
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps < 1.0:
-        raise ValueError(f"label_smoothing must be a number in [0, 1), got {eps!r}")
-    if o["bidirectional"] and hidden_size % 2:
-        raise ValueError(f"hidden_size must be even for a bidirectional encoder (each direction gets "
-                         f"hidden_size // 2), got {hidden_size}")
-    return {k: type(default)(o[k]) for k, default in MODEL_DEFAULTS.items()}
 
 
 class AttentionSeq2seq(Module):
@@ -56,57 +21,54 @@ class AttentionSeq2seq(Module):
     ``src`` (N, Ts) and ``tgt`` (N, To + 1) = [bos, y_1 .. y_k, eos, pad ..].
     The decoder reads ``tgt[:, :-1]`` and is scored against ``tgt[:, 1:]``.
 
-    Options (keywords, ``MODEL_DEFAULTS`` has them with their defaults, the book's model; each is
-    also a key of ``config``, and a config without a key means its default, so older checkpoints
-    load as they were):
+    Options (keywords; each a field of ``config``, a ``ModelConfig``, whose defaults are the book's
+    model, and a config without a key means its default, so older checkpoints load as they were):
     ``encoder_layers``, ``decoder_layers`` (>= 1, ``dropout`` between layers); ``bidirectional``
     encoder (each direction hidden_size // 2, hs their concatenation: hidden_size must be even;
     a bridge, linear + tanh, maps the final states to the decoder's, as it does whenever the layer
     counts differ); ``attention`` "dot" | "general" | "additive"; ``input_feeding`` (Luong);
     ``label_smoothing`` eps in [0, 1) in the training loss; ``tie_embeddings`` (the decoder's
     input embedding is also its output projection).
+
+    ``output_len_rule``: the longest output ``generate`` and every search decode by default
+    (``attnseq.nn.output_length``): 2 * Ts + 10 for a new model; the Trainer fits it to the training
+    split, and checkpoints save and load it with the weights.
     """
+    config: ModelConfig
+    output_len_rule: OutputLengthRule
 
     def __init__(self, src_vocab_size: int, tgt_vocab_size: int, wordvec_size: int = 16,
                  hidden_size: int = 256, *, dropout: float = 0.0, init: str = "xavier",
                  dtype="float32", seed: int = 0, pad_id: int = PAD_ID, bos_id: int = BOS_ID,
                  eos_id: int = EOS_ID, **options):
         super().__init__()
-        dtype = np.dtype(dtype)
-        if dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-        if init not in INIT_SCHEMES:
-            raise ValueError(f"init must be one of {INIT_SCHEMES}, got {init!r}")
-        for name, v in (("src_vocab_size", src_vocab_size), ("tgt_vocab_size", tgt_vocab_size),
-                        ("wordvec_size", wordvec_size), ("hidden_size", hidden_size)):
-            _check_count(name, v)
-        o = _checked_options(options, hidden_size)
-        rng = np.random.default_rng(seed)
-        kw = dict(rng=rng, init=init, dtype=dtype, dropout=dropout)
-        self.add_module("encoder", Encoder(src_vocab_size, wordvec_size, hidden_size, layers=o["encoder_layers"],
-                                           bidirectional=o["bidirectional"], decoder_layers=o["decoder_layers"], **kw))
-        self.add_module("decoder", AttentionDecoder(tgt_vocab_size, wordvec_size, hidden_size,
-                                                    layers=o["decoder_layers"], attention=o["attention"],
-                                                    input_feeding=o["input_feeding"],
-                                                    tie_embeddings=o["tie_embeddings"], **kw))
-        self.add_module("loss_layer", SoftmaxCrossEntropy(ignore_index=pad_id, smoothing=o["label_smoothing"]))
-        self.config = dict(src_vocab_size=int(src_vocab_size), tgt_vocab_size=int(tgt_vocab_size),
-                           wordvec_size=int(wordvec_size), hidden_size=int(hidden_size),
-                           dropout=float(dropout), init=init, dtype=dtype.name, seed=int(seed),
-                           pad_id=pad_id, bos_id=bos_id, eos_id=eos_id, **o)
-        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+        self.config = c = ModelConfig.from_dict(dict(
+            src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, wordvec_size=wordvec_size,
+            hidden_size=hidden_size, dropout=dropout, init=init, dtype=dtype, seed=seed, pad_id=pad_id,
+            bos_id=bos_id, eos_id=eos_id, **options))
+        self.output_len_rule = LEGACY_RULE
+        rng = np.random.default_rng(c.seed)
+        kw = dict(rng=rng, init=c.init, dtype=np.dtype(c.dtype), dropout=c.dropout)
+        self.add_module("encoder", Encoder(c.src_vocab_size, c.wordvec_size, c.hidden_size, layers=c.encoder_layers,
+                                           bidirectional=c.bidirectional, decoder_layers=c.decoder_layers, **kw))
+        self.add_module("decoder", AttentionDecoder(c.tgt_vocab_size, c.wordvec_size, c.hidden_size,
+                                                    layers=c.decoder_layers, attention=c.attention,
+                                                    input_feeding=c.input_feeding,
+                                                    tie_embeddings=c.tie_embeddings, **kw))
+        self.add_module("loss_layer", SoftmaxCrossEntropy(ignore_index=c.pad_id, smoothing=c.label_smoothing))
+        self.pad_id, self.bos_id, self.eos_id = c.pad_id, c.bos_id, c.eos_id
 
     @classmethod
-    def from_config(cls, config: dict) -> "AttentionSeq2seq":
-        c = dict(config)
-        return cls(c.pop("src_vocab_size"), c.pop("tgt_vocab_size"), c.pop("wordvec_size"),
-                   c.pop("hidden_size"), **c)
+    def from_config(cls, config: ModelConfig | dict) -> "AttentionSeq2seq":
+        """The model ``config`` describes: a ModelConfig, or a dict of its fields (config.json's "model")."""
+        c = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
+        return cls(**c.to_dict())
 
     # -- encoding ---------------------------------------------------------------
     def _prepare_src(self, src):
         """Check ids, derive mask and lengths on the host, move them to the model's device."""
         xp = self.xp
-        check_ids("src", src, self.config["src_vocab_size"])
+        check_ids("src", src, self.config.src_vocab_size)
         mask = check_mask("src (padding mask)", src != self.pad_id)
         lengths = mask.sum(axis=1)
         full = get_array_module(src) is np and bool((lengths == src.shape[1]).all())
@@ -123,7 +85,7 @@ class AttentionSeq2seq(Module):
     # -- training ---------------------------------------------------------------
     def logits(self, src, tgt):
         """Teacher forcing: src (N, Ts), tgt (N, To + 1) -> logits (N, To, V) for tgt[:, 1:]."""
-        check_ids("tgt", tgt, self.config["tgt_vocab_size"])
+        check_ids("tgt", tgt, self.config.tgt_vocab_size)
         if tgt.shape[0] != src.shape[0]:
             raise ValueError(f"tgt: batch size {tgt.shape[0]} does not match src's {src.shape[0]}")
         if tgt.shape[1] < 2:
@@ -147,12 +109,16 @@ class AttentionSeq2seq(Module):
         return self.decoder.attention_weights
 
     # -- inference ----------------------------------------------------------
-    def generate(self, src, max_len: int | None = None):
-        """Greedy decoding: src (N, Ts) -> ids (N, L), attention weights (N, L, Ts), on the host.
+    def greedy(self, hs, state, mask, max_len=None):
+        """Greedy decoding from ``encode``'s output hs (N, Ts, H), state, mask (N, Ts) -> ids (N, L) with
+        ``pad_id`` after each row's eos, attention weights (N, L, Ts), on the model's device: the decoder's
+        ``generate``, stopping at ``max_len`` (tokens, or an ``OutputLengthRule``; None: ``output_len_rule``)."""
+        limit = output_limit(hs.shape[1], max_len, self.output_len_rule)
+        return self.decoder.generate(hs, state, mask, self.bos_id, self.eos_id, limit, self.pad_id)
 
-        ids hold ``pad_id`` after each row's eos. ``max_len`` (tokens, or an ``OutputLengthRule``) defaults
-        to the model's ``output_len_rule`` (set from config.json by ``load_checkpoint``), else 2 * Ts + 10:
-        see ``attnseq.run.decoding.output_limit``; the search itself is ``greedy_batch`` there.
-        """
-        from ..run.decoding import greedy_batch                     # here, not at the top: run/ imports nn/
-        return greedy_batch(self, src, max_len)
+    def generate(self, src, max_len=None):
+        """Greedy decoding of a batch src (N, Ts) in eval mode -> ids (N, L), attention weights (N, L, Ts),
+        on the host (see ``greedy``)."""
+        with self.eval_mode():                                      # no dropout, no backward caches
+            ids, weights = self.greedy(*self.encode(src), max_len)
+        return to_numpy(ids), to_numpy(weights)

@@ -2,8 +2,8 @@
 
 ``step_fn(tokens (N,), state) -> (scores (N, V), new state, attention (N, Ts))``: scores are logits or
 log-probabilities for greedy (the argmax is taken), log-probabilities for beam search. The decoder
-(``AttentionDecoder.generate``), ``attnseq.run.decoding`` and other engines (an exported ONNX graph) all
-search through these two functions.
+(``AttentionDecoder.generate``, the model's one greedy path), ``attnseq.run.decoding``'s beam search and
+other engines (an exported ONNX graph) all search through these two functions.
 
 Beam search keeps ``k`` alive hypotheses per sentence. Each step scores all
 k * V extensions, takes the best 2k, moves those ending in eos that rank in the

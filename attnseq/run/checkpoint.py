@@ -5,7 +5,7 @@ Layout of one checkpoint directory (``RUN/best/`` or ``RUN/last/``)::
     weights.npz      parameters keyed by layer path (decoder.lstm.Wh ...)
     optimizer.npz    optimizer slots keyed "path/slot", plus t and lr
     config.json      model config, training config, tokenizer kinds, format version, and
-                     max_output_len: the longest output, {"scale", "offset"} (see decoding.OutputLengthRule)
+                     max_output_len: the longest output, {"scale", "offset"} (see nn.output_length)
     state.json       epoch, step, best metric, RNG states, patience left
     src_vocab.json, tgt_vocab.json (+ .spm.model for sentencepiece)
 
@@ -34,8 +34,8 @@ from ..nn.backend import to_numpy
 from ..errors import CheckpointError
 from ..data.io import atomic_write_bytes, atomic_write_text
 from ..nn.model import AttentionSeq2seq
+from ..nn.output_length import CONFIG_KEY as OUTPUT_RULE_KEY, saved_rule
 from ..data.tokenizers import Tokenizer, load_tokenizer
-from .decoding import CONFIG_KEY as OUTPUT_RULE_KEY, saved_rule
 
 FORMAT_VERSION = 1
 
@@ -83,10 +83,9 @@ def save_checkpoint(directory: str | Path, model, optimizer, src_tok: Tokenizer,
         faults.point("save-weights-written")
         if optimizer is not None:
             atomic_write_bytes(tmp / "optimizer.npz", _npz_bytes(optimizer.state_dict()))
-        config = dict(format_version=FORMAT_VERSION, model=model.config, train=train_config,
+        config = dict(format_version=FORMAT_VERSION, model=model.config.to_dict(), train=train_config,
                       src_tokenizer=src_tok.kind, tgt_tokenizer=tgt_tok.kind)
-        if getattr(model, "output_len_rule", None) is not None:    # the longest output (decoding.OutputLengthRule)
-            config[OUTPUT_RULE_KEY] = model.output_len_rule.to_json()
+        config[OUTPUT_RULE_KEY] = model.output_len_rule.to_json()  # the longest output (nn.output_length)
         atomic_write_text(tmp / "config.json", json.dumps(config, indent=2))
         atomic_write_text(tmp / "state.json", json.dumps(state, indent=2))
         src_tok.save(tmp, "src_vocab")

@@ -15,6 +15,7 @@ holds is what config.json's "train" section holds.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -23,16 +24,13 @@ from typing import Any, Callable
 from ..data.datasets import GENERATORS
 from ..data.tokenizers import TOKENIZERS
 from ..errors import ConfigError
-from ..nn.attention import SCORES
 from ..nn.backend import check_device
-from ..nn.layers import INIT_SCHEMES
-from ..nn.model import MODEL_DEFAULTS
+from ..nn.config import ModelConfig
 from ..nn.optim import OPTIMIZERS
-from .decoding import EVAL_BATCH_SIZE, OutputLengthRule
+from ..nn.output_length import OutputLengthRule
+from .decoding import EVAL_BATCH_SIZE
 from .schedules import SCHEDULES
 from .selection import LEGACY_METRIC, SELECT_BY
-
-DTYPES = ("float32", "float64")
 
 
 @dataclass(frozen=True)
@@ -95,8 +93,8 @@ class Option:
     (``unset`` says how that reads in the help). ``flag``: an ``attnseq train`` flag; ``saved``: a
     config key (TOML, ``train(cfg)``, config.json) -- ``--config`` and ``--plot`` are flags only,
     ``bleu`` a key only. ``resumable``: ``--resume`` may give a value other than the run's.
-    ``model``: a model option (``nn.model.MODEL_DEFAULTS``, whence its default: see ``model_row``),
-    passed to ``AttentionSeq2seq`` when it differs from its default.
+    ``model``: a field of the model's ``ModelConfig`` (whence its type, default and choices: see
+    ``model_row``); ``model_config`` makes the model's config from these rows' values.
     """
     name: str
     type: type
@@ -149,10 +147,21 @@ def _quick_help() -> str:
             f"elsewhere {QUICK_OTHER['epochs']} epochs")
 
 
-def model_row(name: str, type: type, **kw) -> Option:
-    """The row of a model option: its default is the model's (``MODEL_DEFAULTS``, a KeyError for a
-    name the model does not take), and a run cannot change it on --resume."""
-    return Option(name, type, MODEL_DEFAULTS[name], group="model", resumable=False, model=True, **kw)
+_MODEL_FIELDS = {f.name: f for f in dataclasses.fields(ModelConfig)}
+
+
+def model_row(name: str, **kw) -> Option:
+    """The row of a field of ``ModelConfig``: its type, default and choices are the field's (a KeyError
+    for a name the model does not take); by default in the model group, and a run cannot change it
+    on --resume."""
+    f = _MODEL_FIELDS[name]
+    kw = {"group": "model", "resumable": False, **kw}
+    return Option(name, f.type, f.default, choices=f.metadata.get("choices"), model=True, **kw)
+
+
+def model_config(cfg: dict, src_vocab_size: int, tgt_vocab_size: int) -> ModelConfig:
+    """The model a config describes: its model rows' values, with the vocabulary sizes."""
+    return ModelConfig(src_vocab_size, tgt_vocab_size, **{o.name: cfg[o.name] for o in OPTIONS if o.model})
 
 
 O, M = Option, model_row
@@ -185,24 +194,19 @@ OPTIONS: tuple[Option, ...] = (
     O("max_len", int, group="data", metavar="N", resumable=False, check=POSITIVE_INT, unset="no limit",
       help="leave out training pairs longer than N tokens"),
     # -- model
-    O("wordvec_size", int, 16, group="model", metavar="D", resumable=False, check=POSITIVE_INT,
-      help="embedding size"),
-    O("hidden_size", int, 256, group="model", metavar="H", resumable=False, check=POSITIVE_INT,
-      help="LSTM hidden size"),
-    O("dropout", float, 0.0, group="model", metavar="P", check=FRACTION,
-      help="dropout on embeddings and outputs"),
-    O("init", str, "xavier", choices=INIT_SCHEMES, group="model", resumable=False, help="weight initialisation"),
-    O("dtype", str, "float32", choices=DTYPES, group="model", resumable=False,
-      help="float type of the parameters and activations"),
-    M("encoder_layers", int, metavar="N", check=POSITIVE_INT, help="stacked LSTM layers in the encoder"),
-    M("decoder_layers", int, metavar="N", check=POSITIVE_INT, help="stacked LSTM layers in the decoder"),
-    M("bidirectional", bool, help="the encoder reads the source both ways"),
-    M("attention", str, choices=SCORES,
-      help="attention score: dot (h·s), general (h·W s) or additive (v·tanh(W h + U s))"),
-    M("input_feeding", bool, help="feed each step's attentional output into the next decoder step (Luong)"),
-    M("label_smoothing", float, metavar="EPS", check=FRACTION,
+    M("wordvec_size", metavar="D", check=POSITIVE_INT, help="embedding size"),
+    M("hidden_size", metavar="H", check=POSITIVE_INT, help="LSTM hidden size"),
+    M("dropout", metavar="P", resumable=True, check=FRACTION, help="dropout on embeddings and outputs"),
+    M("init", help="weight initialisation"),
+    M("dtype", help="float type of the parameters and activations"),
+    M("encoder_layers", metavar="N", check=POSITIVE_INT, help="stacked LSTM layers in the encoder"),
+    M("decoder_layers", metavar="N", check=POSITIVE_INT, help="stacked LSTM layers in the decoder"),
+    M("bidirectional", help="the encoder reads the source both ways"),
+    M("attention", help="attention score: dot (h·s), general (h·W s) or additive (v·tanh(W h + U s))"),
+    M("input_feeding", help="feed each step's attentional output into the next decoder step (Luong)"),
+    M("label_smoothing", metavar="EPS", check=FRACTION,
       help="training targets put EPS of their weight on the other tokens"),
-    M("tie_embeddings", bool, help="the decoder's output layer shares its embedding matrix"),
+    M("tie_embeddings", help="the decoder's output layer shares its embedding matrix"),
     # -- training
     O("out", str, group="training", metavar="RUN_DIR", help="run directory (required)"),
     O("epochs", int, 10, group="training", metavar="N", check=POSITIVE_INT, help="passes over the training data"),
@@ -239,8 +243,7 @@ OPTIONS: tuple[Option, ...] = (
     O("average_last", int, 0, group="training", metavar="K", check=NON_NEGATIVE,
       help="at the end, average the last K kept checkpoints into RUN_DIR/averaged/ (as attnseq average) and "
            "score it on valid and test beside best/; needs --keep-last K or more; 0: off"),
-    O("seed", int, 0, group="training", resumable=False, check=NON_NEGATIVE,
-      help="seeds the weights, batch order, dropout and hold-out split"),
+    M("seed", group="training", check=NON_NEGATIVE, help="seeds the weights, batch order, dropout and hold-out split"),
     O("device", str, "cpu", group="training", metavar="cpu|gpu[:N]", check=DEVICE, help="cpu or gpu, gpu:1 ..."),
     O("threads", int, 0, group="training", metavar="N",
       check=Check(lambda v: v >= 0, "0 (one per core) or a positive integer"),

@@ -24,7 +24,7 @@ def evaluate(model: AttentionSeq2seq, data: Encoded, tgt_tok: Tokenizer, batch_s
     loss: mean cross-entropy per real target token (teacher forcing);
     token_accuracy: share of real target tokens (eos included) whose argmax is right;
     exact_match: share of greedy outputs equal to the target text, the outputs stopping at
-    ``max_len`` (tokens or an ``OutputLengthRule``; None: the model's rule, see ``decoding.output_limit``).
+    ``max_len`` (tokens or an ``OutputLengthRule``; None: the model's rule, see ``nn.output_length.output_limit``).
     """
     nll, correct, tokens, preds = _score_and_decode(model, data, tgt_tok, batch_size, max_len)
     refs = [t for _, t in data.pairs]

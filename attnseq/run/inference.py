@@ -17,8 +17,9 @@ from ..data.batching import encode_pairs, encode_sources, pad_rows
 from ..data.io import atomic_write_text, read_columns
 from ..data.tokenizers import BOS_ID, UNK_ID, Tokenizer
 from ..nn.backend import to_numpy
+from ..nn.search import Hypothesis, log_softmax
 from .checkpoint import Checkpoint, load_checkpoint
-from .decoding import EVAL_BATCH_SIZE, Hypothesis, beam_decode, greedy_decode, log_softmax
+from .decoding import EVAL_BATCH_SIZE, beam_decode, greedy_decode
 from .evaluation import by_column, category_metrics, evaluate, length_bucket, normalized_refs
 
 DEFAULT_MAX_INPUT = 200
@@ -62,7 +63,7 @@ class TranslatorBase:
     def greedy_rows(self, src, src_len, batch_size: int, max_len) -> tuple[list, list]:
         """Greedy search per row -> (ids (L_i,) each up to and including eos, weights (L_i, src_len[i]))
         as ``decoding.greedy_decode(..., with_weights=True)``; ``max_len`` (tokens or an
-        ``OutputLengthRule``) None: the engine's own rule, through ``decoding.output_limit``."""
+        ``OutputLengthRule``) None: the engine's own rule, through ``nn.output_length.output_limit``."""
         raise NotImplementedError
 
     def beam_rows(self, src, src_len, beam: int, alpha: float, max_len, n_best: int,

@@ -27,8 +27,8 @@ from ..errors import NonFiniteError, TrainingStopped
 from ..nn.layers import Dropout
 from ..nn.model import AttentionSeq2seq
 from ..nn.optim import NonFiniteGradient, build_optimizer
-from .config import OPTIONS, config_keys, resolve_config, save_interval
-from .decoding import OutputLengthRule
+from ..nn.output_length import OutputLengthRule
+from .config import model_config, resolve_config, save_interval
 from .evaluation import evaluate, normalized_refs
 from .finish import EndOfRun
 from .parallel import DataParallel, for_training
@@ -37,20 +37,9 @@ from .schedules import build_schedule
 from .stopping import StopSignals, TimeLimit
 from .train_state import EpochProgress, TrainState
 
-# options that shape the model (the config rows marked ``model``): passed to AttentionSeq2seq when
-# they differ from their defaults
-MODEL_OPTIONS = tuple(o.name for o in OPTIONS if o.model)
-
 
 def _dropout_rng(model) -> np.random.Generator:
     return next(m.rng for _, m in model.named_modules() if isinstance(m, Dropout))
-
-
-def model_options(cfg: dict) -> dict:
-    """The keywords for ``AttentionSeq2seq`` from the model options that differ from their defaults
-    (so a config that sets none builds the model exactly as before they existed)."""
-    keys = config_keys()
-    return {k: cfg[k] for k in MODEL_OPTIONS if cfg.get(k, keys[k].default) != keys[k].default}
 
 
 class Trainer:
@@ -151,11 +140,8 @@ class Trainer:
     def _new_model(self, train_pairs) -> None:
         """Tokenizers trained on the training split, a fresh model on cfg's device, and its optimizer."""
         cfg = self.cfg
-        options = model_options(cfg)
         self.src_tok, self.tgt_tok = build_tokenizers(cfg, train_pairs)
-        self.model = AttentionSeq2seq(self.src_tok.vocab_size, self.tgt_tok.vocab_size, cfg["wordvec_size"],
-                                      cfg["hidden_size"], dropout=cfg["dropout"], init=cfg["init"],
-                                      dtype=cfg["dtype"], seed=cfg["seed"], **options)
+        self.model = AttentionSeq2seq.from_config(model_config(cfg, self.src_tok.vocab_size, self.tgt_tok.vocab_size))
         if cfg["device"] != "cpu":
             self.model.to(cfg["device"])
         self.opt = self._build_optimizer()
