@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 from conftest import TINY
+from helpers import require_extra
 
 import attnseq.run.checkpoint as ckmod
 from attnseq.cli import build_parser, main, train_config
@@ -358,6 +359,7 @@ def test_default_model_options_pass_nothing_to_the_model():
 def test_the_model_options_are_listed_once():
     """The model's MODEL_DEFAULTS make the table's model rows (their defaults), the Trainer's MODEL_OPTIONS,
     the ONNX export's book model and the config keys it knows; a name the model does not take is an error."""
+    require_extra("export")                                             # onnx_graphs imports onnx
     from attnseq.export.onnx_graphs import KNOWN_MODEL_KEYS
     from attnseq.export.spec import BOOK_OPTIONS, TRAINING_ONLY
     rows = {o.name: o for o in OPTIONS if o.model}
