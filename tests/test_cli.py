@@ -285,3 +285,61 @@ def test_translate_at_the_prompt_refuses_output(tiny_run, tmp_path, monkeypatch,
     inp.write_text("9/25/84\n", encoding="utf-8")
     assert main(["translate", "--ckpt", str(tiny_run), "--input", str(inp), "--output", str(out)]) == 0
     assert out.read_text(encoding="utf-8").count("\n") == 1
+
+
+def _actions(command) -> dict:
+    """The argparse actions of ``attnseq COMMAND``, by destination."""
+    import argparse
+
+    from attnseq.cli import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a for a in sub.choices[command]._actions}
+
+
+@pytest.mark.parametrize("group, commands", [
+    ("DECODING", ("translate", "explore", "plot-attention")),
+    ("OUTPUT_LENGTH", ("eval", "explore", "translate", "plot-attention", "export")),
+    ("BATCHING", ("eval", "explore", "translate")),
+    ("DEVICE", ("eval", "explore", "translate", "plot-attention", "bench")),
+])
+def test_each_shared_flag_group_is_declared_once(group, commands):
+    """Every command taking a group gets its flags as the group declares them: same type, default, metavar,
+    and help (a command may only add a note after it); none declares its own copy under a drifting text."""
+    from attnseq import cli_flags
+    for flag in getattr(cli_flags, group):
+        for command in commands:
+            a = _actions(command)[flag.dest]
+            assert flag.names[0] in a.option_strings, (command, flag.names)
+            assert (a.type, a.metavar) == (flag.spec.get("type"), flag.spec["metavar"]), (command, flag.names)
+            if command != "bench":                           # bench's --batch-size is its training batch
+                assert a.default == flag.spec.get("default") and a.help.startswith(flag.spec["help"]), command
+
+
+def test_decoding_flags_reach_the_library_calls():
+    """decoding_options gives each decoding command's flags as keywords that Translator.translate and
+    explore_file take: a new row in cli_flags.DECODING is parsed and passed on by every decoding command."""
+    import inspect
+
+    from attnseq.cli import build_parser
+    from attnseq.cli_flags import DECODING, decoding_options
+    from attnseq.explorer import explore_file
+    from attnseq.run.inference import TranslatorBase
+    parser = build_parser()
+    for argv, call in ((["translate", "--ckpt", "r"], TranslatorBase.translate),
+                       (["explore", "--ckpt", "r", "--data", "d", "--out", "p.html"], explore_file),
+                       (["plot-attention", "--ckpt", "r", "--out", "a.png"], TranslatorBase.translate)):
+        options = decoding_options(parser.parse_args([*argv, "--beam", "3", "--alpha", "0.5"]))
+        assert {f.param for f in DECODING} <= set(options) and (options["beam"], options["alpha"]) == (3, 0.5)
+        assert options["max_len"] is None
+        inspect.signature(call).bind(None, [], **options)              # TypeError for a keyword it does not take
+    options = decoding_options(parser.parse_args(["eval", "--ckpt", "r", "--data", "d", "--batch-size", "7"]))
+    assert options == {"batch_size": 7, "max_len": None}
+
+
+def test_plot_attention_searches_with_the_decoding_flags(chain_ckpt, tmp_path, monkeypatch):
+    from attnseq.run.inference import Translator
+    seen, real = [], Translator.translate
+    monkeypatch.setattr(Translator, "translate", lambda self, texts, **kw: seen.append(kw) or real(self, texts, **kw))
+    assert main(["plot-attention", "--ckpt", str(chain_ckpt), "--text", "a dog", "--beam", "2", "--alpha", "0.6",
+                 "--max-output-len", "7", "--out", str(tmp_path / "a.png")]) == 0
+    assert [(kw["beam"], kw["alpha"], kw["max_len"].scale, kw["max_len"].offset) for kw in seen] == [(2, 0.6, 0, 7)]
