@@ -232,6 +232,10 @@ def add_bench(sub) -> None:
     b.add_argument("--hidden-size", type=positive_int, default=256)
     b.add_argument("--wordvec-size", type=positive_int, default=16)
     b.add_argument("--iters", type=positive_int, default=20, help="timed training iterations (after 3 warm-up)")
+    b.add_argument("--n-greedy", type=positive_int, default=5000, metavar="N",
+                   help="test sentences decoded greedily (default 5000: the whole date test split)")
+    b.add_argument("--n-beam", type=positive_int, default=500, metavar="N",
+                   help="the first N of those decoded with beam 5 as well (default 500)")
     b.add_argument("--bucketed", action="store_true", help="trim each batch to its own longest row instead")
     b.add_argument("--kernels", choices=("auto", "numba", "numpy", "both"), default="auto",
                    help="CPU path: fused numba kernels, plain numpy, or both one after the other "

@@ -134,19 +134,42 @@ def test_scripts_call_the_cli():
         assert out.returncode == 0 and "usage: attnseq" in out.stdout, script.name
 
 
+# a tiny bench workload: a 16-unit model, 2 timed steps, 8 sentences greedy and 4 with beam 5
+TINY_BENCH = ["--hidden-size", "16", "--wordvec-size", "8", "--iters", "2", "--n-greedy", "8", "--n-beam", "4"]
+
+
 def test_bench_json_has_the_documented_keys(capsys):
-    assert main(["bench", "--json", "--hidden-size", "16", "--wordvec-size", "8", "--iters", "2"]) == 0
+    assert main(["bench", "--json", *TINY_BENCH]) == 0
     r = json.loads(capsys.readouterr().out)
     for key in ("train_s_per_iter", "train_s_per_epoch", "train_samples_per_s", "greedy_sent_per_s",
                 "beam5_sent_per_s", "peak_rss_mib", "useful_gflops", "sgemm_gflops", "efficiency", "device"):
         assert key in r and r[key], key
     assert 0 < r["efficiency"] < 2 and r["workload"].endswith("(padded)")
+    assert (r["greedy_n"], r["beam5_n"]) == (8, 4)
+
+
+def test_bench_decodes_the_sentences_asked_for(monkeypatch):
+    """--n-greedy and --n-beam size the decoding workload (defaults: the whole date test split, and 500)."""
+    import attnseq.bench
+    rows = {}
+
+    def spy(name, real):
+        def decode(model, src, *args, **kw):
+            rows.setdefault(name, []).append(len(src))
+            return real(model, src, *args, **kw)
+        return decode
+    for name in ("greedy_decode", "beam_decode"):
+        monkeypatch.setattr(attnseq.bench, name, spy(name, getattr(attnseq.bench, name)))
+    assert main(["bench", "--json", *TINY_BENCH[:6], "--n-greedy", "5", "--n-beam", "3"]) == 0
+    assert rows == {"greedy_decode": [5, 5, 5], "beam_decode": [3]}          # greedy timed 3 times, beam once
+    assert {a.dest: a.default for a in _actions("bench").values() if a.dest in ("n_greedy", "n_beam")} == \
+        {"n_greedy": 5000, "n_beam": 500}
 
 
 def test_bench_threads_flag(capsys):
-    assert main(["bench", "--json", "--hidden-size", "16", "--wordvec-size", "8", "--iters", "2", "--threads", "1"]) == 0
+    assert main(["bench", "--json", *TINY_BENCH, "--threads", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["train_threads"] == 1
-    assert main(["bench", "--json", "--hidden-size", "16", "--wordvec-size", "8", "--iters", "2", "--threads", "2"]) == 0
+    assert main(["bench", "--json", *TINY_BENCH, "--threads", "2"]) == 0
     assert json.loads(capsys.readouterr().out)["train_threads"] == 2      # threadpoolctl is a dependency
     assert main(["bench", "--threads", "-1"]) == 1
     assert "threads must be 0" in capsys.readouterr().err
@@ -154,8 +177,9 @@ def test_bench_threads_flag(capsys):
 
 def test_bench_table_and_gpu_without_gpu(capsys):
     from attnseq.nn.backend import gpu_available
-    assert main(["bench", "--hidden-size", "16", "--wordvec-size", "8", "--iters", "2", "--bucketed"]) == 0
-    assert "efficiency" in capsys.readouterr().out
+    assert main(["bench", *TINY_BENCH, "--bucketed"]) == 0
+    out = capsys.readouterr().out
+    assert "efficiency" in out and "greedy decode (8 sent.)" in out and "beam-5 decode (4 sent.)" in out
     if not gpu_available():
         assert main(["bench", "--device", "gpu"]) == 1
         err = capsys.readouterr().err
@@ -259,6 +283,7 @@ def test_plot_attention_wrong_only_judges_the_search_it_plots(chain_ckpt, tmp_pa
     (["plot-attention", "--ckpt", "r", "--data", "x.tsv", "--n", "0", "--out", "a.png"], "--n"),
     (["average", "r", "--last", "0", "--out", "avg"], "--last"),
     (["bench", "--iters", "0"], "--iters"),
+    (["bench", "--n-greedy", "0"], "--n-greedy"),
 ])
 def test_counts_outside_train_are_usage_errors_naming_the_flag(argv, flag, capsys):
     with pytest.raises(SystemExit) as e:
