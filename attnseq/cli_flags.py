@@ -108,12 +108,21 @@ THREADS = Flag(("--threads",), dict(type=int, default=0, metavar="N",
                                          "(default 0: one per core, at least 32 rows each; 1: off)"), "threads")
 
 
+GROUPS = {"decoding": DECODING, "output length": OUTPUT_LENGTH, "batching": BATCHING, "device": DEVICE}
+
+
 def add_group(p: argparse.ArgumentParser, title: str, flags, also: dict | None = None, **changes) -> None:
     """Add ``flags`` to command ``p`` under the heading ``title``. ``changes`` (param -> argparse keywords)
     fit a flag to the command (its default, or what it does there); ``also`` (param -> names): older names."""
     group = p.add_argument_group(title)
     for f in flags:
         group.add_argument(*f.names, *(also or {}).get(f.param, ()), **{**f.spec, **changes.get(f.param, {})})
+
+
+def add_groups(p: argparse.ArgumentParser, *titles: str) -> None:
+    """Add the ``GROUPS`` named, each as it is declared."""
+    for title in titles:
+        add_group(p, title, GROUPS[title])
 
 
 def decoding_options(args) -> dict:
@@ -137,9 +146,7 @@ def add_eval(sub) -> None:
     e.add_argument("--data", required=True, metavar="FILE", help=DATA_HELP)
     e.add_argument("--output", metavar="FILE", help="also write one prediction per line here")
     e.add_argument("--by", action="append", metavar="length|style|colN", help=BY_HELP + "; the tables go to stderr")
-    add_group(e, "output length", OUTPUT_LENGTH)
-    add_group(e, "batching", BATCHING)
-    add_group(e, "device", DEVICE)
+    add_groups(e, "output length", "batching", "device")
 
 
 def add_explore(sub) -> None:
@@ -151,9 +158,7 @@ def add_explore(sub) -> None:
     x.add_argument("--by", action="append", metavar="style|colN", help=BY_HELP + "; length is always shown")
     add_group(x, "decoding", (*DECODING, N_BEST),
               n_best=dict(help="hypotheses shown per example with --beam K (default K)"))
-    add_group(x, "output length", OUTPUT_LENGTH)
-    add_group(x, "batching", BATCHING)
-    add_group(x, "device", DEVICE)
+    add_groups(x, "output length", "batching", "device")
 
 
 def add_make_data(sub) -> None:
@@ -185,8 +190,7 @@ def add_translate(sub) -> None:
               n_best=dict(default=1, help="print the N best per line, tab-separated, with scores (default 1)"))
     add_group(t, "output length", OUTPUT_LENGTH, also=dict(max_len=("--max-len",)),
               max_len=dict(help=MAX_OUTPUT_HELP + "; --max-len is the older name"))
-    add_group(t, "batching", BATCHING)
-    add_group(t, "device", DEVICE)
+    add_groups(t, "batching", "device")
     t.set_defaults(check=translate_flag_error)
 
 
@@ -222,9 +226,7 @@ def add_plot_attention(sub) -> None:
     a.add_argument("--n", type=positive_int, default=6, help="how many examples from --data (6)")
     a.add_argument("--wrong-only", action="store_true", help="only examples the model gets wrong")
     a.add_argument("--out", required=True, metavar="FILE.png|.svg|.pdf")
-    add_group(a, "decoding", DECODING)
-    add_group(a, "output length", OUTPUT_LENGTH)
-    add_group(a, "device", DEVICE)
+    add_groups(a, "decoding", "output length", "device")
 
 
 def add_bench(sub) -> None:
@@ -243,7 +245,7 @@ def add_bench(sub) -> None:
     b.add_argument("--json", action="store_true", help="one JSON line instead of a table (one per path)")
     add_group(b, "batching", (*BATCHING, THREADS),
               batch_size=dict(default=128, help="pairs per timed training batch (default %(default)s)"))
-    add_group(b, "device", DEVICE)
+    add_groups(b, "device")
 
 
 SUBPARSERS = (add_train, add_eval, add_explore, add_make_data, add_plot_curves, add_translate, add_export,
