@@ -139,23 +139,33 @@ def _run(device, batch_size, hidden_size, wordvec_size, iters, warmup, padded, n
                f"batch {batch_size}, src {Ts}, tgt {To1 - 1}" + (" (padded)" if padded else ""),
                train_threads=n_threads, train_s_per_iter=s_iter, train_s_per_epoch=s_iter * n_batches,
                train_samples_per_s=batch_size / s_iter, greedy_sent_per_s=len(test) / t_greedy,
-               greedy_s=t_greedy, greedy_n=len(test), beam5_sent_per_s=len(beam_src) / t_beam,
+               greedy_s=t_greedy, greedy_n=len(test), beam5_sent_per_s=len(beam_src) / t_beam, beam5_n=len(beam_src),
                peak_rss_mib=peak_rss_mib(), useful_gflops=useful, sgemm_gflops=sgemm, efficiency=useful / sgemm)
     if xp is not np:
         out["peak_device_mib"] = xp.get_default_memory_pool().total_bytes() / 2**20
     return out
 
 
-def cpu_model() -> str:
-    """The CPU's model name: /proc/cpuinfo's "model name", else lscpu's "Model name", else platform's."""
+def proc_cpuinfo() -> dict:
+    """/proc/cpuinfo's fields, the first value of each ("model name", "cpu family", "model", "flags" ...);
+    {} where there is no such file."""
+    info = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() == "model name" and value.strip():
-                    return value.strip()
+                if value.strip():
+                    info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    return info
+
+
+def cpu_model() -> str:
+    """The CPU's model name: /proc/cpuinfo's "model name", else lscpu's "Model name", else platform's."""
+    name = proc_cpuinfo().get("model name")
+    if name:
+        return name
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
         for line in out.splitlines():
@@ -170,16 +180,7 @@ def cpu_model() -> str:
 def cpu_class() -> str:
     """What tells apart CPUs that share a model name (an "AMD EPYC" VM may be Zen 3 or Zen 4): /proc/cpuinfo's
     family and model, and the widest vector extension its flags list (AVX-512, AVX2, or neither); "" if unknown."""
-    info = {}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                info.setdefault(key.strip(), value.strip())
-                if key.strip() == "flags":
-                    break
-    except OSError:
-        return ""
+    info = proc_cpuinfo()
     flags = set(info.get("flags", "").split())
     vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
     parts = [f"family {info['cpu family']} model {info['model']}"] if "cpu family" in info and "model" in info else []
@@ -206,7 +207,7 @@ def format_table(r: dict) -> str:
             ("sgemm GFLOP/s (same run)", f"{r['sgemm_gflops']:.1f}"),
             ("efficiency", f"{100 * r['efficiency']:.0f}% of sgemm"),
             (f"greedy decode ({r['greedy_n']} sent.)", f"{r['greedy_s']:.2f} s = {r['greedy_sent_per_s']:.0f} sent/s"),
-            ("beam-5 decode", f"{r['beam5_sent_per_s']:.0f} sent/s"),
+            (f"beam-5 decode ({r['beam5_n']} sent.)", f"{r['beam5_sent_per_s']:.0f} sent/s"),
             ("peak RSS", f"{r['peak_rss_mib']:.0f} MiB")]
     if "peak_device_mib" in r:
         rows.append(("peak device memory", f"{r['peak_device_mib']:.0f} MiB"))

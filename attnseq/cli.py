@@ -2,7 +2,8 @@
 
 Every subcommand is a thin layer over a library function; ``scripts/*.py`` call
 the same ``main``. Errors print one line on stderr and exit non-zero; ``--debug``
-shows the traceback instead.
+shows the traceback instead. The flags, and the groups of them that several
+commands share, are declared in ``cli_flags``.
 """
 from __future__ import annotations
 
@@ -12,70 +13,9 @@ import sys
 import warnings
 from pathlib import Path
 
+from .cli_flags import at_prompt, build_parser, decoding_options
 from .errors import AttnseqError, ConfigError
 from .nn.output_length import OutputLengthRule
-from .run.decoding import EVAL_BATCH_SIZE
-
-TRAIN_HELP = """\
-Train an attention seq2seq model and save checkpoints in --out (best/ and last/),
-metrics in --out/metrics.jsonl, and an attention heatmap in --out/attention.png.
-
-Each flag's help ends with its default, then what a built-in task sets instead
-(date, addition, toy-en-ko; corpus: any other --data DIR or --train FILE).
-Every flag can also be set in --config FILE.toml, with the flag's name as key
-(batch_size = 64 or "batch-size" = 64); flags on the command line win.
-"""
-
-
-BY_HELP = ("exact match, BLEU and chrF per category (repeatable): length (of the source in tokens, "
-           "1-10, 11-20, ...), style (a date file's style: its column 3), one-digit (column 4 of a date file) "
-           "or colN (column N of a TSV file, N >= 3; files have no header line)")
-
-
-MAX_OUTPUT_HELP = ("longest output: N tokens, or S*Ts+O (S tokens per source token, plus O; Ts: the longest "
-                   "source in the batch). Default: the checkpoint's rule, fitted to its training split "
-                   "(2*Ts+10 for checkpoints saved before rules were fitted)")
-
-
-def output_len(text: str) -> OutputLengthRule:
-    """The argparse type of --max-output-len."""
-    try:
-        return OutputLengthRule.parse(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _int_at_least(text: str, least: int, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < least:
-        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """The argparse type of counts and sizes (--batch-size, --beam, --n-best, --max-input-len ...):
-    a usage error naming the flag for 0, a negative number or no integer at all."""
-    return _int_at_least(text, 1, "a positive integer")
-
-
-def non_negative_int(text: str) -> int:
-    """The argparse type of counts where 0 means "all" or "off" (explore --n, --seed)."""
-    return _int_at_least(text, 0, "0 or a positive integer")
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _train_args(p: argparse.ArgumentParser) -> None:
-    from .run.config import add_flags
-    add_flags(p)
 
 
 def train_config(args: argparse.Namespace) -> dict:
@@ -105,8 +45,8 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from .run.evaluation import format_categories
     from .run.inference import evaluate_file
-    result = evaluate_file(args.ckpt, args.data, device=args.device, batch_size=args.batch_size,
-                           output=args.output, by=tuple(args.by or ()), max_len=args.max_output_len)
+    result = evaluate_file(args.ckpt, args.data, device=args.device, output=args.output, by=tuple(args.by or ()),
+                           **decoding_options(args))
     for name, table in result.get("by", {}).items():       # the tables on stderr: stdout stays one JSON line
         print(format_categories(name, table), file=sys.stderr)
     print(json.dumps(result))
@@ -115,9 +55,8 @@ def cmd_eval(args) -> int:
 
 def cmd_explore(args) -> int:
     from .explorer import explore_file
-    page = explore_file(args.ckpt, args.data, n=args.n or None, by=tuple(args.by or ()), beam=args.beam,
-                        n_best=args.n_best, alpha=args.alpha, device=args.device, batch_size=args.batch_size,
-                        max_len=args.max_output_len)
+    page = explore_file(args.ckpt, args.data, n=args.n or None, by=tuple(args.by or ()), device=args.device,
+                        **decoding_options(args))
     s = page.data["summary"]
     print(page.save(args.out))
     if s["exact_match"] is not None:
@@ -154,18 +93,11 @@ def read_epochs(run) -> list[dict]:
     return rows
 
 
-def _interactive(args) -> bool:
-    """translate reads from a terminal prompt: no --input, and stdin is a terminal."""
-    return args.input is None and sys.stdin.isatty()
-
-
 def cmd_translate(args) -> int:
     from .data.io import atomic_write_text, read_lines, split_lines
     tr = _translator(args)
-    interactive = _interactive(args)
-    kw = dict(beam=args.beam, n_best=args.n_best, alpha=args.alpha, batch_size=args.batch_size,
-              max_len=args.max_output_len)
-    if interactive:
+    kw = decoding_options(args)
+    if at_prompt(args):
         print("attnseq translate: type a line, Ctrl-D to quit", file=sys.stderr)
         lineno = 0
         while True:
@@ -202,26 +134,6 @@ def _translator(args):
     return Translator(args.ckpt, args.device, args.max_input_len)
 
 
-def translate_flag_error(args) -> str | None:
-    """What does not fit in translate's --engine, --ckpt, --model, --device and --output, or None."""
-    if args.output and _interactive(args):
-        return ("--output FILE is for lines read from --input FILE or piped into stdin; at the terminal "
-                "prompt each translation is printed (give --input, or redirect stdin)")
-    if args.engine == "onnxruntime":
-        if args.ckpt:
-            return "--ckpt is for --engine attnseq; --engine onnxruntime takes --model DIR (an attnseq export)"
-        if not args.model:
-            return "--engine onnxruntime needs --model DIR (a directory written by attnseq export)"
-        if args.device != "cpu":
-            return f"--device {args.device}: --engine onnxruntime runs on the CPU"
-        return None
-    if args.model:
-        return "--model DIR is an ONNX export: add --engine onnxruntime (the default engine, attnseq, takes --ckpt RUN)"
-    if not args.ckpt:
-        return "--ckpt RUN is required (or --engine onnxruntime --model DIR)"
-    return None
-
-
 def cmd_average(args) -> int:
     from .run.averaging import average_run
     out = average_run(args.run, args.last, args.out)
@@ -255,7 +167,7 @@ def cmd_plot_attention(args) -> int:
         pairs = read_pairs(args.data)
         if args.wrong_only:
             tr = Translator(args.ckpt, args.device)
-            outs = tr.translate([s for s, _ in pairs], beam=args.beam, max_len=args.max_output_len)
+            outs = tr.translate([s for s, _ in pairs], **decoding_options(args))
             wanted = normalized_refs(tr.tgt_tok, [t for _, t in pairs])
             pairs = [p for p, o, want in zip(pairs, outs, wanted) if o.text != want]
             if not pairs:
@@ -266,22 +178,21 @@ def cmd_plot_attention(args) -> int:
         refs = None if args.text else [t for _, t in pairs]
     if not texts:
         raise ConfigError("give --text \"...\" (repeatable) or --data FILE")
-    out = plot_translations(tr or Translator(args.ckpt, args.device), texts, args.out, refs, args.beam,
-                            args.max_output_len)
+    out = plot_translations(tr or Translator(args.ckpt, args.device), texts, args.out, refs, **decoding_options(args))
     print(out)
     return 0
 
 
-def plot_translations(tr, texts: list[str], out, refs: list[str] | None = None, beam: int = 1,
-                      max_len=None) -> Path:
-    """Translate texts with a ``Translator`` (outputs up to ``max_len``: see ``Translator.translate``) and save
-    their attention heatmaps as one grid figure; with refs, each title marks the output right (✓: equal to
-    the reference as the tokenizer reads it back, as eval counts it) or wrong (✗, with the wanted text)."""
+def plot_translations(tr, texts: list[str], out, refs: list[str] | None = None, **decoding) -> Path:
+    """Translate texts with a ``Translator`` (``decoding``: the search, as ``Translator.translate`` takes it:
+    beam, alpha, max_len ...) and save their attention heatmaps as one grid figure; with refs, each title marks
+    the output right (✓: equal to the reference as the tokenizer reads it back, as eval counts it) or wrong
+    (✗, with the wanted text)."""
     from .plotting import plot_attention_grid, readable, save_figure
     from .run.evaluation import normalized_refs
     wanted = None if refs is None else normalized_refs(tr.tgt_tok, refs)
     examples = []
-    for k, (text, r) in enumerate(zip(texts, tr.translate(texts, beam=beam, max_len=max_len))):
+    for k, (text, r) in enumerate(zip(texts, tr.translate(texts, **decoding))):
         mark = "" if refs is None else "  ✓" if r.text == wanted[k] else f"  ✗ (want {refs[k]})"
         examples.append(dict(weights=r.weights, src_tokens=r.src_tokens, tgt_tokens=r.out_tokens,
                              title=f"{readable(text)} → {readable(r.text)}{mark}"))
@@ -293,128 +204,15 @@ def cmd_bench(args) -> int:
     paths = ("numpy", "numba") if args.kernels == "both" else (args.kernels,)
     for k, path in enumerate(paths):
         r = run_bench(args.device, args.batch_size, args.hidden_size, args.wordvec_size, args.iters,
-                      padded=not args.bucketed, threads=args.threads, kernels=path)
+                      padded=not args.bucketed, n_greedy=args.n_greedy, n_beam=args.n_beam, threads=args.threads,
+                      kernels=path)
         print(json.dumps(r) if args.json else ("\n" if k else "") + format_table(r), flush=True)
     return 0
 
 
-def build_parser() -> Parser:
-    p = Parser(prog="attnseq", description="Sequence-to-sequence with attention on numpy/cupy.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    sub.required = True
-
-    t = sub.add_parser("train", help="train a model", description=TRAIN_HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    _train_args(t)
-    t.set_defaults(func=cmd_train)
-
-    e = sub.add_parser("eval", help="evaluate a checkpoint on a data file (one JSON line)")
-    e.add_argument("--ckpt", required=True, metavar="RUN", help="run dir (its best/) or checkpoint dir")
-    e.add_argument("--data", required=True, metavar="FILE", help="TSV or question_answer pairs")
-    e.add_argument("--output", metavar="FILE", help="also write one prediction per line here")
-    e.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE)
-    e.add_argument("--device", default="cpu")
-    e.add_argument("--by", action="append", metavar="length|style|colN", help=BY_HELP + "; the tables go to stderr")
-    e.add_argument("--max-output-len", type=output_len, metavar="N|S*Ts+O", help=MAX_OUTPUT_HELP)
-    e.set_defaults(func=cmd_eval)
-
-    x = sub.add_parser("explore", help="write one HTML page to browse a model's outputs, errors and attention")
-    x.add_argument("--ckpt", required=True, metavar="RUN", help="run dir (its best/) or checkpoint dir")
-    x.add_argument("--data", required=True, metavar="FILE", help="TSV or question_answer pairs")
-    x.add_argument("--out", required=True, metavar="PAGE.html", help="the page to write (one file, works offline)")
-    x.add_argument("--n", type=non_negative_int, default=500, help="the first N pairs of --data (500; 0: all)")
-    x.add_argument("--beam", type=positive_int, default=1, metavar="K", help="beam size (1 = greedy); shows the n best")
-    x.add_argument("--n-best", type=positive_int, metavar="N",
-                   help="hypotheses kept per example with --beam (default K)")
-    x.add_argument("--alpha", type=float, default=0.0, help="GNMT length penalty alpha for beam search (0 = off)")
-    x.add_argument("--by", action="append", metavar="style|colN", help=BY_HELP + "; length is always shown")
-    x.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE, metavar="B")
-    x.add_argument("--max-output-len", type=output_len, metavar="N|S*Ts+O", help=MAX_OUTPUT_HELP)
-    x.add_argument("--device", default="cpu")
-    x.set_defaults(func=cmd_explore)
-
-    m = sub.add_parser("make-data", help="regenerate a built-in dataset's TSV splits")
-    m.add_argument("name", choices=["date", "addition", "toy-en-ko"])
-    m.add_argument("--out", metavar="DIR", help="default data/NAME")
-    m.add_argument("--seed", type=non_negative_int, help="default 1234 (the shipped files)")
-    m.set_defaults(func=cmd_make_data)
-
-    c = sub.add_parser("plot-curves", help="plot loss and accuracy per epoch from RUN/metrics.jsonl")
-    c.add_argument("run", metavar="RUN")
-    c.add_argument("--out", metavar="FILE", help="default RUN/curves.png")
-    c.set_defaults(func=cmd_plot_curves)
-
-    t = sub.add_parser("translate", help="translate lines from stdin, --input FILE or a terminal prompt")
-    t.add_argument("--ckpt", metavar="RUN", help="run dir (its best/) or checkpoint dir (--engine attnseq)")
-    t.add_argument("--engine", choices=["attnseq", "onnxruntime"], default="attnseq",
-                   help="what runs the model: attnseq with --ckpt (default), or onnxruntime with --model "
-                        "(needs pip install 'attnseq[export]')")
-    t.add_argument("--model", metavar="DIR", help="a directory written by attnseq export (--engine onnxruntime)")
-    t.add_argument("--input", metavar="FILE", help="read lines from FILE (default stdin)")
-    t.add_argument("--output", metavar="FILE", help="write outputs to FILE (default stdout)")
-    t.add_argument("--beam", type=positive_int, default=1, metavar="K", help="beam size (1 = greedy)")
-    t.add_argument("--n-best", type=positive_int, default=1, metavar="N",
-                   help="print the N best, tab-separated, with scores")
-    t.add_argument("--alpha", type=float, default=0.0, help="GNMT length penalty alpha for beam search (0 = off)")
-    t.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE, metavar="B")
-    t.add_argument("--max-output-len", "--max-len", type=output_len, metavar="N|S*Ts+O",
-                   help=MAX_OUTPUT_HELP + "; --max-len is the older name")
-    t.add_argument("--max-input-len", type=positive_int, metavar="N",
-                   help="longer inputs are truncated with a warning (default: the run's --max-len, else 200)")
-    t.add_argument("--device", default="cpu")
-    t.add_argument("--show-attention", action="store_true", help="print a text alignment per line on stderr")
-    t.set_defaults(func=cmd_translate, check=translate_flag_error)
-
-    o = sub.add_parser("export", help="export a checkpoint to ONNX, to translate without attnseq")
-    o.add_argument("--ckpt", required=True, metavar="RUN", help="run dir (its best/) or checkpoint dir")
-    o.add_argument("--format", choices=["onnx"], default="onnx",
-                   help="onnx (default; needs pip install 'attnseq[export]'): encoder.onnx, decoder_step.onnx, "
-                        "the tokenizer files and manifest.json")
-    o.add_argument("--out", required=True, metavar="DIR",
-                   help="a new or empty directory, or an earlier export to replace")
-    o.add_argument("--float32", action="store_true",
-                   help="cast a float64 checkpoint's weights to float32 (the graphs are float32)")
-    o.add_argument("--max-output-len", type=output_len, metavar="N|S*Ts+O",
-                   help="the longest output the manifest records: N tokens, or S*Ts+O "
-                        "(default: the checkpoint's rule)")
-    o.set_defaults(func=cmd_export)
-
-    v = sub.add_parser("average", help="average the weights of a run's last K kept checkpoints into one checkpoint")
-    v.add_argument("run", metavar="RUN", help="a run directory trained with --keep-last K (its epoch-NNNN/)")
-    v.add_argument("--last", type=positive_int, required=True, metavar="K",
-                   help="average the newest K kept checkpoints")
-    v.add_argument("--out", required=True, metavar="CKPT",
-                   help="a new or empty directory (or an earlier average, replaced): the averaged checkpoint, "
-                        "for eval, translate, explore and export (--ckpt CKPT); it cannot be resumed")
-    v.set_defaults(func=cmd_average)
-
-    a = sub.add_parser("plot-attention", help="draw attention heatmaps for texts or examples from a data file")
-    a.add_argument("--ckpt", required=True, metavar="RUN")
-    a.add_argument("--text", action="append", metavar="TEXT", help="a source text (repeatable)")
-    a.add_argument("--data", metavar="FILE", help="take examples from a TSV/question_answer file")
-    a.add_argument("--n", type=positive_int, default=6, help="how many examples from --data (6)")
-    a.add_argument("--wrong-only", action="store_true", help="only examples the model gets wrong")
-    a.add_argument("--out", required=True, metavar="FILE.png|.svg|.pdf")
-    a.add_argument("--beam", type=positive_int, default=1, metavar="K", help="beam size (1 = greedy)")
-    a.add_argument("--max-output-len", type=output_len, metavar="N|S*Ts+O", help=MAX_OUTPUT_HELP)
-    a.add_argument("--device", default="cpu")
-    a.set_defaults(func=cmd_plot_attention)
-
-    b = sub.add_parser("bench", help="measure training and decoding speed (classic date workload)")
-    b.add_argument("--device", default="cpu")
-    b.add_argument("--batch-size", type=positive_int, default=128)
-    b.add_argument("--hidden-size", type=positive_int, default=256)
-    b.add_argument("--wordvec-size", type=positive_int, default=16)
-    b.add_argument("--iters", type=positive_int, default=20, help="timed training iterations (after 3 warm-up)")
-    b.add_argument("--threads", type=int, default=0, help="CPU training threads (0: one per core, >= 32 rows each)")
-    b.add_argument("--bucketed", action="store_true", help="trim each batch to its own longest row instead")
-    b.add_argument("--kernels", choices=("auto", "numba", "numpy", "both"), default="auto",
-                   help="CPU path: fused numba kernels, plain numpy, or both one after the other "
-                        "(default auto: numba when it imports; training reads ATTNSEQ_KERNELS)")
-    b.add_argument("--json", action="store_true", help="one JSON line instead of a table (one per path)")
-    b.set_defaults(func=cmd_bench)
-    return p
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "explore": cmd_explore, "make-data": cmd_make_data,
+            "plot-curves": cmd_plot_curves, "translate": cmd_translate, "export": cmd_export, "average": cmd_average,
+            "plot-attention": cmd_plot_attention, "bench": cmd_bench}
 
 
 def main(argv=None) -> int:
@@ -431,7 +229,7 @@ def main(argv=None) -> int:
         with warnings.catch_warnings():          # restores the caller's warning handling afterwards
             warnings.simplefilter("always")
             warnings.showwarning = show
-            return args.func(args)
+            return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("attnseq: interrupted", file=sys.stderr)
         return 130

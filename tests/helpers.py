@@ -1,7 +1,19 @@
-"""Shared test helpers: centred finite differences in float64."""
+"""Shared test helpers: centred finite differences in float64, small batches and models, optional extras."""
 import numpy as np
+import pytest
 
 from attnseq.nn.backend import to_numpy
+
+# The optional extras (setup.cfg's extras_require) that tests use, with the modules each brings. README's test
+# command installs every one of them (tests/test_readme.py checks it); without one, its tests skip.
+EXTRAS = {"export": ("onnx", "onnxruntime")}
+
+
+def require_extra(extra: str) -> list:
+    """The modules of an optional extra, imported; where one is missing the calling test (or, at module level,
+    the whole file) skips, with a reason naming the extra and how to install it."""
+    return [pytest.importorskip(m, reason=f"needs the '{extra}' extra ({m} is not installed): "
+                                          f"pip install -e '.[test,{extra}]'") for m in EXTRAS[extra]]
 
 
 def numerical_grad(f, x, eps=1e-5):

@@ -134,19 +134,42 @@ def test_scripts_call_the_cli():
         assert out.returncode == 0 and "usage: attnseq" in out.stdout, script.name
 
 
+# a tiny bench workload: a 16-unit model, 2 timed steps, 8 sentences greedy and 4 with beam 5
+TINY_BENCH = ["--hidden-size", "16", "--wordvec-size", "8", "--iters", "2", "--n-greedy", "8", "--n-beam", "4"]
+
+
 def test_bench_json_has_the_documented_keys(capsys):
-    assert main(["bench", "--json", "--hidden-size", "16", "--wordvec-size", "8", "--iters", "2"]) == 0
+    assert main(["bench", "--json", *TINY_BENCH]) == 0
     r = json.loads(capsys.readouterr().out)
     for key in ("train_s_per_iter", "train_s_per_epoch", "train_samples_per_s", "greedy_sent_per_s",
                 "beam5_sent_per_s", "peak_rss_mib", "useful_gflops", "sgemm_gflops", "efficiency", "device"):
         assert key in r and r[key], key
     assert 0 < r["efficiency"] < 2 and r["workload"].endswith("(padded)")
+    assert (r["greedy_n"], r["beam5_n"]) == (8, 4)
+
+
+def test_bench_decodes_the_sentences_asked_for(monkeypatch):
+    """--n-greedy and --n-beam size the decoding workload (defaults: the whole date test split, and 500)."""
+    import attnseq.bench
+    rows = {}
+
+    def spy(name, real):
+        def decode(model, src, *args, **kw):
+            rows.setdefault(name, []).append(len(src))
+            return real(model, src, *args, **kw)
+        return decode
+    for name in ("greedy_decode", "beam_decode"):
+        monkeypatch.setattr(attnseq.bench, name, spy(name, getattr(attnseq.bench, name)))
+    assert main(["bench", "--json", *TINY_BENCH[:6], "--n-greedy", "5", "--n-beam", "3"]) == 0
+    assert rows == {"greedy_decode": [5, 5, 5], "beam_decode": [3]}          # greedy timed 3 times, beam once
+    assert {a.dest: a.default for a in _actions("bench").values() if a.dest in ("n_greedy", "n_beam")} == \
+        {"n_greedy": 5000, "n_beam": 500}
 
 
 def test_bench_threads_flag(capsys):
-    assert main(["bench", "--json", "--hidden-size", "16", "--wordvec-size", "8", "--iters", "2", "--threads", "1"]) == 0
+    assert main(["bench", "--json", *TINY_BENCH, "--threads", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["train_threads"] == 1
-    assert main(["bench", "--json", "--hidden-size", "16", "--wordvec-size", "8", "--iters", "2", "--threads", "2"]) == 0
+    assert main(["bench", "--json", *TINY_BENCH, "--threads", "2"]) == 0
     assert json.loads(capsys.readouterr().out)["train_threads"] == 2      # threadpoolctl is a dependency
     assert main(["bench", "--threads", "-1"]) == 1
     assert "threads must be 0" in capsys.readouterr().err
@@ -154,8 +177,9 @@ def test_bench_threads_flag(capsys):
 
 def test_bench_table_and_gpu_without_gpu(capsys):
     from attnseq.nn.backend import gpu_available
-    assert main(["bench", "--hidden-size", "16", "--wordvec-size", "8", "--iters", "2", "--bucketed"]) == 0
-    assert "efficiency" in capsys.readouterr().out
+    assert main(["bench", *TINY_BENCH, "--bucketed"]) == 0
+    out = capsys.readouterr().out
+    assert "efficiency" in out and "greedy decode (8 sent.)" in out and "beam-5 decode (4 sent.)" in out
     if not gpu_available():
         assert main(["bench", "--device", "gpu"]) == 1
         err = capsys.readouterr().err
@@ -259,6 +283,7 @@ def test_plot_attention_wrong_only_judges_the_search_it_plots(chain_ckpt, tmp_pa
     (["plot-attention", "--ckpt", "r", "--data", "x.tsv", "--n", "0", "--out", "a.png"], "--n"),
     (["average", "r", "--last", "0", "--out", "avg"], "--last"),
     (["bench", "--iters", "0"], "--iters"),
+    (["bench", "--n-greedy", "0"], "--n-greedy"),
 ])
 def test_counts_outside_train_are_usage_errors_naming_the_flag(argv, flag, capsys):
     with pytest.raises(SystemExit) as e:
@@ -285,3 +310,61 @@ def test_translate_at_the_prompt_refuses_output(tiny_run, tmp_path, monkeypatch,
     inp.write_text("9/25/84\n", encoding="utf-8")
     assert main(["translate", "--ckpt", str(tiny_run), "--input", str(inp), "--output", str(out)]) == 0
     assert out.read_text(encoding="utf-8").count("\n") == 1
+
+
+def _actions(command) -> dict:
+    """The argparse actions of ``attnseq COMMAND``, by destination."""
+    import argparse
+
+    from attnseq.cli import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a for a in sub.choices[command]._actions}
+
+
+@pytest.mark.parametrize("group, commands", [
+    ("DECODING", ("translate", "explore", "plot-attention")),
+    ("OUTPUT_LENGTH", ("eval", "explore", "translate", "plot-attention", "export")),
+    ("BATCHING", ("eval", "explore", "translate")),
+    ("DEVICE", ("eval", "explore", "translate", "plot-attention", "bench")),
+])
+def test_each_shared_flag_group_is_declared_once(group, commands):
+    """Every command taking a group gets its flags as the group declares them: same type, default, metavar,
+    and help (a command may only add a note after it); none declares its own copy under a drifting text."""
+    from attnseq import cli_flags
+    for flag in getattr(cli_flags, group):
+        for command in commands:
+            a = _actions(command)[flag.dest]
+            assert flag.names[0] in a.option_strings, (command, flag.names)
+            assert (a.type, a.metavar) == (flag.spec.get("type"), flag.spec["metavar"]), (command, flag.names)
+            if command != "bench":                           # bench's --batch-size is its training batch
+                assert a.default == flag.spec.get("default") and a.help.startswith(flag.spec["help"]), command
+
+
+def test_decoding_flags_reach_the_library_calls():
+    """decoding_options gives each decoding command's flags as keywords that Translator.translate and
+    explore_file take: a new row in cli_flags.DECODING is parsed and passed on by every decoding command."""
+    import inspect
+
+    from attnseq.cli import build_parser
+    from attnseq.cli_flags import DECODING, decoding_options
+    from attnseq.explorer import explore_file
+    from attnseq.run.inference import TranslatorBase
+    parser = build_parser()
+    for argv, call in ((["translate", "--ckpt", "r"], TranslatorBase.translate),
+                       (["explore", "--ckpt", "r", "--data", "d", "--out", "p.html"], explore_file),
+                       (["plot-attention", "--ckpt", "r", "--out", "a.png"], TranslatorBase.translate)):
+        options = decoding_options(parser.parse_args([*argv, "--beam", "3", "--alpha", "0.5"]))
+        assert {f.param for f in DECODING} <= set(options) and (options["beam"], options["alpha"]) == (3, 0.5)
+        assert options["max_len"] is None
+        inspect.signature(call).bind(None, [], **options)              # TypeError for a keyword it does not take
+    options = decoding_options(parser.parse_args(["eval", "--ckpt", "r", "--data", "d", "--batch-size", "7"]))
+    assert options == {"batch_size": 7, "max_len": None}
+
+
+def test_plot_attention_searches_with_the_decoding_flags(chain_ckpt, tmp_path, monkeypatch):
+    from attnseq.run.inference import Translator
+    seen, real = [], Translator.translate
+    monkeypatch.setattr(Translator, "translate", lambda self, texts, **kw: seen.append(kw) or real(self, texts, **kw))
+    assert main(["plot-attention", "--ckpt", str(chain_ckpt), "--text", "a dog", "--beam", "2", "--alpha", "0.6",
+                 "--max-output-len", "7", "--out", str(tmp_path / "a.png")]) == 0
+    assert [(kw["beam"], kw["alpha"], kw["max_len"].scale, kw["max_len"].offset) for kw in seen] == [(2, 0.6, 0, 7)]

@@ -315,3 +315,26 @@ def test_browser_beam_hypotheses_and_screenshot(browser, tiny_run, pairs, tmp_pa
     assert pixels.shape[0] > 400 and pixels.shape[1] > 800
     assert pixels.std() > 0.05                                           # not a blank page
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50            # heatmap colours, text, ...
+
+
+def test_token_probs_batches_are_padded_and_start_with_bos_for_every_engine():
+    """TranslatorBase.token_probs pads each batch of sources and of [bos] + output, for any engine's
+    teacher_forced_probs, and cuts each row's probabilities to its own output's length."""
+    from attnseq.data.tokenizers import BOS_ID, PAD_ID
+    from attnseq.run.inference import TranslatorBase
+
+    class Engine(TranslatorBase):
+        """Its "probability" of a token is the token's id / 100, so each row shows what was fed."""
+        def __init__(self):
+            self.batches = []
+
+        def teacher_forced_probs(self, src, tgt):
+            self.batches.append((src.tolist(), tgt.tolist()))
+            return tgt[:, 1:] / 100.0
+
+    engine = Engine()
+    probs = engine.token_probs([[5], [6, 7], [8, 9, 10]], [[3, 2], np.array([4, 4, 2]), [2]], batch_size=2)
+    assert [p.tolist() for p in probs] == [[0.03, 0.02], [0.04, 0.04, 0.02], [0.02]]
+    assert all(p.dtype == np.float64 for p in probs)
+    assert engine.batches == [([[5, PAD_ID], [6, 7]], [[BOS_ID, 3, 2, PAD_ID], [BOS_ID, 4, 4, 2]]),
+                              ([[8, 9, 10]], [[BOS_ID, 2]])]

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+from helpers import require_extra, translate_at_prompt
 
-from helpers import translate_at_prompt                                # noqa: E402
+onnx, ort = require_extra("export")
+
 from attnseq.cli import main                                           # noqa: E402
 from attnseq.data.io import read_pairs                                 # noqa: E402
 from attnseq.data.tokenizers import EOS_ID, WordTokenizer                     # noqa: E402

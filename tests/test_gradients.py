@@ -319,6 +319,7 @@ def test_gradients(xp, check):
     assert not bad, f"relative error >= {TOL}: {bad}"
 
 
+@pytest.mark.slow                                    # every check above, again, for one line of report
 def test_report_worst_error():
     """Runs every check (numpy) and prints the worst relative error (see -s)."""
     errors = {name: err for check in CHECKS.values() for name, err in check(np).items()}

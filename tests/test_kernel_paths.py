@@ -174,7 +174,7 @@ def test_bench_measures_both_paths_in_one_run(capsys):
     from attnseq.bench import cpu_model
     from attnseq.cli import main
     assert main(["bench", "--json", "--hidden-size", "16", "--wordvec-size", "8", "--iters", "2",
-                 "--kernels", "both"]) == 0
+                 "--n-greedy", "8", "--n-beam", "4", "--kernels", "both"]) == 0
     runs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["kernels"] for r in runs] == ["numpy", "numba"]
     assert all(cpu_model() in r["device"] and r["train_s_per_iter"] > 0 for r in runs)

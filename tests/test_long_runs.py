@@ -128,6 +128,7 @@ def test_mid_epoch_checkpoint_holds_the_position(tiny_data, tmp_path):
 
 
 # -- graceful stop ------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, point, where", [
     (signal.SIGINT, "train-step:30", "in epoch 2 at step 30"),
     (signal.SIGTERM, "train-step:50", "in epoch 3 at step 50"),
@@ -155,6 +156,7 @@ def test_signal_stops_after_the_step_and_resumes_identically(tiny_data, tmp_path
     assert_same_run(run, reference)
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_stops_at_once_and_keeps_the_previous_checkpoint(tiny_data, tmp_path, reference):
     """Ctrl-C at step 30, a second one inside the save it starts (the third weights write, after
     epoch 1's best/ and last/): KeyboardInterrupt, exit 130, last/ still epoch 1's, nothing half-written."""

@@ -116,12 +116,30 @@ def test_unwritable_out_dir_fails_before_training(tmp_path, capsys):
     assert "cannot write there" in err and err.count("\n") == 1
 
 
-def test_loading_never_unpickles(tiny_run, monkeypatch):
-    def boom(*a, **k):
-        raise AssertionError("unpickling attempted")
-    monkeypatch.setattr(pickle, "load", boom)
-    monkeypatch.setattr(pickle, "loads", boom)
+@pytest.mark.parametrize("name", ["weights.npz", "optimizer.npz"])
+def test_loading_never_unpickles(tiny_run, tmp_path, monkeypatch, name):
+    """An .npz holding an object array, which np.load(allow_pickle=True) would unpickle, is refused in one
+    line, and pickle is never called (nor for a checkpoint as written)."""
+    unpickled = []
+
+    def spy(real):
+        return lambda *a, **k: unpickled.append(real.__name__) or real(*a, **k)
+    monkeypatch.setattr(pickle, "load", spy(pickle.load))
+    monkeypatch.setattr(pickle, "loads", spy(pickle.loads))
     load_checkpoint(tiny_run, with_optimizer=True)
+    assert unpickled == []
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_run / "best", ck)
+    arrays = dict(np.load(ck / name))
+    first = next(iter(arrays))
+    arrays[first] = np.array([{"payload": 1}, None], dtype=object)
+    np.savez(ck / name, **arrays)                                   # pickled into the file
+    with np.load(ck / name, allow_pickle=True) as z:                # allowed, loading it does unpickle
+        assert z[first][0] == {"payload": 1} and unpickled == ["load"]
+    unpickled.clear()
+    with pytest.raises(CheckpointError, match=f"{name}: holds an object array, which would need unpickling; refused"):
+        load_checkpoint(ck, with_optimizer=True)
+    assert unpickled == []
 
 
 @pytest.mark.parametrize("change, message", [

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.batching import pad_rows
 from ..data.tokenizers import BOS_ID, EOS_ID, PAD_ID, UNK_ID, load_tokenizer
 from ..errors import CheckpointError, ConfigError
 from ..nn.output_length import OutputLengthRule, output_limit
 from ..nn.search import beam_search_core, greedy_search
-from ..run.decoding import EVAL_BATCH_SIZE, map_rows, output_length
+from ..run.decoding import map_rows, output_length
 from ..run.inference import TranslatorBase
 from .spec import (DECODER_STEP, ENCODER, GRAPH_FILES, MANIFEST, ORT_TYPES, TOKENIZER_NAMES, decoder_state,
                    read_listed_file, read_manifest, read_rule, require)
@@ -211,11 +210,5 @@ class OnnxTranslator(TranslatorBase):
 
         return map_rows(self.graphs, run, src_len, batch_size, self.threads)
 
-    def token_probs(self, rows, outputs, batch_size=EVAL_BATCH_SIZE):
-        out = []
-        for start in range(0, len(rows), batch_size):
-            src, _ = pad_rows(rows[start:start + batch_size])                        # (B, Ts)
-            ids = [list(map(int, o)) for o in outputs[start:start + batch_size]]
-            tgt, tgt_len = pad_rows([[BOS_ID] + o for o in ids])                    # (B, L + 1)
-            out += [p[:n - 1] for p, n in zip(self.graphs.teacher_forced_probs(src, tgt), tgt_len)]
-        return out
+    def teacher_forced_probs(self, src, tgt):
+        return self.graphs.teacher_forced_probs(src, tgt)

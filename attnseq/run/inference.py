@@ -50,10 +50,11 @@ class TranslatorBase:
     """Texts in, ``Translation``s out, whatever runs the model: what every engine shares.
 
     Here: tokenization, truncation to ``max_input_len``, source reversal, blank in -> blank out,
-    chunks of rows, and the assembly of each Translation. An engine (``Translator`` for attnseq's
-    own model, ``attnseq.export.OnnxTranslator`` for an ONNX export) sets ``src_tok``, ``tgt_tok``,
-    ``reverse``, ``max_input_len`` and gives the three methods below, over a right-padded source
-    matrix src (M, Ts) with real lengths src_len (M,).
+    chunks of rows, the assembly of each Translation, and the batches (padding, bos) of ``token_probs``.
+    An engine (``Translator`` for attnseq's own model, ``attnseq.export.OnnxTranslator`` for an ONNX
+    export) sets ``src_tok``, ``tgt_tok``, ``reverse``, ``max_input_len`` and gives the three methods
+    below: the two searches over a right-padded source matrix src (M, Ts) with real lengths src_len (M,),
+    and one batch of teacher-forced probabilities.
     """
     src_tok: Tokenizer
     tgt_tok: Tokenizer
@@ -71,9 +72,21 @@ class TranslatorBase:
         """Beam search per row -> its ``n_best`` hypotheses, best first, as ``decoding.beam_decode``."""
         raise NotImplementedError
 
-    def token_probs(self, rows: list[list[int]], outputs: list, batch_size: int = EVAL_BATCH_SIZE) -> list[np.ndarray]:
-        """The probability of each token of ``outputs[i]`` given source ids ``rows[i]`` (teacher forced)."""
+    def teacher_forced_probs(self, src, tgt) -> np.ndarray:
+        """src (B, Ts) source ids, tgt (B, L + 1) = [bos, y1 .. yL], both right-padded -> (B, L) numpy: the
+        model's probability of each y_t after bos, y1 .. y_t-1 (entries past a row's length are padding's)."""
         raise NotImplementedError
+
+    def token_probs(self, rows: list[list[int]], outputs: list, batch_size: int = EVAL_BATCH_SIZE) -> list[np.ndarray]:
+        """The model's probability of each token of ``outputs[i]`` (ids, eos included) after the ones
+        before it, given source ids ``rows[i]`` (as fed to the encoder) -> float64 arrays (len(outputs[i]),)."""
+        out = []
+        for start in range(0, len(rows), batch_size):
+            src, _ = pad_rows(rows[start:start + batch_size])                                   # (B, Ts)
+            tgt, tgt_len = pad_rows([[BOS_ID, *map(int, o)] for o in outputs[start:start + batch_size]])
+            p = self.teacher_forced_probs(src, tgt)                                             # (B, L)
+            out += [p[b, :n - 1].astype(np.float64) for b, n in enumerate(tgt_len)]
+        return out
 
     def translate(self, texts: list[str], beam: int = 1, n_best: int = 1, alpha: float = 0.0,
                   batch_size: int = EVAL_BATCH_SIZE, max_len=None, first_line: int = 1,
@@ -142,21 +155,12 @@ class Translator(TranslatorBase):
     def beam_rows(self, src, src_len, beam, alpha, max_len, n_best, batch_size):
         return beam_decode(self.model, src, src_len, beam, alpha, max_len, n_best, batch_size)
 
-    def token_probs(self, rows: list[list[int]], outputs: list, batch_size: int = EVAL_BATCH_SIZE) -> list[np.ndarray]:
-        """The model's probability of each token of ``outputs[i]`` (ids, eos included) after the ones
-        before it, given source ids ``rows[i]`` (as fed to the encoder) -> arrays (len(outputs[i]),)."""
-        model, out = self.model, []
+    def teacher_forced_probs(self, src, tgt) -> np.ndarray:
+        model, xp = self.model, self.model.xp
         with model.eval_mode():
-            for start in range(0, len(rows), batch_size):
-                src, _ = pad_rows(rows[start:start + batch_size])                        # (B, Ts)
-                ids = [list(map(int, o)) for o in outputs[start:start + batch_size]]
-                tgt, tgt_len = pad_rows([[BOS_ID] + o for o in ids])                    # (B, L + 1)
-                logp = log_softmax(model.logits(src, tgt))                             # (B, L, V)
-                xp = model.xp
-                gold = xp.asarray(tgt[:, 1:].astype(np.int64))[..., None]              # (B, L, 1)
-                p = to_numpy(xp.exp(xp.take_along_axis(logp, gold, axis=2)[..., 0]))  # (B, L)
-                out += [p[b, :n - 1].astype(np.float64) for b, n in enumerate(tgt_len)]
-        return out
+            logp = log_softmax(model.logits(src, tgt))                                 # (B, L, V)
+        gold = xp.asarray(tgt[:, 1:].astype(np.int64))[..., None]                      # (B, L, 1)
+        return to_numpy(xp.exp(xp.take_along_axis(logp, gold, axis=2)[..., 0]))       # (B, L)
 
 
 def evaluate_file(ckpt: str, data: str, device: str = "cpu", batch_size: int = EVAL_BATCH_SIZE,
