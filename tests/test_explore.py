@@ -14,7 +14,7 @@ from attnseq.run.checkpoint import load_checkpoint
 from attnseq.run.decoding import model_step
 from attnseq.run.inference import Translator
 
-HL_MIN = 0.1        # the page highlights source tokens from this weight on (page.html's HL_MIN)
+HL_MIN = 0.1        # the page highlights source tokens from this weight on (heatmap.html's HL_MIN)
 
 
 def dense(rows, width):
@@ -123,7 +123,7 @@ def test_script_text_cannot_close_the_data_block(tiny_run):
     nasty = ["</script><script>alert(1)</script>", "a & b <!-- c"]
     page = explore(str(tiny_run), nasty, ["x", "y"])
     text = page.html()
-    assert text.count("</script>") == 2                                  # the data block's and the code's
+    assert text.count("</script>") == 3                 # the data block's, the heatmap's and the page's code
     assert "alert(1)</script>" not in text
     assert [ex["src"] for ex in read_embedded(text)["examples"]] == nasty
     assert "<" not in embed_json({"a": "<>&"})
