@@ -297,6 +297,31 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serve.command import serve
+    return serve(args)
+
+
+def add_serve_parser(sub) -> None:
+    """``attnseq serve``: the model as translate takes it, where to listen, and the limits (``serve.limits``)."""
+    from .serve.limits import LIMIT_FLAGS, Limits, flag
+    s = sub.add_parser("serve", help="serve a model over HTTP: a JSON API with dynamic batching, a page with the "
+                                     "attention, metrics (needs pip install 'attnseq[serve]')")
+    s.add_argument("--ckpt", metavar="RUN", help="run dir (its best/) or checkpoint dir (--engine attnseq)")
+    s.add_argument("--engine", choices=["attnseq", "onnxruntime"], default="attnseq",
+                   help="what runs the model: attnseq with --ckpt (default), or onnxruntime with --model")
+    s.add_argument("--model", metavar="DIR", help="a directory written by attnseq export (--engine onnxruntime)")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--host", default="127.0.0.1", help="the address to listen on (127.0.0.1: this machine only)")
+    s.add_argument("--port", type=non_negative_int, default=8080, help="8080; 0: a free port (the URL line names it)")
+    for name, metavar, help_text, kind in LIMIT_FLAGS:
+        s.add_argument(flag(name), dest=name, metavar=metavar, type=kind or positive_int,
+                       default=getattr(Limits(), name), help=help_text)
+    s.add_argument("--access-log", action="store_true", help="log each request on stderr")
+    # translate's check of --engine, --ckpt, --model and --device; serve has no --output
+    s.set_defaults(func=cmd_serve, check=translate_flag_error, output=None)
+
+
 def build_parser() -> Parser:
     p = Parser(prog="attnseq", description="Sequence-to-sequence with attention on numpy/cupy.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -413,6 +438,8 @@ def build_parser() -> Parser:
                         "(default auto: numba when it imports; training reads ATTNSEQ_KERNELS)")
     b.add_argument("--json", action="store_true", help="one JSON line instead of a table (one per path)")
     b.set_defaults(func=cmd_bench)
+
+    add_serve_parser(sub)
     return p
 
 
