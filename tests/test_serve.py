@@ -377,3 +377,15 @@ def test_the_onnxruntime_engine(tiny_run, texts, tmp_path):
         [[x for x, _ in t.nbest] for t in want.translate(texts[:3], beam=3, n_best=2)]
     assert info.json()["engine"] == "onnxruntime" and info.json()["options"] == want.manifest["model"]
     app.state.service.close(10)
+
+
+def test_readme_create_app_example_runs_as_written(tiny_run, texts, reference):
+    import re
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "create_app" in b)
+    ns = {}
+    exec(compile(block.replace('"runs/date"', repr(str(tiny_run))), "README.md", "exec"), ns)
+    r, = call(ns["app"], dict(method="POST", url="/mt/v1/translate", json={"texts": texts[:1]}))
+    assert r.json()["translations"][0]["text"] == reference(texts[0]).text
+    assert ns["mt"].state.service.limits.max_batch == 32
+    ns["mt"].state.service.close(10)

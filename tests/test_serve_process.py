@@ -17,6 +17,11 @@ from helpers import serve_process, start_browser
 EXTRA = "needs the serve extra: pip install 'attnseq[serve]'"
 
 
+def needs_serve():
+    pytest.importorskip("starlette", reason=EXTRA)
+    needs_serve()
+
+
 @pytest.fixture(scope="module")
 def texts(tiny_data):
     return [s for s, _ in read_pairs(tiny_data / "test.tsv")[:16]]
@@ -49,7 +54,7 @@ def test_a_missing_extra_is_one_line_naming_it(tiny_run, monkeypatch, capsys):
 
 
 def test_bad_limits_and_a_taken_port_are_one_line(tiny_run, capsys):
-    pytest.importorskip("uvicorn", reason=EXTRA)
+    needs_serve()
     rc, err = cli_error(["serve", "--ckpt", str(tiny_run), "--max-texts", "9", "--max-queue", "8"], capsys)
     assert rc == 1 and "--max-texts 9 is more than --max-queue 8" in err and err.count("\n") == 1
     import socket
@@ -64,7 +69,7 @@ def test_bad_limits_and_a_taken_port_are_one_line(tiny_run, capsys):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_lets_the_requests_in_flight_finish(tiny_run, texts, tmp_path, sig):
     httpx = pytest.importorskip("httpx", reason="needs httpx (pip install 'attnseq[test]')")
-    pytest.importorskip("uvicorn", reason=EXTRA)
+    needs_serve()
     want = [t.text for t in Translator(str(tiny_run)).translate(texts)]
     # a batch waits 30 s for company: the requests stay in flight until the signal sends them on
     args = ["--ckpt", str(tiny_run), "--max-wait-ms", "30000", "--max-batch", "1000", "--timeout", "60"]
@@ -94,7 +99,7 @@ def test_a_signal_lets_the_requests_in_flight_finish(tiny_run, texts, tmp_path, 
 # -- the page in a browser ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def live(tiny_run, tmp_path_factory):
-    pytest.importorskip("uvicorn", reason=EXTRA)
+    needs_serve()
     with serve_process(["--ckpt", str(tiny_run), "--max-beam", "4"],
                        tmp_path_factory.mktemp("serve") / "stderr") as (p, url):
         yield url
