@@ -19,7 +19,7 @@ EXTRA = "needs the serve extra: pip install 'attnseq[serve]'"
 
 def needs_serve():
     pytest.importorskip("starlette", reason=EXTRA)
-    needs_serve()
+    pytest.importorskip("uvicorn", reason=EXTRA)
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +47,13 @@ def test_flags_that_do_not_fit(argv, message, capsys):
     assert rc == 2 and err.startswith("attnseq serve: error: ") and message in err
 
 
-def test_a_missing_extra_is_one_line_naming_it(tiny_run, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "uvicorn", None)                   # import now raises ImportError
+@pytest.mark.parametrize("missing", ["starlette", "uvicorn"])
+def test_a_missing_extra_is_one_line_naming_it(missing, tiny_run, monkeypatch, capsys):
+    if missing == "uvicorn":
+        pytest.importorskip("starlette", reason=EXTRA)                # else starlette is the one named
+    monkeypatch.setitem(sys.modules, missing, None)                    # import now raises ImportError
     rc, err = cli_error(["serve", "--ckpt", str(tiny_run)], capsys)
-    assert rc == 1 and err == "attnseq serve: error: serving needs the 'uvicorn' package: pip install 'attnseq[serve]'\n"
+    assert rc == 1 and err == f"attnseq serve: error: serving needs the '{missing}' package: pip install 'attnseq[serve]'\n"
 
 
 def test_bad_limits_and_a_taken_port_are_one_line(tiny_run, capsys):
