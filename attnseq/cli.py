@@ -210,9 +210,14 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serve.command import serve
+    return serve(args)
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "explore": cmd_explore, "make-data": cmd_make_data,
             "plot-curves": cmd_plot_curves, "translate": cmd_translate, "export": cmd_export, "average": cmd_average,
-            "plot-attention": cmd_plot_attention, "bench": cmd_bench}
+            "plot-attention": cmd_plot_attention, "bench": cmd_bench, "serve": cmd_serve}
 
 
 def main(argv=None) -> int:

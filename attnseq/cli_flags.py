@@ -249,8 +249,28 @@ def add_bench(sub) -> None:
     add_groups(b, "device")
 
 
+def add_serve(sub) -> None:
+    """``attnseq serve``: the model as translate takes it, where to listen, and the limits (``serve.limits``)."""
+    from .serve.limits import LIMIT_FLAGS, Limits, flag
+    s = sub.add_parser("serve", help="serve a model over HTTP: a JSON API with dynamic batching, a page with the "
+                                     "attention, metrics (needs pip install 'attnseq[serve]')")
+    s.add_argument("--ckpt", metavar="RUN", help=CKPT_HELP + " (--engine attnseq)")
+    s.add_argument("--engine", choices=["attnseq", "onnxruntime"], default="attnseq",
+                   help="what runs the model: attnseq with --ckpt (default), or onnxruntime with --model")
+    s.add_argument("--model", metavar="DIR", help="a directory written by attnseq export (--engine onnxruntime)")
+    s.add_argument("--host", default="127.0.0.1", help="the address to listen on (127.0.0.1: this machine only)")
+    s.add_argument("--port", type=non_negative_int, default=8080, help="8080; 0: a free port (the URL line names it)")
+    for name, metavar, help_text, kind in LIMIT_FLAGS:
+        s.add_argument(flag(name), dest=name, metavar=metavar, type=kind or positive_int,
+                       default=getattr(Limits(), name), help=help_text)
+    s.add_argument("--access-log", action="store_true", help="log each request on stderr")
+    add_groups(s, "device")
+    # translate's check of --engine, --ckpt, --model and --device; serve has no --output
+    s.set_defaults(check=translate_flag_error, output=None)
+
+
 SUBPARSERS = (add_train, add_eval, add_explore, add_make_data, add_plot_curves, add_translate, add_export,
-              add_average, add_plot_attention, add_bench)
+              add_average, add_plot_attention, add_bench, add_serve)
 
 
 def build_parser() -> Parser:

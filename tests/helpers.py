@@ -6,7 +6,7 @@ from attnseq.nn.backend import to_numpy
 
 # The optional extras (setup.cfg's extras_require) that tests use, with the modules each brings. README's test
 # command installs every one of them (tests/test_readme.py checks it); without one, its tests skip.
-EXTRAS = {"export": ("onnx", "onnxruntime")}
+EXTRAS = {"export": ("onnx", "onnxruntime"), "serve": ("starlette", "uvicorn")}
 
 
 def require_extra(extra: str) -> list:
@@ -115,3 +115,64 @@ def finish(p, timeout=120):
     """Wait for subprocess ``p`` -> (returncode, stdout, stderr)."""
     out, err = p.communicate(timeout=timeout)
     return p.returncode, out, err
+
+
+def start_browser(width=1300, height=850):
+    """Headless Chromium through selenium, or pytest.skip saying what is missing (the browser tests)."""
+    import shutil
+
+    import pytest
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("no selenium (pip install -e '.[test]')")
+    binary = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    driver = shutil.which("chromedriver")
+    if not binary or not driver:
+        pytest.skip("no headless browser: install chromium and chromium-driver (apt-get) for the browser tests")
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                f"--window-size={width},{height}"):
+        opts.add_argument(arg)
+    opts.binary_location = binary
+    try:
+        return webdriver.Chrome(options=opts, service=Service(driver))
+    except Exception as e:                       # installed but cannot start here (no display libraries, ...)
+        pytest.skip(f"{binary} with {driver} does not start: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+
+
+def serve_process(args, stderr_path, timeout=120):
+    """``attnseq serve ARGS --port 0`` in a subprocess (stderr to ``stderr_path``): a context manager giving
+    (process, url) once the process prints its URL line; on leaving it sends SIGTERM (SIGKILL after 20 s)."""
+    import contextlib
+    import re
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    @contextlib.contextmanager
+    def run():
+        with open(stderr_path, "w") as err:
+            p = subprocess.Popen([sys.executable, "-m", "attnseq.cli", "serve", *args, "--port", "0"],
+                                 stdout=subprocess.PIPE, stderr=err, text=True)
+        try:
+            deadline, line = time.monotonic() + timeout, ""
+            while not line and p.poll() is None and time.monotonic() < deadline:
+                if select.select([p.stdout], [], [], 0.5)[0]:
+                    line = p.stdout.readline()
+            found = re.search(r"http://\S+", line)
+            assert found, f"no URL line from attnseq serve: {line!r}; stderr: {open(stderr_path).read()[-2000:]}"
+            yield p, found[0]
+        finally:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            p.stdout.close()
+    return run()

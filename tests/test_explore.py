@@ -2,7 +2,6 @@
 the page itself in headless Chromium: filters, selection, hover highlights, keys, a screenshot."""
 import io
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -13,8 +12,9 @@ from attnseq.explorer import Exploration, embed_json, explore, explore_file, rea
 from attnseq.run.checkpoint import load_checkpoint
 from attnseq.run.decoding import model_step
 from attnseq.run.inference import Translator
+from helpers import start_browser
 
-HL_MIN = 0.1        # the page highlights source tokens from this weight on (page.html's HL_MIN)
+HL_MIN = 0.1        # the page highlights source tokens from this weight on (heatmap.html's HL_MIN)
 
 
 def dense(rows, width):
@@ -123,7 +123,7 @@ def test_script_text_cannot_close_the_data_block(tiny_run):
     nasty = ["</script><script>alert(1)</script>", "a & b <!-- c"]
     page = explore(str(tiny_run), nasty, ["x", "y"])
     text = page.html()
-    assert text.count("</script>") == 2                                  # the data block's and the code's
+    assert text.count("</script>") == 3                 # the data block's, the heatmap's and the page's code
     assert "alert(1)</script>" not in text
     assert [ex["src"] for ex in read_embedded(text)["examples"]] == nasty
     assert "<" not in embed_json({"a": "<>&"})
@@ -172,29 +172,9 @@ def test_cli_explore(tiny_run, tmp_path, capsys):
 
 
 # -- in a browser --------------------------------------------------------------------------------
-def _browser_or_skip():
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip("no selenium (pip install -e '.[test]')")
-    binary = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
-    driver = shutil.which("chromedriver")
-    if not binary or not driver:
-        pytest.skip("no headless browser: install chromium and chromium-driver (apt-get) for the browser tests")
-    opts = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1300,850"):
-        opts.add_argument(arg)
-    opts.binary_location = binary
-    try:
-        return webdriver.Chrome(options=opts, service=Service(driver))
-    except Exception as e:                       # installed but cannot start here (no display libraries, ...)
-        pytest.skip(f"{binary} with {driver} does not start: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-
-
 @pytest.fixture(scope="module")
 def browser():
-    b = _browser_or_skip()
+    b = start_browser()
     yield b
     b.quit()
 

@@ -5,7 +5,8 @@
 ``.save(path)`` writes the page; ``attnseq explore`` is ``explore_file`` plus ``save``.
 
 The page (``page.html`` beside this file, filled in by ``Exploration.html``) needs no server and no
-network: its CSS and JS are inline, and the examples are one JSON block,
+network: its CSS and JS are inline (the heatmap's drawing code is ``heatmap.html``, which ``page_template``
+puts into this page and into ``attnseq serve``'s), and the examples are one JSON block,
 ``<script type="application/json" id="attnseq-data">``, shaped so::
 
     {"version": 1, "title": str, "meta": str, "beam": int,
@@ -43,6 +44,14 @@ from ..run.inference import Translator, TranslatorBase
 
 FORMAT_VERSION = 1
 DATA_ID = "attnseq-data"
+HEATMAP_PLACE = "__ATTNSEQ_HEATMAP__"      # where a page template takes the shared heatmap piece
+
+
+def page_template(package: str, name: str) -> str:
+    """The page template ``name`` of ``package`` with the heatmap's CSS and JS (``heatmap.html``, one
+    ``AttnHeatmap`` global) put in its place: the explorer's page and ``attnseq serve``'s draw with it."""
+    piece = resources.files(__package__).joinpath("heatmap.html").read_text(encoding="utf-8")
+    return resources.files(package).joinpath(name).read_text(encoding="utf-8").replace(HEATMAP_PLACE, piece)
 
 
 @dataclass
@@ -52,7 +61,7 @@ class Exploration:
 
     def html(self) -> str:
         """The whole page: the template with the title and the JSON block filled in."""
-        template = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
+        template = page_template(__package__, "page.html")
         return (template.replace("__ATTNSEQ_TITLE__", html.escape(self.data["title"]))
                 .replace("__ATTNSEQ_DATA__", embed_json(self.data)))
 
