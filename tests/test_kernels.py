@@ -25,7 +25,7 @@ from attnseq.nn.attention import masked_softmax, softmax_backward
 from attnseq.nn.backend import scatter_add
 from attnseq.nn.layers import SoftmaxCrossEntropy
 from attnseq.nn.lstm import (lstm_cell_backward_, lstm_cell_forward_, lstm_cell_reference,
-                             lstm_cell_reference_backward, scale_gates_)
+                             lstm_cell_reference_backward)
 
 numba = pytest.importorskip("numba")
 from attnseq.nn.kernels import cpu  # noqa: E402  (needs numba)
@@ -37,25 +37,17 @@ class ref:
 
     @staticmethod
     def lstm_cell_forward(xa, ha, c_prev, gates, c, tc, h):
-        """The xp path's cell: scaled pre-activations, gates in place (``lstm_cell_forward_``)."""
+        """The xp path's cell ``lstm_cell_forward_`` (the gate-scale trick, one exp)."""
         N, H = c_prev.shape
         _check_lstm("lstm_cell_forward", N, H, (xa, ha, gates), (c_prev, c, tc, h))
-        z = scale_gates_(xa + ha)                                   # (N, 4H)
-        outs = [np.empty((N, H), xa.dtype) for _ in range(4)]       # c, tc, h, scratch
-        with np.errstate(over="ignore"):
-            lstm_cell_forward_(z, c_prev, *outs)
-        gates[...], c[...], tc[...], h[...] = z, outs[0], outs[1], outs[2]
+        lstm_cell_forward_(xa, ha, c_prev, gates, c, tc, h)
 
     @staticmethod
     def lstm_cell_backward(dh, dh_rec, dc, gates, c_prev, tc, da, dc_prev):
-        """The xp path's ``lstm_cell_backward_``, with p = o (1 - tanh(c)^2) as its forward keeps it."""
+        """The xp path's ``lstm_cell_backward_``."""
         N, H = dh.shape
         _check_lstm("lstm_cell_backward", N, H, (gates, da), (dh_rec, dc, c_prev, tc, dc_prev))
-        o = gates[:, 2 * H:3 * H]
-        dc_work, d = dc.copy(), np.empty((N, 4 * H), dh.dtype)
-        lstm_cell_backward_(dh + dh_rec, dc_work, gates, c_prev, tc, o * (1 - tc * tc), d,
-                            np.empty((N, 4 * H), dh.dtype), np.empty((N, H), dh.dtype))
-        da[...], dc_prev[...] = d, dc_work
+        lstm_cell_backward_(dh, dh_rec, dc, gates, c_prev, tc, da, dc_prev)
 
     @staticmethod
     def masked_softmax(scores, lengths):
