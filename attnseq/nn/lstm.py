@@ -162,38 +162,46 @@ def lstm_cell_forward_(xa, ha, c_prev, gates, c, tc, h):
     xp.multiply(o, tc, out=h)                                       # h = o * tanh(c)
 
 
-def lstm_cell_backward_(dh, dh_rec, dc, gates, c_prev, tc, da, dc_prev):
+def lstm_cell_backward_(dh, dh_rec, dc, gates, c_prev, tc, da, dc_prev, work=None):
     """The xp twin of the compiled ``lstm_cell_backward``: ``lstm_cell_reference_backward`` on
     the forward's saved arrays, with dh + dh_rec reaching h.
 
     dh (N, H) reaches h_t from above, dh_rec (N, H) from the next step, dc (N, H) c_t; gates
     (N, 4H), c_prev and tc = tanh(c_t) (N, H) from the forward. Writes da (N, 4H), the gradient
-    of the pre-activations, and dc_prev (N, H), which may be dc itself. The blocks of da serve
-    as scratch on the way: no other array is needed.
+    of the pre-activations, and dc_prev (N, H), which may be dc itself. work (N, 4H) is scratch
+    (made here when None). Whole-width operations where it can: numpy is slow on the (N, H)
+    blocks of an (N, 4H) array.
     """
     xp = get_array_module(gates)
+    N, H4 = gates.shape
+    work = xp.empty_like(gates) if work is None else work
     i, f, o, g = split_gates(gates)
     di, df, do, dg = split_gates(da)
-    xp.add(dh, dh_rec, out=do)                                      # all of h_t's gradient
-    xp.multiply(tc, tc, out=di)
-    xp.subtract(1.0, di, out=di)
-    di *= o
-    di *= do                                                        # dh o (1 - tanh(c)^2)
-    ds = xp.add(dc, di, out=dc_prev)                                # the gradient reaching c, all paths
-    xp.subtract(1.0, o, out=di)
-    di *= o
-    di *= tc
-    do *= di                                                        # do = dh tanh(c) o (1 - o)
-    for d, gate, other in ((di, i, g), (df, f, c_prev)):
-        xp.subtract(1.0, gate, out=d)
-        d *= gate
-        d *= other
-        d *= ds                                                     # ds g i (1 - i), ds c_prev f (1 - f)
+    dht, tmp = work.reshape(-1)[:2 * N * (H4 // 4)].reshape(2, N, H4 // 4)   # two (N, H) scratch arrays
+    xp.add(dh, dh_rec, out=dht)                                     # all of h_t's gradient
+    xp.multiply(dht, tc, out=do)
+    xp.multiply(tc, tc, out=tmp)
+    xp.subtract(1.0, tmp, out=tmp)
+    tmp *= o
+    tmp *= dht
+    ds = xp.add(dc, tmp, out=dc_prev)                               # ds = dc + dh o (1 - tanh(c)^2)
+    xp.multiply(ds, g, out=di)
+    xp.multiply(ds, c_prev, out=df)
+    xp.multiply(ds, i, out=dg)
+    da *= gate_derivatives_(gates, work)                            # through the activations
+    dc_prev *= f                                                    # dc_prev = ds f
+
+
+def gate_derivatives_(gates, out):
+    """out (N, 4H) = d gates / d pre-activations: s (1 - s) for i, f, o and 1 - g^2 for g."""
+    xp = get_array_module(gates)
+    H = gates.shape[1] // 4
+    xp.subtract(1.0, gates, out=out)
+    out *= gates
+    g, dg = gates[:, 3 * H:], out[:, 3 * H:]
     xp.multiply(g, g, out=dg)
     xp.subtract(1.0, dg, out=dg)
-    dg *= i
-    dg *= ds                                                        # ds i (1 - g^2)
-    dc_prev *= f                                                    # dc_prev = ds f
+    return out
 
 
 def cell_forward(k, xa, ha, c_prev, gates, c, tc, h):
@@ -206,13 +214,13 @@ def cell_forward(k, xa, ha, c_prev, gates, c, tc, h):
         lstm_cell_forward_(xa, ha, c_prev, gates, c, tc, h)
 
 
-def cell_backward(k, dh, dh_rec, dc, gates, c_prev, tc, da, dc_prev):
+def cell_backward(k, dh, dh_rec, dc, gates, c_prev, tc, da, dc_prev, work=None):
     """One step back on the compiled kernels ``k``, or with None on the xp path: the arguments
-    of ``lstm_cell_backward_``. The caller then takes dh_prev = da Wh^T."""
+    of ``lstm_cell_backward_`` (work: its scratch). The caller then takes dh_prev = da Wh^T."""
     if k is not None:
         k.lstm_cell_backward(dh, dh_rec, dc, gates, c_prev, tc, da, dc_prev)
     else:
-        lstm_cell_backward_(dh, dh_rec, dc, gates, c_prev, tc, da, dc_prev)
+        lstm_cell_backward_(dh, dh_rec, dc, gates, c_prev, tc, da, dc_prev, work)
 
 
 # -- a pass: the arrays of one run through a sequence -----------------------------------------
@@ -222,11 +230,13 @@ class LSTMPass:
     """One pass of ``LSTM.begin_steps``: time-major arrays that the steps write and the backward reads.
 
     X (T, N, D) the inputs, of which the first Df features were given up front; A (T, N, 4H) their
-    projection x Wx + b, the rest added step by step (the backward writes dA over it); G (T, N, 4H)
-    the gates (one step's, (1, N, 4H), when not kept for a backward); Hs, Cs (T + 1, N, H) the
-    states, [0] the start; TC (T, N, H) tanh(c_t); rec (N, 4H) a step's h Wh. The backward adds
-    dh (N, H) = da_{t+1} Wh^T, dc and dc_prev (N, H) (two buffers, swapped each step), dC (T, N, H)
-    added to dc before each step or None, and dx (N, D - Df) for the rest of the input or None.
+    projection x Wx + b, the rest added step by step; G (T, N, 4H) the gates: on the xp path A
+    itself (its cell works in place), on the kernel path a buffer of its own (its cell runs fastest
+    on outputs apart from its inputs; one step's, (1, N, 4H), when not kept for a backward); Hs, Cs
+    (T + 1, N, H) the states, [0] the start; TC (T, N, H) tanh(c_t); rec (N, 4H) a step's h Wh. The
+    backward adds dA (T, N, 4H) (over A where the gates are apart), dh (N, H) = da_{t+1} Wh^T, dc and
+    dc_prev (N, H) (two buffers, swapped each step), dC (T, N, H) added to dc before each step or
+    None, and dx (N, D - Df) for the rest of the input or None.
     """
     k: object                       # the compiled kernels the pass runs on, None on the xp path
     xp: object
@@ -238,8 +248,11 @@ class LSTMPass:
     Cs: object
     TC: object
     rec: object
-    keep: bool                      # training mode: G holds every step, for the backward
+    every: bool                     # G holds every step's gates (else one step's, reused)
+    training: bool                  # kept for a backward
     lengths: object = None
+    dA: object = None
+    work: object = None
     dh: object = None
     dc: object = None
     dc_prev: object = None
@@ -297,12 +310,13 @@ class LSTM(Module):
             A += b
         else:
             A[...] = b
+        k = kernels.fused(X, *self.params)
+        every = self.training or k is None
         s = self.cache = LSTMPass(
-            kernels.fused(X, *self.params), xp, Df, X, A,
-            G=self.buffer("G", (T if self.training else 1, N, H4), dt, xp),
+            k, xp, Df, X, A, G=A if k is None else self.buffer("G", (T if every else 1, N, H4), dt, xp),
             Hs=self.buffer("Hs", (T + 1, N, H4 // 4), dt, xp), Cs=self.buffer("Cs", (T + 1, N, H4 // 4), dt, xp),
             TC=self.buffer("TC", (T, N, H4 // 4), dt, xp), rec=self.buffer("rec", (N, H4), dt, xp),
-            keep=self.training)
+            every=every, training=self.training)
         s.Hs[0] = 0 if h0 is None else h0
         s.Cs[0] = 0 if c0 is None else c0
         return s
@@ -320,7 +334,7 @@ class LSTM(Module):
             s.xp.matmul(s.X[t, :, s.Df:], Wx[s.Df:], out=s.rec)    # (N, 4H) the rest of the input
             s.A[t] += s.rec
         s.xp.matmul(s.Hs[t], Wh, out=s.rec)                         # (N, 4H)
-        cell_forward(s.k, s.A[t], s.rec, s.Cs[t], s.G[t if s.keep else 0], s.Cs[t + 1], s.TC[t], s.Hs[t + 1])
+        cell_forward(s.k, s.A[t], s.rec, s.Cs[t], s.G[t if s.every else 0], s.Cs[t + 1], s.TC[t], s.Hs[t + 1])
         return s.Hs[t + 1]
 
     def forward(self, xs, h0=None, c0=None, lengths=None):
@@ -349,15 +363,17 @@ class LSTM(Module):
         """Start the backward of the pass: no gradient yet reaches h after the last step, and
         ``dc_last`` (N, H) or zeros reaches its c; dC (T, N, H) or None is added to c_t's before step t."""
         s = self.cache
-        if s is None or not s.keep:
+        if s is None or not s.training:
             raise RuntimeError("LSTM.backward needs a forward pass in training mode first")
         T, N, H4 = s.A.shape
         dt, D = s.A.dtype, s.X.shape[2]
+        s.dA = s.A if s.G is not s.A else self.buffer("dA", (T, N, H4), dt, s.xp)   # the projections are spent
         s.dh, s.dc, s.dc_prev = (self.buffer(name, (N, H4 // 4), dt, s.xp) for name in ("dh", "dc", "dc_prev"))
         s.dh.fill(0)
         s.dc[...] = 0 if dc_last is None else dc_last
         s.dC = dC
         s.dx = self.buffer("dx_rest", (N, D - s.Df), dt, s.xp) if s.Df < D else None
+        s.work = None if s.k else self.buffer("work", (N, H4), dt, s.xp)   # the xp cell's scratch
 
     def backward_step(self, t: int, dh_in):
         """Back through step t (from T - 1 down to 0): dh_in (N, H) the gradient reaching h_t from
@@ -367,21 +383,21 @@ class LSTM(Module):
         Wx, Wh, _ = self.params
         if s.dC is not None:
             s.dc += s.dC[t]
-        cell_backward(s.k, dh_in, s.dh, s.dc, s.G[t], s.Cs[t], s.TC[t], s.A[t], s.dc_prev)   # dA[t] over A[t]
+        cell_backward(s.k, dh_in, s.dh, s.dc, s.G[t], s.Cs[t], s.TC[t], s.dA[t], s.dc_prev, s.work)
         s.dc, s.dc_prev = s.dc_prev, s.dc                           # two buffers: no output aliases an input
-        s.xp.matmul(s.A[t], Wh.T, out=s.dh)                         # (N, H) to h_{t-1}
+        s.xp.matmul(s.dA[t], Wh.T, out=s.dh)                        # (N, H) to h_{t-1}
         if s.dx is None:
             return None
-        return s.xp.matmul(s.A[t], Wx[s.Df:].T, out=s.dx)           # (N, D - Df)
+        return s.xp.matmul(s.dA[t], Wx[s.Df:].T, out=s.dx)          # (N, D - Df)
 
     def end_backward_steps(self):
         """Finish the backward: write the weight gradients (one product each over all steps)
         -> the gradient of ``fixed`` (T, N, Df) (None without it), dh0, dc0 (N, H) (in this
         layer's buffers until its next backward)."""
         s = self.cache
-        T, N, H4 = s.A.shape
+        T, N, H4 = s.dA.shape
         dWx, dWh, db = self.grads
-        dA2 = s.A.reshape(T * N, H4)
+        dA2 = s.dA.reshape(T * N, H4)
         s.xp.matmul(s.X.reshape(T * N, -1).T, dA2, out=dWx)        # X^T dA
         s.xp.matmul(s.Hs[:-1].reshape(T * N, H4 // 4).T, dA2, out=dWh)   # h_prev^T dA
         dA2.sum(axis=0, out=db)
