@@ -24,16 +24,16 @@ from attnseq.nn import kernels
 from attnseq.nn.attention import masked_softmax, softmax_backward
 from attnseq.nn.backend import scatter_add
 from attnseq.nn.layers import SoftmaxCrossEntropy
-from attnseq.nn.lstm import (lstm_cell_backward_, lstm_cell_forward_, lstm_cell_reference,
-                             lstm_cell_reference_backward)
+from attnseq.nn.lstm_cell import (lstm_cell_backward_, lstm_cell_forward_, lstm_cell_reference,
+                                  lstm_cell_reference_backward)
 
 numba = pytest.importorskip("numba")
 from attnseq.nn.kernels import cpu  # noqa: E402  (needs numba)
 
 
 class ref:
-    """The layers' plain numpy code behind the kernels' signatures (outputs written at the end,
-    so an output may also be an input)."""
+    """The layers' plain numpy code behind the kernels' signatures (an output may also be an
+    input where the kernel allows it: gates over xa or ha, dc_prev over dc, ds over da)."""
 
     @staticmethod
     def lstm_cell_forward(xa, ha, c_prev, gates, c, tc, h):
@@ -233,6 +233,21 @@ def test_lstm_cell_backward_in_place_dc():
         mod.lstm_cell_backward(dh, dh_rec, dc2, gates, c_prev, tc, da, dc2)
         assert_same(da, da_want, np.float64)
         assert_same(dc2, dc_prev_want, np.float64)
+
+
+def test_lstm_cell_forward_gates_in_place():
+    """gates may be xa or ha itself (the xp path keeps its gates over the input projections, and
+    ``LSTM.step`` over h Wh); the compiled cell gives the same numbers there too, only slower."""
+    rng = np.random.default_rng(9)
+    xa, ha, c_prev = lstm_inputs(rng, 3, 7, np.float64)
+    want = run_forward(ref, xa, ha, c_prev)
+    for mod in (cpu, ref):
+        for over in ("xa", "ha"):
+            a, b = xa.copy(), ha.copy()
+            out = [nans(c_prev.shape, np.float64) for _ in range(3)]
+            mod.lstm_cell_forward(a, b, c_prev, a if over == "xa" else b, *out)
+            for got, w in zip([a if over == "xa" else b] + out, want):
+                assert_same(got, w, np.float64)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

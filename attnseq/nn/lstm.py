@@ -1,55 +1,16 @@
-"""The LSTM: once as the book writes it, then fast, in numpy (or cupy) and in fused kernels.
+"""The LSTM layer: the cell of ``lstm_cell`` run over a sequence, whole or one step at a time.
 
-Shapes: N batch, T time, D input size, H hidden size. The pre-activations
-a = x Wx + h_prev Wh + b are (N, 4H): four (N, H) blocks, one per gate.
-
-One step of the cell, in every version::
-
-    i, f, o = sigmoid(a_i), sigmoid(a_f), sigmoid(a_o)     input, forget, output gates
-    g       = tanh(a_g)                                    candidate cell value
-    c       = f * c_prev + i * g
-    h       = o * tanh(c)
-
-Gate order. The parameters keep their blocks in the order [i, f, o, g] (saved
-checkpoints depend on it); *Deep Learning from Scratch 2* (ch. 6) uses [f, g, i, o].
-Column blocks of Wx (D, 4H), Wh (H, 4H) and b (4H):
-
-    gate  activation   columns here   columns in the book (block)
-    i     sigmoid      0:H            2H:3H  (2)
-    f     sigmoid      H:2H           0:H    (0)
-    o     sigmoid      2H:3H          3H:4H  (3)
-    g     tanh         3H:4H          H:2H   (1)
-
-so weights in the book's order become ours by taking its blocks in the order
-(2, 0, 3, 1). The forget gate's bias (the f block of b) starts at 1.
-
-1. The reference cell, ``lstm_cell_reference`` and ``lstm_cell_reference_backward``,
-   is the book's LSTM for one step, sigmoid and tanh by name, fresh arrays. Tests
-   use it as the oracle for everything below.
-2. The fast cell, one step in place on preallocated arrays: ``cell_forward`` and
-   ``cell_backward``. Each takes the pre-activations in two halves, xa = x Wx + b
-   and ha = h_prev Wh, and runs on one of two paths with the same signature:
-
-   - numpy arrays with the kernels on (``kernels.fused``): the compiled
-     ``lstm_cell_forward`` / ``lstm_cell_backward`` in ``kernels/cpu.py``, one pass
-     over memory each;
-   - otherwise (cupy, or numpy without numba): their twins ``lstm_cell_forward_``
-     and ``lstm_cell_backward_`` below, array operations written with ``xp``.
-3. The ``LSTM`` layer. A pass (``begin_steps``) sets up time-major buffers reused
-   across batches and projects the inputs known up front for all steps in one
-   matrix product; each step (``run_step``) adds the rest, multiplies ``h @ Wh`` and
-   calls ``cell_forward``. ``forward`` is that setup and the loop of ``run_step``
-   over t; input feeding calls ``run_step`` itself, step by step. ``backward`` is
-   the loop of ``backward_step`` from T - 1 down (``cell_backward``, then ``da @
-   Wh.T``) and the weight gradients as one product each over all steps. ``step``
-   (decoding) is ``cell_forward`` on fresh arrays. The pass's arrays are one
-   ``LSTMPass``, as a compiled time loop would take them.
-
-The gate-scale trick (the xp path). sigmoid(a) = 1 / (1 + exp(-a)) and
-tanh(a) = 2 sigmoid(2a) - 1, so a single exp over all 4H columns serves every
-gate once the pre-activations are multiplied by -1 (i, f, o) and -2 (g):
-``lstm_cell_forward_`` sums xa + ha into the gates' array, scales it in place
-(``scale_gates_``), and ``activate_scaled_gates_`` turns it into the gates.
+Shapes: N batch, T time, D input size, H hidden size; gates ordered [i, f, o, g] (see
+``lstm_cell`` for the book's order). A pass (``begin_steps``; its arrays an ``LSTMPass``)
+takes time-major buffers reused across batches and projects the inputs known up front
+for all steps in one matrix product; each ``run_step`` adds the rest of its input's
+projection, multiplies ``h @ Wh`` and calls ``cell_forward``. ``forward`` is a pass and
+the loop of ``run_step`` over t; input feeding runs the steps itself, as its inputs
+become known. ``backward`` is the loop of ``backward_step`` from T - 1 down
+(``cell_backward``, then ``da @ Wh.T``), then the weight gradients as one product each
+over all steps. ``step`` (decoding) is ``cell_forward`` on fresh arrays. Both CPU paths
+and cupy run this same code; only the cell inside differs. A compiled time loop, one per
+direction, would take the ``LSTMPass`` arrays as they are.
 """
 from __future__ import annotations
 
@@ -58,206 +19,42 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kernels
-from .backend import get_array_module, ignore_overflow
+from .backend import get_array_module
 from .layers import init_weight
+from .lstm_cell import cell_backward, cell_forward
 from .module import Module
-
-
-def split_gates(a):
-    """(N, 4H) -> its four (N, H) blocks (i, f, o, g), as views."""
-    H = a.shape[1] // 4
-    return a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-
-
-# -- the reference cell: the book, one step ------------------------------------------------
-
-def sigmoid(x):
-    return 1.0 / (1.0 + get_array_module(x).exp(-x))
-
-
-def tanh(x):
-    return get_array_module(x).tanh(x)
-
-
-def lstm_cell_reference(a, c_prev):
-    """One step as the book writes it: a (N, 4H) pre-activations, c_prev (N, H)
-    -> h (N, H), c (N, H), gates (i, f, o, g) each (N, H) for the backward."""
-    a_i, a_f, a_o, a_g = split_gates(a)
-    i, f, o, g = sigmoid(a_i), sigmoid(a_f), sigmoid(a_o), tanh(a_g)
-    c = f * c_prev + i * g
-    h = o * tanh(c)
-    return h, c, (i, f, o, g)
-
-
-def lstm_cell_reference_backward(dh, dc, c_prev, c, gates):
-    """The book's LSTM.backward for one step.
-
-    dh, dc (N, H) the gradients reaching h and c; c_prev, c, gates as in the forward
-    -> da (N, 4H) the gradient of the pre-activations, dc_prev (N, H). The products
-    follow from da: dWx = x.T da, dWh = h_prev.T da, db = da summed over N,
-    dx = da Wx.T, dh_prev = da Wh.T.
-    """
-    i, f, o, g = gates
-    tanh_c = tanh(c)
-    ds = dc + dh * o * (1 - tanh_c ** 2)                           # the gradient reaching c, all paths
-    di = ds * g * i * (1 - i)
-    df = ds * c_prev * f * (1 - f)
-    do = dh * tanh_c * o * (1 - o)
-    dg = ds * i * (1 - g ** 2)
-    return get_array_module(dh).concatenate([di, df, do, dg], axis=1), ds * f
-
-
-# -- the fast cell: one step, in place, on preallocated arrays ---------------------------------
-
-def scale_gates_(z):
-    """z (N, 4H) *= -1 on the i, f, o blocks and -2 on g, in place: the gate-scale trick."""
-    H = z.shape[-1] // 4
-    z *= -1.0
-    z[..., 3 * H:] *= 2.0
-    return z
-
-
-def activate_scaled_gates_(z):
-    """Scaled pre-activations z (N, 4H) -> the gates [i, f, o, g], in place.
-
-    exp may overflow to inf for very negative pre-activations; 1 / inf = 0 is the
-    right sigmoid, so callers run this under ``ignore_overflow``.
-    """
-    xp = get_array_module(z)
-    H = z.shape[1] // 4
-    xp.exp(z, out=z)
-    z += 1.0
-    xp.divide(1.0, z, out=z)                                        # sigmoid(a); sigmoid(2a) for g
-    g = z[:, 3 * H:]
-    g *= 2.0
-    g -= 1.0                                                        # tanh(a) = 2 sigmoid(2a) - 1
-    return z
-
-
-def tanh_(x, out):
-    """out = tanh(x) = 2 / (1 + exp(-2x)) - 1, through one exp (numpy's tanh is slower)."""
-    xp = get_array_module(x)
-    xp.multiply(x, -2.0, out=out)
-    xp.exp(out, out=out)
-    out += 1.0
-    xp.divide(2.0, out, out=out)                                    # divide beats reciprocal in numpy
-    out -= 1.0
-    return out
-
-
-def lstm_cell_forward_(xa, ha, c_prev, gates, c, tc, h):
-    """The xp twin of the compiled ``lstm_cell_forward``: one step from a = xa + ha (N, 4H).
-
-    Writes the gates [i, f, o, g] (N, 4H) and the (N, H) c = f c_prev + i g, tc = tanh(c)
-    and h = o tanh(c). gates may be xa or ha itself, c may be c_prev.
-    """
-    xp = get_array_module(gates)
-    xp.add(xa, ha, out=gates)
-    with ignore_overflow(xp):
-        i, f, o, g = split_gates(activate_scaled_gates_(scale_gates_(gates)))
-    xp.multiply(i, g, out=tc)                                       # tc as scratch
-    xp.multiply(f, c_prev, out=c)
-    c += tc                                                         # c = f * c_prev + i * g
-    tanh_(c, tc)
-    xp.multiply(o, tc, out=h)                                       # h = o * tanh(c)
-
-
-def lstm_cell_backward_(dh, dh_rec, dc, gates, c_prev, tc, da, dc_prev, work=None):
-    """The xp twin of the compiled ``lstm_cell_backward``: ``lstm_cell_reference_backward`` on
-    the forward's saved arrays, with dh + dh_rec reaching h.
-
-    dh (N, H) reaches h_t from above, dh_rec (N, H) from the next step, dc (N, H) c_t; gates
-    (N, 4H), c_prev and tc = tanh(c_t) (N, H) from the forward. Writes da (N, 4H), the gradient
-    of the pre-activations, and dc_prev (N, H), which may be dc itself. work (N, 4H) is scratch
-    (made here when None). Whole-width operations where it can: numpy is slow on the (N, H)
-    blocks of an (N, 4H) array.
-    """
-    xp = get_array_module(gates)
-    N, H4 = gates.shape
-    work = xp.empty_like(gates) if work is None else work
-    i, f, o, g = split_gates(gates)
-    di, df, do, dg = split_gates(da)
-    dht, tmp = work.reshape(-1)[:2 * N * (H4 // 4)].reshape(2, N, H4 // 4)   # two (N, H) scratch arrays
-    xp.add(dh, dh_rec, out=dht)                                     # all of h_t's gradient
-    xp.multiply(dht, tc, out=do)
-    xp.multiply(tc, tc, out=tmp)
-    xp.subtract(1.0, tmp, out=tmp)
-    tmp *= o
-    tmp *= dht
-    ds = xp.add(dc, tmp, out=dc_prev)                               # ds = dc + dh o (1 - tanh(c)^2)
-    xp.multiply(ds, g, out=di)
-    xp.multiply(ds, c_prev, out=df)
-    xp.multiply(ds, i, out=dg)
-    da *= gate_derivatives_(gates, work)                            # through the activations
-    dc_prev *= f                                                    # dc_prev = ds f
-
-
-def gate_derivatives_(gates, out):
-    """out (N, 4H) = d gates / d pre-activations: s (1 - s) for i, f, o and 1 - g^2 for g."""
-    xp = get_array_module(gates)
-    H = gates.shape[1] // 4
-    xp.subtract(1.0, gates, out=out)
-    out *= gates
-    g, dg = gates[:, 3 * H:], out[:, 3 * H:]
-    xp.multiply(g, g, out=dg)
-    xp.subtract(1.0, dg, out=dg)
-    return out
-
-
-def cell_forward(k, xa, ha, c_prev, gates, c, tc, h):
-    """One step forward on the compiled kernels ``k`` (from ``kernels.fused``), or with None on the
-    xp path: the arguments of ``lstm_cell_forward_``. The compiled cell runs fastest with
-    every output apart from the inputs."""
-    if k is not None:
-        k.lstm_cell_forward(xa, ha, c_prev, gates, c, tc, h)
-    else:
-        lstm_cell_forward_(xa, ha, c_prev, gates, c, tc, h)
-
-
-def cell_backward(k, dh, dh_rec, dc, gates, c_prev, tc, da, dc_prev, work=None):
-    """One step back on the compiled kernels ``k``, or with None on the xp path: the arguments
-    of ``lstm_cell_backward_`` (work: its scratch). The caller then takes dh_prev = da Wh^T."""
-    if k is not None:
-        k.lstm_cell_backward(dh, dh_rec, dc, gates, c_prev, tc, da, dc_prev)
-    else:
-        lstm_cell_backward_(dh, dh_rec, dc, gates, c_prev, tc, da, dc_prev, work)
 
 
 # -- a pass: the arrays of one run through a sequence -----------------------------------------
 
 @dataclass
 class LSTMPass:
-    """One pass of ``LSTM.begin_steps``: time-major arrays that the steps write and the backward reads.
+    """One pass of ``LSTM.begin_steps``: time-major arrays that its steps write and its backward reads.
 
-    X (T, N, D) the inputs, of which the first Df features were given up front; A (T, N, 4H) their
-    projection x Wx + b, the rest added step by step; G (T, N, 4H) the gates: on the xp path A
-    itself (its cell works in place), on the kernel path a buffer of its own (its cell runs fastest
-    on outputs apart from its inputs; one step's, (1, N, 4H), when not kept for a backward); Hs, Cs
-    (T + 1, N, H) the states, [0] the start; TC (T, N, H) tanh(c_t); rec (N, 4H) a step's h Wh. The
-    backward adds dA (T, N, 4H) (over A where the gates are apart), dh (N, H) = da_{t+1} Wh^T, dc and
-    dc_prev (N, H) (two buffers, swapped each step), dC (T, N, H) added to dc before each step or
-    None, and dx (N, D - Df) for the rest of the input or None.
+    On the xp path the gates G are A itself (its cell works in place) and dA has its own buffer; on
+    the kernel path, whose cell runs fastest on outputs apart from its inputs, G has its own and
+    dA is written over A. A pass in eval mode on the kernel path keeps one step's gates (1, N, 4H).
     """
-    k: object                       # the compiled kernels the pass runs on, None on the xp path
+    k: object           # the compiled kernels the pass runs on; None: the xp path
     xp: object
-    Df: int
-    X: object
-    A: object
-    G: object
-    Hs: object
-    Cs: object
-    TC: object
-    rec: object
-    every: bool                     # G holds every step's gates (else one step's, reused)
-    training: bool                  # kept for a backward
+    Df: int             # the first Df input features were given up front (``fixed``)
+    X: object           # (T, N, D) the inputs
+    A: object           # (T, N, 4H) x Wx + b: the fixed part's here, the rest's added at each step
+    G: object           # (T, N, 4H) the gates
+    Hs: object          # (T + 1, N, H) the hidden states, Hs[0] the start
+    Cs: object          # (T + 1, N, H) the cell states
+    TC: object          # (T, N, H) tanh(c_t)
+    rec: object         # (N, 4H) h_{t-1} Wh of the step under way
+    every: bool         # G holds every step's gates (else one step's, reused)
+    training: bool      # kept for a backward
     lengths: object = None
-    dA: object = None
-    work: object = None
-    dh: object = None
-    dc: object = None
+    dA: object = None   # the backward's: (T, N, 4H) the pre-activations' gradients,
+    dh: object = None   # (N, H) da_{t+1} Wh^T into step t,
+    dc: object = None   # (N, H) c_t's gradient, and dc_prev its next value (buffers swapped each step),
     dc_prev: object = None
-    dC: object = None
-    dx: object = None
+    dC: object = None   # (T, N, H) added to dc before step t, or None,
+    dx: object = None   # (N, D - Df) the rest of the input's gradient, or None,
+    work: object = None  # (N, 4H) the xp cell's scratch
 
 
 # -- the layer -----------------------------------------------------------------------------
@@ -265,8 +62,8 @@ class LSTMPass:
 class LSTM(Module):
     """LSTM over a whole sequence: xs (N, T, D) -> hs (N, T, H).
 
-    Parameters: Wx (D, 4H), Wh (H, 4H), b (4H); gates ordered [i, f, o, g] (see the
-    module docstring for the book's order).
+    Parameters: Wx (D, 4H), Wh (H, 4H), b (4H); gates ordered [i, f, o, g] (see
+    ``lstm_cell`` for the book's order).
 
     ``lengths`` (N,), each in 1..T, marks right padding: the final state
     ``(h_final, c_final)`` is each sequence's state at its own last real step, so
