@@ -35,6 +35,13 @@ def close(actual, desired, what=""):
     np.testing.assert_allclose(to_numpy(actual), to_numpy(desired), rtol=1e-10, atol=1e-12, err_msg=what)
 
 
+def close_grads(lstm, got, want):
+    """got, want: (the weight gradients, dxs, dh0, dc0)."""
+    names = [f"d{name}" for name in lstm.param_names] + ["dxs", "dh0", "dc0"]
+    for name, a, b in zip(names, [*got[0], *got[1:]], [*want[0], *want[1:]]):
+        close(a, b, name)
+
+
 def make(xp, N, H, seed=0):
     """An LSTM in float64 on xp's device, inputs xs (N, T, D) and a start state (N, H)."""
     lstm = LSTM(D, H, np.random.default_rng(seed), dtype=np.float64).to("cpu" if xp is np else "gpu")
@@ -116,11 +123,7 @@ def test_backward_equals_reference(xp, N, H, lengths, final_grads):
         dxs, dh0, dc0 = lstm.backward(dhs, dh_final, dc_final)
     else:
         dxs, dh0, dc0 = lstm.backward(dhs)
-    for name, g, g_ref in zip(lstm.param_names, lstm.grads, grads_ref):
-        close(g, g_ref, f"d{name}")
-    close(dxs, dxs_ref, "dxs")
-    close(dh0, dh0_ref, "dh0")
-    close(dc0, dc0_ref, "dc0")
+    close_grads(lstm, (lstm.grads, dxs, dh0, dc0), (grads_ref, dxs_ref, dh0_ref, dc0_ref))
 
 
 @pytest.mark.parametrize("N, H", [(3, 5), (1, 3), (2, 11)])
@@ -174,11 +177,7 @@ def test_step_by_step_pass_equals_the_reference(xp, N, H, fixed):
                                                               None)
     hs, dxs, dh0, dc0, grads = run_step_by_step(lstm, xs, h0, c0, dhs, fixed)
     close(hs, hs_ref, "hs")
-    for name, g, g_ref in zip(lstm.param_names, grads, grads_ref):
-        close(g, g_ref, f"d{name}")
-    close(dxs, dxs_ref, "dxs (fixed and the rest)")
-    close(dh0, dh0_ref, "dh0")
-    close(dc0, dc0_ref, "dc0")
+    close_grads(lstm, (grads, dxs, dh0, dc0), (grads_ref, dxs_ref, dh0_ref, dc0_ref))
 
 
 @pytest.mark.parametrize("fixed", [0, 2, D])

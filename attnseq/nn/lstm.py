@@ -125,7 +125,9 @@ class LSTM(Module):
 
     def run_step(self, t: int):
         """Step t of the pass opened by ``begin_steps`` -> h_t (N, H), a view valid until the next pass."""
-        s = self.cache
+        return self._run_step(self.cache, t)
+
+    def _run_step(self, s: LSTMPass, t: int):
         Wx, Wh, _ = self.params
         if s.Df < Wx.shape[0]:
             s.xp.matmul(s.X[t, :, s.Df:], Wx[s.Df:], out=s.rec)    # (N, 4H) the rest of the input
@@ -145,7 +147,7 @@ class LSTM(Module):
         s = self.begin_steps(T, N, h0, c0, fixed=xs.transpose(1, 0, 2), dtype=xs.dtype, xp=xp)
         s.lengths = lengths
         for t in range(T):
-            self.run_step(t)
+            self._run_step(s, t)                                    # s itself: nothing read back from the layer
         if lengths is None:
             self.h_final, self.c_final = s.Hs[T], s.Cs[T]
         else:
@@ -176,7 +178,9 @@ class LSTM(Module):
         """Back through step t (from T - 1 down to 0): dh_in (N, H) the gradient reaching h_t from
         outside this layer -> the gradient of the rest of step t's input (N, D - Df), in a buffer
         overwritten by the next call (None when the whole input was ``fixed``)."""
-        s = self.cache
+        return self._backward_step(self.cache, t, dh_in)
+
+    def _backward_step(self, s: LSTMPass, t: int, dh_in):
         Wx, Wh, _ = self.params
         if s.dC is not None:
             s.dc += s.dC[t]
@@ -206,13 +210,12 @@ class LSTM(Module):
 
         dh0 and dc0 live in this layer's buffers until its next backward.
         """
-        if self.cache is None:
-            raise RuntimeError("LSTM.backward needs a forward pass in training mode first")
-        lengths = self.cache.lengths
+        s = self.cache
+        lengths = None if s is None else s.lengths
         dH, dC = self._incoming_grads(dhs, dh_final, dc_final, lengths)
         self.begin_backward_steps(dc_final if lengths is None else None, dC)   # with lengths, through dC
         for t in range(dhs.shape[1] - 1, -1, -1):
-            self.backward_step(t, dH[t])
+            self._backward_step(s, t, dH[t])
         dxs, dh0, dc0 = self.end_backward_steps()
         return dxs.transpose(1, 0, 2), dh0, dc0
 
