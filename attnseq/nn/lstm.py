@@ -94,7 +94,7 @@ class LSTM(Module):
         before ``run_step(t)``, projected there. h0, c0 (N, H) or None (zeros). Then, backwards,
         ``begin_backward_steps``, ``backward_step`` from t = T - 1 down to 0 and ``end_backward_steps``.
         """
-        Wx, Wh, b = self.params
+        Wx, _, b = self.params
         dt = np.dtype(dtype or Wx.dtype)
         D, H4 = Wx.shape
         Df = 0 if fixed is None else fixed.shape[2]
