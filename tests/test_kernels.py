@@ -24,38 +24,30 @@ from attnseq.nn import kernels
 from attnseq.nn.attention import masked_softmax, softmax_backward
 from attnseq.nn.backend import scatter_add
 from attnseq.nn.layers import SoftmaxCrossEntropy
-from attnseq.nn.lstm import (lstm_cell_backward_, lstm_cell_forward_, lstm_cell_reference,
-                             lstm_cell_reference_backward, scale_gates_)
+from attnseq.nn.lstm_cell import (lstm_cell_backward_, lstm_cell_forward_, lstm_cell_reference,
+                                  lstm_cell_reference_backward)
 
 numba = pytest.importorskip("numba")
 from attnseq.nn.kernels import cpu  # noqa: E402  (needs numba)
 
 
 class ref:
-    """The layers' plain numpy code behind the kernels' signatures (outputs written at the end,
-    so an output may also be an input)."""
+    """The layers' plain numpy code behind the kernels' signatures (an output may also be an
+    input where the kernel allows it: gates over xa or ha, dc_prev over dc, ds over da)."""
 
     @staticmethod
     def lstm_cell_forward(xa, ha, c_prev, gates, c, tc, h):
-        """The xp path's cell: scaled pre-activations, gates in place (``lstm_cell_forward_``)."""
+        """The xp path's cell ``lstm_cell_forward_`` (the gate-scale trick, one exp)."""
         N, H = c_prev.shape
         _check_lstm("lstm_cell_forward", N, H, (xa, ha, gates), (c_prev, c, tc, h))
-        z = scale_gates_(xa + ha)                                   # (N, 4H)
-        outs = [np.empty((N, H), xa.dtype) for _ in range(4)]       # c, tc, h, scratch
-        with np.errstate(over="ignore"):
-            lstm_cell_forward_(z, c_prev, *outs)
-        gates[...], c[...], tc[...], h[...] = z, outs[0], outs[1], outs[2]
+        lstm_cell_forward_(xa, ha, c_prev, gates, c, tc, h)
 
     @staticmethod
     def lstm_cell_backward(dh, dh_rec, dc, gates, c_prev, tc, da, dc_prev):
-        """The xp path's ``lstm_cell_backward_``, with p = o (1 - tanh(c)^2) as its forward keeps it."""
+        """The xp path's ``lstm_cell_backward_``."""
         N, H = dh.shape
         _check_lstm("lstm_cell_backward", N, H, (gates, da), (dh_rec, dc, c_prev, tc, dc_prev))
-        o = gates[:, 2 * H:3 * H]
-        dc_work, d = dc.copy(), np.empty((N, 4 * H), dh.dtype)
-        lstm_cell_backward_(dh + dh_rec, dc_work, gates, c_prev, tc, o * (1 - tc * tc), d,
-                            np.empty((N, 4 * H), dh.dtype), np.empty((N, H), dh.dtype))
-        da[...], dc_prev[...] = d, dc_work
+        lstm_cell_backward_(dh, dh_rec, dc, gates, c_prev, tc, da, dc_prev)
 
     @staticmethod
     def masked_softmax(scores, lengths):
@@ -241,6 +233,21 @@ def test_lstm_cell_backward_in_place_dc():
         mod.lstm_cell_backward(dh, dh_rec, dc2, gates, c_prev, tc, da, dc2)
         assert_same(da, da_want, np.float64)
         assert_same(dc2, dc_prev_want, np.float64)
+
+
+def test_lstm_cell_forward_gates_in_place():
+    """gates may be xa or ha itself (the xp path keeps its gates over the input projections, and
+    ``LSTM.step`` over h Wh); the compiled cell gives the same numbers there too, only slower."""
+    rng = np.random.default_rng(9)
+    xa, ha, c_prev = lstm_inputs(rng, 3, 7, np.float64)
+    want = run_forward(ref, xa, ha, c_prev)
+    for mod in (cpu, ref):
+        for over in ("xa", "ha"):
+            a, b = xa.copy(), ha.copy()
+            out = [nans(c_prev.shape, np.float64) for _ in range(3)]
+            mod.lstm_cell_forward(a, b, c_prev, a if over == "xa" else b, *out)
+            for got, w in zip([a if over == "xa" else b] + out, want):
+                assert_same(got, w, np.float64)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -2,10 +2,11 @@
 
 ``reference_forward``/``reference_backward`` are plain loops over
 ``lstm_cell_reference``/``lstm_cell_reference_backward``: fresh arrays every step,
-the weight products one step at a time. The fast ``forward``, ``backward`` and
-``step`` must equal them to ~1e-10, with and without padding, for N = 1 and for
-H not a multiple of 8, on both CPU paths (``kernel_path``: the compiled cells and the
-xp cells with the gate-scale trick).
+the weight products one step at a time. The fast ``forward``, ``backward``, ``step``
+and the step-by-step pass (``begin_steps``/``run_step``/``backward_step``) must equal
+them to ~1e-10, with and without padding, for N = 1 and for H not a multiple of 8, on
+both CPU paths (``kernel_path``: the compiled cells and the xp cells with the
+gate-scale trick); the whole-sequence and step-by-step paths must equal each other.
 """
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from kernel_paths import kernel_path  # noqa: F401 (a fixture)
 
 from attnseq import LSTM
 from attnseq.nn.backend import get_array_module, to_numpy
-from attnseq.nn.lstm import lstm_cell_reference, lstm_cell_reference_backward, sigmoid
+from attnseq.nn.lstm_cell import lstm_cell_reference, lstm_cell_reference_backward, sigmoid
 
 # every test on both CPU paths: the fused kernels and the plain numpy code
 pytestmark = pytest.mark.usefixtures("kernel_path")
@@ -32,6 +33,13 @@ CASES = [  # N, H, lengths
 
 def close(actual, desired, what=""):
     np.testing.assert_allclose(to_numpy(actual), to_numpy(desired), rtol=1e-10, atol=1e-12, err_msg=what)
+
+
+def close_grads(lstm, got, want):
+    """got, want: (the weight gradients, dxs, dh0, dc0)."""
+    names = [f"d{name}" for name in lstm.param_names] + ["dxs", "dh0", "dc0"]
+    for name, a, b in zip(names, [*got[0], *got[1:]], [*want[0], *want[1:]]):
+        close(a, b, name)
 
 
 def make(xp, N, H, seed=0):
@@ -115,11 +123,7 @@ def test_backward_equals_reference(xp, N, H, lengths, final_grads):
         dxs, dh0, dc0 = lstm.backward(dhs, dh_final, dc_final)
     else:
         dxs, dh0, dc0 = lstm.backward(dhs)
-    for name, g, g_ref in zip(lstm.param_names, lstm.grads, grads_ref):
-        close(g, g_ref, f"d{name}")
-    close(dxs, dxs_ref, "dxs")
-    close(dh0, dh0_ref, "dh0")
-    close(dc0, dc0_ref, "dc0")
+    close_grads(lstm, (lstm.grads, dxs, dh0, dc0), (grads_ref, dxs_ref, dh0_ref, dc0_ref))
 
 
 @pytest.mark.parametrize("N, H", [(3, 5), (1, 3), (2, 11)])
@@ -136,6 +140,30 @@ def test_step_equals_forward_at_every_position(xp, N, H):
     close(hs, hs_ref, "forward")
 
 
+def run_step_by_step(lstm, xs, h0, c0, dhs, fixed):
+    """``begin_steps`` with the first ``fixed`` input features up front, the rest written before each
+    ``run_step``; then the backward step by step -> hs, dxs (N, T, D), dh0, dc0 and the weight gradients."""
+    xp = get_array_module(xs)
+    N, T, D = xs.shape
+    xs_tm = xs.transpose(1, 0, 2)                                   # (T, N, D)
+    lstm.begin_steps(T, N, h0, c0, fixed=xp.ascontiguousarray(xs_tm[:, :, :fixed]) if fixed else None,
+                     dtype=xs.dtype, xp=xp)
+    hs = []
+    for t in range(T):
+        lstm.inputs(t)[...] = xs_tm[t, :, fixed:]
+        hs.append(lstm.run_step(t).copy())
+    lstm.begin_backward_steps()
+    dxs = xp.zeros_like(xs)
+    for t in range(T - 1, -1, -1):
+        rest = lstm.backward_step(t, dhs[:, t])
+        if rest is not None:
+            dxs[:, t, fixed:] = rest
+    dfixed, dh0, dc0 = lstm.end_backward_steps()
+    if fixed:
+        dxs[:, :, :fixed] = dfixed.transpose(1, 0, 2)
+    return xp.stack(hs, axis=1), dxs, dh0.copy(), dc0.copy(), [g.copy() for g in lstm.grads]
+
+
 @pytest.mark.parametrize("N, H", [(3, 5), (1, 3), (2, 11)])
 @pytest.mark.parametrize("fixed", [0, 2, D])
 def test_step_by_step_pass_equals_the_reference(xp, N, H, fixed):
@@ -147,26 +175,36 @@ def test_step_by_step_pass_equals_the_reference(xp, N, H, fixed):
     hs_ref, _, _, steps = reference_forward(lstm, xs, h0, c0, None)
     grads_ref, dxs_ref, dh0_ref, dc0_ref = reference_backward(lstm, steps, dhs, xp.zeros_like(h0), xp.zeros_like(c0),
                                                               None)
-    xs_tm = xs.transpose(1, 0, 2)                                   # (T, N, D)
-    lstm.begin_steps(T, N, h0, c0, fixed=xp.ascontiguousarray(xs_tm[:, :, :fixed]) if fixed else None,
-                     dtype=np.float64, xp=xp)
-    for t in range(T):
-        lstm.inputs(t)[...] = xs_tm[t, :, fixed:]
-        close(lstm.run_step(t), hs_ref[:, t], f"h at step {t}")
-    lstm.begin_backward_steps()
-    drest = [None] * T
-    for t in range(T - 1, -1, -1):
-        rest = lstm.backward_step(t, dhs[:, t])
-        drest[t] = None if rest is None else rest.copy()
-    dfixed, dh0, dc0 = lstm.end_backward_steps()
-    for name, g, g_ref in zip(lstm.param_names, lstm.grads, grads_ref):
-        close(g, g_ref, f"d{name}")
-    if fixed:
-        close(dfixed.transpose(1, 0, 2), dxs_ref[:, :, :fixed], "d fixed inputs")
-    if fixed < D:
-        close(xp.stack(drest, axis=1), dxs_ref[:, :, fixed:], "d the rest")
-    close(dh0, dh0_ref, "dh0")
-    close(dc0, dc0_ref, "dc0")
+    hs, dxs, dh0, dc0, grads = run_step_by_step(lstm, xs, h0, c0, dhs, fixed)
+    close(hs, hs_ref, "hs")
+    close_grads(lstm, (grads, dxs, dh0, dc0), (grads_ref, dxs_ref, dh0_ref, dc0_ref))
+
+
+@pytest.mark.parametrize("fixed", [0, 2, D])
+def test_whole_sequence_and_step_by_step_agree(xp, fixed):
+    """``forward``/``backward`` against the same layer driven one step at a time (``begin_steps``, ``run_step``,
+    ``backward_step``): the same states and gradients, and bit for bit when the whole input is ``fixed``
+    (then the two run the same operations)."""
+    N, H = 3, 5
+    lstm, xs, h0, c0 = make(xp, N, H)
+    dhs = random_like(xp, (N, T, H), 10)
+    hs = lstm.forward(xs, h0, c0).copy()
+    dxs, dh0, dc0 = (a.copy() for a in lstm.backward(dhs))
+    grads = [g.copy() for g in lstm.grads]
+    got = run_step_by_step(lstm, xs, h0, c0, dhs, fixed)
+    for name, a, b in zip(["hs", "dxs", "dh0", "dc0"] + [f"d{p}" for p in lstm.param_names],
+                          (hs, dxs, dh0, dc0, *grads), (*got[:4], *got[4])):
+        if fixed == D:
+            np.testing.assert_array_equal(to_numpy(b), to_numpy(a), err_msg=name)
+        close(b, a, name)
+
+
+def test_backward_needs_a_training_forward(xp):
+    lstm, xs, h0, c0 = make(xp, 2, 3)
+    lstm.eval()
+    lstm.forward(xs, h0, c0)
+    with pytest.raises(RuntimeError, match="forward pass in training mode"):
+        lstm.backward(random_like(xp, (2, T, 3), 5))
 
 
 def test_reference_backward_matches_numerical_gradients():

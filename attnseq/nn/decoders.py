@@ -208,7 +208,7 @@ class AttentionDecoder(Module):
         self._feeding = (masks, cat, Ht) if self.training else None
         if not self.training:                                       # nothing kept for a backward
             for lstm, _ in stack:
-                lstm.cache = lstm._steps = None
+                lstm.cache = None
             self.attention._steps = None
         return logits
 

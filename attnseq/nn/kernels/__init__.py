@@ -6,7 +6,7 @@ numpy path when the kernels are off. Its compiled twin in ``cpu`` does the same 
 in one pass over memory, and the tests hold the two together:
 
     kernel (``cpu``)                        plain version
-    lstm_cell_forward, lstm_cell_backward   lstm.lstm_cell_reference(_backward), and LSTM's xp path
+    lstm_cell_forward, lstm_cell_backward   lstm_cell.lstm_cell_forward_, lstm_cell_backward_ (and the book's cell)
     masked_softmax, masked_softmax_backward attention.masked_softmax, attention.softmax_backward
     softmax_cross_entropy                   layers.SoftmaxCrossEntropy (also with label smoothing)
     cross_entropy_loss                      layers.SoftmaxCrossEntropy with need_grad=False

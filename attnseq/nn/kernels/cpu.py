@@ -178,7 +178,7 @@ def lstm_cell_forward(xa, ha, c_prev, gates, c, tc, h):
 
     Writes the activated gates [i, f, o, g] (N, 4H), kept for backward, and the (N, H) cell
     state c = f c_prev + i g, its tanh tc, and the hidden state h = o tanh(c). Raw weights:
-    no gate scaling. The book's cell is ``lstm.lstm_cell_reference``.
+    no gate scaling. The book's cell is ``lstm_cell.lstm_cell_reference``.
     """
     N, H = c.shape
     if (xa.shape != (N, 4 * H) or ha.shape != (N, 4 * H) or gates.shape != (N, 4 * H)
@@ -204,7 +204,7 @@ def lstm_cell_forward(xa, ha, c_prev, gates, c, tc, h):
 
 @jit
 def lstm_cell_backward(dh, dh_rec, dc, gates, c_prev, tc, da, dc_prev):
-    """Backward through one LSTM step: ``lstm.lstm_cell_reference_backward`` with dh + dh_rec.
+    """Backward through one LSTM step: ``lstm_cell.lstm_cell_reference_backward`` with dh + dh_rec.
 
     dh (N, H) reaches h_t from above and dh_rec (N, H) from the next step (da_{t+1} Wh^T);
     dc (N, H) reaches c_t from the next step. With the step's gates (N, 4H), c_prev and
