@@ -152,7 +152,7 @@ class Encoder(Module):
         for rnn, drop in self._stack():
             if drop is not None:
                 x = drop.forward(x)
-            x = rnn.forward(x, lengths=lengths)                     # (N, Ts, H)
+            x = rnn.forward(x, lengths=lengths, **self._tokens(rnn, src))   # (N, Ts, H)
             finals.append((rnn.h_final, rnn.c_final))
         if hasattr(self, "bridge"):
             state = self.bridge.forward(*(xp.concatenate(f, axis=1) for f in zip(*finals)))
@@ -162,6 +162,13 @@ class Encoder(Module):
             state = tuple(xp.stack(f, axis=1) for f in zip(*finals))   # (N, L, H) each
         return x, state
 
+    def _tokens(self, rnn, src) -> dict:
+        """The bottom LSTM reads the embedding's rows as they are (no dropout between): it may take the
+        token ids and the embedding instead (``LSTM.forward``'s ``tokens``)."""
+        if rnn is not self.lstm or not isinstance(rnn, LSTM) or self.drop.mask is not None:
+            return {}
+        return dict(tokens=(src, self.embed.params[0]))
+
     def backward(self, dhs, dh=None, dc=None):
         """dhs (N, Ts, H) and the state's gradients (its shape, or None); writes all grads."""
         finals = self._final_grads(dh, dc)
@@ -170,7 +177,10 @@ class Encoder(Module):
             d, _, _ = rnn.backward(d, dh_l, dc_l)
             if drop is not None:
                 d = drop.backward(d)
-        self.embed.backward(self.drop.backward(d))
+        if d is None:                                               # the LSTM took the tokens: dE is its
+            self.embed.grads[0][...] = self.lstm.dE
+        else:
+            self.embed.backward(self.drop.backward(d))
 
     def _final_grads(self, dh, dc):
         """The state's gradients -> [(dh_l, dc_l)] for each layer's final state (None where none)."""
