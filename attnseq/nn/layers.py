@@ -80,9 +80,12 @@ class Linear(Module):
         return self.apply(x)
 
     def backward(self, dy):
+        """dy (..., O) -> dx (..., D), in training mode in a buffer valid until the next backward."""
         W, b = self.params
         dy2 = self.param_grads(self.x2, dy)
-        return (dy2 @ W.T).reshape(*dy.shape[:-1], -1)
+        xp = get_array_module(dy)
+        dx = xp.matmul(dy2, W.T, out=self.buffer("dx", (dy2.shape[0], W.shape[0]), dy2.dtype, xp))
+        return dx.reshape(*dy.shape[:-1], -1)
 
     def param_grads(self, x, dy):
         """Write dW = x^T dy and db = sum dy for inputs x (..., D) and output gradients dy (..., O)
