@@ -6,6 +6,7 @@ from .nn.encoders import Encoder
 from .errors import AttnseqError, CheckpointError, ConfigError, DataError, DeviceError, NonFiniteError, TrainingStopped
 from .explorer import explore
 from .nn.layers import Dropout, Embedding, Linear, SoftmaxCrossEntropy
+from .nn.gru import GRU
 from .nn.lstm import LSTM
 from .nn.model import AttentionSeq2seq
 from .nn.module import Module
@@ -17,7 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Encoder", "AttentionDecoder", "AttentionSeq2seq", "Module",
-    "Embedding", "LSTM", "Linear", "SoftmaxCrossEntropy", "Dropout", "Attention", "AttentionWeights", "WeightedSum",
+    "Embedding", "LSTM", "GRU", "Linear", "SoftmaxCrossEntropy", "Dropout", "Attention", "AttentionWeights", "WeightedSum",
     "Optimizer", "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSProp", "Adam", "ClipGradNorm", "WeightDecay",
     "beam_search", "plot_attention", "explore",
     "get_array_module", "gpu_available", "to_device", "to_numpy",

@@ -393,7 +393,7 @@ def test_the_model_options_are_listed_once():
         assert (row.type, row.default, row.choices) == (f.type, f.default, f.metadata.get("choices")), name
     options = ModelConfig.options()
     assert list(options) == ["encoder_layers", "decoder_layers", "bidirectional", "attention", "input_feeding",
-                             "label_smoothing", "tie_embeddings"]
+                             "label_smoothing", "tie_embeddings", "cell"]
     assert all(rows[k].group == "model" and not rows[k].resumable for k in options)
     assert {**BOOK_OPTIONS, **{k: options[k] for k in TRAINING_ONLY}} == options
     assert KNOWN_MODEL_KEYS == set(AttentionSeq2seq(5, 6, 4, 8).config.to_dict()) == set(fields)

@@ -33,13 +33,13 @@ EVAL_BATCH_SIZE = 128
 # -- with an AttentionSeq2seq -------------------------------------------------------------------
 def model_step(model, hs, mask, log_probs: bool = False):
     """The model's decoder as a step function over encoder states hs (N, Ts, H), padding mask (N, Ts)
-    (masked positions get attention weight 0): step(tokens (N,), (h, c)) -> logits (or, with
-    ``log_probs``, log-probabilities) (N, V), new (h, c), attention (N, Ts). See ``AttentionDecoder.step_fn``."""
+    (masked positions get attention weight 0): step(tokens (N,), state) -> logits (or, with
+    ``log_probs``, log-probabilities) (N, V), new state, attention (N, Ts). See ``AttentionDecoder.step_fn``."""
     return model.decoder.step_fn(hs, mask, log_probs)
 
 
 def greedy_encoded(model, hs, state, mask, max_len=None):
-    """Greedy decoding from encoder output: hs (N, Ts, H), state (h, c), mask (N, Ts) as ``model.encode``
+    """Greedy decoding from encoder output: hs (N, Ts, H), state, mask (N, Ts) as ``model.encode``
     gives them -> ids (N, L), weights (N, L, Ts) on the model's device: ``model.greedy``.
     ``max_len``: tokens or an ``OutputLengthRule``; None: the model's ``output_len_rule``."""
     return model.greedy(hs, state, mask, max_len)
@@ -56,14 +56,14 @@ def beam_search(model, src, beam_size: int = 5, alpha: float = 0.0, max_len=None
     """Beam search with an AttentionSeq2seq on a padded source batch src (N, Ts); ``max_len`` as in
     ``greedy_encoded``."""
     with model.eval_mode():
-        hs, (h, c), mask = model.encode(src)
+        hs, state, mask = model.encode(src)
         xp = get_array_module(hs)
         N, Ts, _ = hs.shape
         k = beam_size
         # the k rows of a sentence share its row of hs (the decoder step attends with (N, k, H)
-        # queries), so hs is neither repeated nor reordered: only (h, c) is
+        # queries), so hs is neither repeated nor reordered: only the state ((h, c), or a GRU's (h,)) is
         step = model_step(model, hs, mask, log_probs=True)
-        state = (xp.repeat(h, k, axis=0), xp.repeat(c, k, axis=0))   # (N*k, H)
+        state = tuple(xp.repeat(s, k, axis=0) for s in state)       # (N*k, H) each
         return beam_search_core(step, state, N, Ts, model.bos_id, model.eos_id, k, alpha,
                                 output_limit(Ts, max_len, model.output_len_rule), n_best, xp)
 
