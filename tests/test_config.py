@@ -33,7 +33,7 @@ OLD_KEYS = {
 NEW_KEYS = {
     "encoder_layers", "decoder_layers", "bidirectional", "attention", "input_feeding", "label_smoothing",
     "tie_embeddings", "lr_schedule", "warmup", "plateau_factor", "plateau_patience", "select_by", "max_minutes",
-    "keep_last", "average_last", "max_output_len",
+    "keep_last", "average_last", "max_output_len", "cell", "keep_every",
 }
 SAVED_KEYS = OLD_KEYS | NEW_KEYS
 FAKE = Option("freeze_epochs", int, 1, group="training", metavar="N", resumable=False, check=POSITIVE_INT,

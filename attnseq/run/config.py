@@ -223,8 +223,8 @@ OPTIONS: tuple[Option, ...] = (
       help="multiply lr by G after every epoch (--lr-schedule constant); 1 = off"),
     O("lr_schedule", str, "constant", choices=SCHEDULES, group="training", resumable=False,
       help="lr over the run: constant (with --lr-decay), plateau (times --plateau-factor when --select-by "
-           "stalls), warmup-rsqrt (lr·min(step/W, sqrt(W/step)), W = --warmup) or cosine (to 0 at the "
-           "last step, after --warmup)"),
+           "stalls), warmup-rsqrt (lr·min(step/W, sqrt(W/step)), W = --warmup), cosine or linear (after "
+           "--warmup, down to 0 at the run's last step: --epochs', or with --max-minutes the budget's)"),
     O("warmup", int, 0, group="training", metavar="STEPS", resumable=False, check=NON_NEGATIVE,
       help="steps of linear warm-up to --lr (warmup-rsqrt, cosine, plateau)"),
     O("plateau_factor", float, 0.5, group="training", metavar="F", check=Check(lambda v: 0 < v < 1, "in (0, 1)"),
@@ -237,10 +237,16 @@ OPTIONS: tuple[Option, ...] = (
     O("patience", int, 3, group="training", metavar="N", check=POSITIVE_INT,
       help="early stop after N epochs without a better --select-by score"),
     O("max_minutes", float, group="training", metavar="M", check=POSITIVE, unset="no limit",
-      help="stop before an epoch that would end past M minutes (estimated from the epochs so far; the first "
-           "always runs), then test best/; on --resume, counted from the resume"),
+      help="train for M minutes: the run's last step is estimated from its speed (epoch-end validation "
+           "included) and corrected at every step; the last epoch is cut short there, validated and saved, "
+           "and cosine or linear lr reaches 0 there; then best/ is tested. The budget counts the whole run: "
+           "on --resume the minutes its checkpoint had used count against it (a larger M extends it)"),
     O("keep_last", int, 0, group="training", metavar="K", check=NON_NEGATIVE,
       help="also keep the last K epoch-end checkpoints, RUN_DIR/epoch-NNNN/, for attnseq average; 0: none"),
+    O("keep_every", int, 0, group="training", metavar="STEPS", check=NON_NEGATIVE,
+      help="with --keep-last K: keep checkpoints every STEPS steps instead, RUN_DIR/step-NNNNNNN/, in the "
+           "run's last K·STEPS steps and at its last step (the last by --epochs or --max-minutes, as then "
+           "estimated); 0: at epoch ends"),
     O("average_last", int, 0, group="training", metavar="K", check=NON_NEGATIVE,
       help="at the end, average the last K kept checkpoints into RUN_DIR/averaged/ (as attnseq average) and "
            "score it on valid and test beside best/; needs --keep-last K or more; 0: off"),
@@ -349,6 +355,8 @@ def _check_values(cfg: dict, keys: dict[str, Option]) -> None:
 def _check_combination(cfg: dict) -> None:
     if cfg["out"] is None:
         raise ConfigError("--out RUN_DIR is required")
+    if cfg.get("keep_every") and not cfg["keep_last"]:
+        raise ConfigError(f"--keep-every {cfg['keep_every']} needs --keep-last K (how many to keep)")
     if cfg["average_last"] > cfg["keep_last"]:
         raise ConfigError(f"--average-last {cfg['average_last']} needs --keep-last {cfg['average_last']} or more "
                           f"(got {cfg['keep_last']})")

@@ -78,20 +78,21 @@ class EndOfRun:
         return encode_pairs(pairs, self.src_tok, self.tgt_tok, self.cfg["reverse_source"])
 
     def average_last(self, best: selection.Best) -> dict:
-        """--average-last K: the mean of the last K kept epoch checkpoints as RUN/averaged/ (what
+        """--average-last K: the mean of the last K kept checkpoints as RUN/averaged/ (what
         ``attnseq average`` writes), scored on valid and test -> {"averaged": scores} for result.json,
-        {} when off or when fewer than K epochs were kept. best/ stays the best epoch: the log says
-        which of the two scores higher on valid (use ``--ckpt RUN/averaged`` for the average)."""
+        {} when off or when fewer than K were kept. best/ stays the best epoch; ``better_than_best``:
+        whether the average scores higher on valid, which makes it the run's choice."""
         k = self.cfg["average_last"]
         if not k:
             return {}
         kept = self.run_dir.kept()
         if len(kept) < k:
-            self.log(f"--average-last {k}: only {len(kept)} epoch checkpoint(s) kept, nothing averaged")
+            self.log(f"--average-last {k}: only {len(kept)} checkpoint(s) kept, nothing averaged")
             return {}
         path = average_run(self.run_dir.path, k, self.run_dir.path / "averaged")
         model = load_checkpoint(path, self.cfg["device"]).model
-        out = {"valid": self.score(model, self.sets["valid"]), "epochs": [e for e, _ in kept[-k:]]}
+        what = "epochs" if all(p.name.startswith("epoch-") for _, p in kept[-k:]) else "steps"
+        out = {"valid": self.score(model, self.sets["valid"]), what: [n for n, _ in kept[-k:]]}
         if "test" in self.sets:
             out["test"] = self.score(model, self.sets["test"])
         averaged = dict(out, path=str(path), better_than_best=bool(best.beaten_by(out["valid"])))

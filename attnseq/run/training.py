@@ -4,8 +4,9 @@
 the options of ``attnseq.run.config`` (``batch_size`` for ``--batch-size``); ``train`` fills in the
 defaults, and on ``--resume`` the run's saved options. Around the loop, each in its module: the run
 directory and its lock (``rundir``), state.json (``train_state``), best/ and ``--patience``
-(``selection``), the lr (``schedules``), signals and ``--max-minutes`` (``stopping``), the log lines
-(``report``) and the end of the run, where the test split is scored once (``finish``).
+(``selection``), the lr (``schedules``), signals (``stopping``), ``--max-minutes`` (``budget``: the run's
+last step, which the lr schedule anneals to), the log lines (``report``) and the end of the run, where
+the test split is scored once (``finish``).
 
 Long runs: ``--save-every`` also saves ``last/`` inside an epoch, with how far into the epoch's batch
 order it is (``EpochProgress``), so ``--resume`` continues from that step and ends exactly where an
@@ -33,8 +34,9 @@ from .evaluation import evaluate, normalized_refs
 from .finish import EndOfRun
 from .parallel import DataParallel, for_training
 from .rundir import RunDir
+from .budget import BudgetState, TimeBudget
 from .schedules import build_schedule
-from .stopping import StopSignals, TimeLimit
+from .stopping import StopSignals
 from .train_state import EpochProgress, TrainState
 
 
@@ -51,8 +53,9 @@ class Trainer:
     ``run()`` releases it, whatever happens.
     """
 
-    def __init__(self, cfg: dict, log=print, run_dir: RunDir | None = None):
+    def __init__(self, cfg: dict, log=print, run_dir: RunDir | None = None, clock=None):
         self.cfg, self.log = cfg, log
+        self.budget = TimeBudget(cfg["max_minutes"], clock or time.perf_counter)   # clock: tests pass their own
         self.run_dir = run_dir if run_dir is not None else RunDir(cfg["out"])
         self.out = self.run_dir.path
         self.t_start = time.perf_counter()
@@ -62,7 +65,6 @@ class Trainer:
         self.schedule = build_schedule(cfg)
         self.progress: EpochProgress | None = None      # a mid-epoch checkpoint's, until its epoch resumes
         self.save_every = save_interval(cfg["save_every"])
-        self.time_limit = TimeLimit(cfg["max_minutes"], self.t_start)
         self.stopped_by: str | None = None
         self.stop, self.runner = StopSignals(), None
         self.run_dir.lock()                             # released by run(), or here if setting up fails
@@ -88,6 +90,7 @@ class Trainer:
         if resuming:
             where = f", batch {self.progress.batches_done} of epoch {self.epoch + 1}" if self.progress else ""
             self.log(f"resumed {self.out} at epoch {self.epoch}, step {self.step}{where}")
+        self.budget.setup_done()
         self.last_save = time.perf_counter()
 
     def _fit_output_rule(self, train: Encoded) -> None:
@@ -117,6 +120,10 @@ class Trainer:
         self.progress = EpochProgress.from_json(ck.state, ck.path / "state.json")
         if state.schedule and state.schedule.get("name") == self.schedule.name:
             self.schedule.load_state_dict(state.schedule)
+        if self.budget.active:
+            if state.budget is not None:
+                self.budget.resume(state.budget)
+            self.log(self.budget.resumed_note(state.budget is not None))
         if state.best_metric != self.best.by:
             self.log(self.best.rechoose(state.best_metric, self.run_dir.read_metrics(), self.run_dir.best_epoch()))
         saved = ck.config.get("train")
@@ -170,13 +177,17 @@ class Trainer:
                               then_by=data.tgt_len)
         self.schedule.total_steps = cfg["epochs"] * len(batches)
         progress = self._epoch_progress(len(batches))
+        self.batches = len(batches)
         t0, time_before = time.perf_counter(), progress.time_s
         bar = report.EpochBar(len(batches), progress.batches_done, f"epoch {self.epoch + 1}/{cfg['epochs']}")
         for idx in batches[progress.batches_done:]:
+            self._plan(progress.batches_done)
             self._train_batch(data, idx, progress)
             progress.batches_done += 1
             progress.time_s = time_before + time.perf_counter() - t0
             bar.update(self.step, progress)
+            if self._budget_ended():
+                break
             self._between_steps(progress)
         bar.close()
         dt = max(progress.time_s, 1e-9)
@@ -201,18 +212,39 @@ class Trainer:
         src, tgt = take(data, idx)
         loss = self.runner.forward(src, tgt)
         self.step += 1
+        self.budget.step_done()
         faults.point("train-step")
         if self._step(loss):
             progress.loss_sum += float(loss)
             progress.loss_batches += 1
             progress.samples += len(idx)
 
+    def _plan(self, done: int) -> None:
+        """Before each step: the run's last step, which the lr schedule anneals to: with --max-minutes
+        the budget's estimate (``TimeBudget.last_step``; ``done`` batches of this epoch trained), else
+        --epochs'."""
+        cap = self.cfg["epochs"] * self.batches
+        self.schedule.total_steps = self.budget.last_step(self.step, done, self.batches, cap)
+
+    def _budget_ended(self) -> bool:
+        """Whether the step just taken is the budget's last (the epoch then ends there)."""
+        if self.budget.ended(self.step, self.schedule.total_steps, self.cfg["epochs"] * self.batches):
+            self.stopped_by = "max_minutes"
+        return self.stopped_by is not None
+
+    def _keep_due(self) -> bool:
+        """--keep-every N: whether this step is a multiple of N within the run's last K·N steps (K = --keep-last)."""
+        n = self.cfg["keep_every"]
+        return n > 0 and self.step % n == 0 and self.step > self.schedule.total_steps - self.cfg["keep_last"] * n
+
     def _between_steps(self, progress: EpochProgress) -> None:
-        """Save last/ when --save-every says so; on a stop signal, save it and raise TrainingStopped."""
+        """Save last/ when --save-every says so (and a kept step checkpoint when --keep-every does); on a stop
+        signal, save it and raise TrainingStopped."""
         stopping = self.stop.signum is not None
         more = progress.batches_done < progress.batches        # else the epoch's end saves at once
-        if stopping or (more and self._save_due()):
-            self._save(progress=progress)
+        keep = more and self._keep_due()
+        if stopping or (more and (self._save_due() or keep)):
+            self._save(progress=progress, keep_step=keep)
             faults.point("mid-epoch-saved")
         if stopping:
             raise self._stopped(mid_epoch=True)
@@ -260,39 +292,39 @@ class Trainer:
 
     def _run_epochs(self) -> None:
         cfg = self.cfg
-        while self.epoch < cfg["epochs"] and self.best.bad_epochs < cfg["patience"]:
-            late = self.time_limit.too_late(self.epoch + 1)
-            if late:
-                self.log(late)
-                self.stopped_by = "max_minutes"
-                return
-            t0 = time.perf_counter()
+        while self.epoch < cfg["epochs"] and self.best.bad_epochs < cfg["patience"] and self.stopped_by is None:
             stats = self.train_epoch()
             self.epoch += 1
             if isinstance(self.runner, DataParallel):
                 self.runner.release()                               # its scratch memory, while evaluating
+            self.budget.eval_started()
             valid = self._evaluate(self.model, self.sets["valid"])
+            self.budget.eval_done()
             improved = self.best.update(valid)
             row = self._metrics_row(stats, valid)
             note = self.schedule.epoch_end(self.opt, improved)     # --lr-decay, or plateau's cut
             self.run_dir.append_metrics(row)
-            self._save(best=improved)
+            ending = self.epoch >= cfg["epochs"] or self.best.bad_epochs >= cfg["patience"] or bool(self.stopped_by)
+            self._save(best=improved, keep_step=ending or self._keep_due())
             self._report(row, valid)
             if note:
                 self.log(note)
-            self.time_limit.walls.append(time.perf_counter() - t0)
+            if self.budget.active:
+                self.log(self.budget.note(self.schedule.total_steps, self.batches))
             if self.best.bad_epochs >= cfg["patience"]:
                 tie = "" if self.best.by == "loss" else " (or loss)"
                 self.log(f"early stop: no better {selection.NAMES[self.best.by]}{tie} for {cfg['patience']} epochs")
             if self.stop.signum is not None:
                 raise self._stopped(mid_epoch=False)
 
-    def _save(self, best: bool = False, progress: EpochProgress | None = None) -> None:
-        """last/ (and best/, and with --keep-last epoch-NNNN/): at an epoch's end, or inside one with
-        ``progress`` (state.rng: the epoch's start)."""
+    def _save(self, best: bool = False, progress: EpochProgress | None = None, keep_step: bool = False) -> None:
+        """last/ (and best/, and with --keep-last epoch-NNNN/, or with --keep-every and ``keep_step``
+        step-NNNNNNN/): at an epoch's end, or inside one with ``progress`` (state.rng: the epoch's start)."""
+        by_step = self.cfg["keep_every"] > 0
+        keep = self.cfg["keep_last"] if keep_step or not by_step else 0
         self.run_dir.save(self.model, self.opt, self.src_tok, self.tgt_tok, dict(self.cfg),
                           self._state(mid_epoch=progress is not None), best=best, progress=progress,
-                          keep=self.cfg["keep_last"])
+                          keep=keep, by_step=by_step)
         self.last_save = time.perf_counter()
 
     def _stopped(self, mid_epoch: bool) -> TrainingStopped:
@@ -323,7 +355,8 @@ class Trainer:
         return TrainState(epoch=self.epoch, step=self.step, best=self.best.score, bad_epochs=self.best.bad_epochs,
                           nonfinite_skipped=self.skipped, rng=rng,
                           dropout_rng=_dropout_rng(self.model).bit_generator.state,
-                          best_metric=self.best.by, schedule=self.schedule.state_dict())
+                          best_metric=self.best.by, schedule=self.schedule.state_dict(),
+                          budget=self.budget.snapshot())
 
     def _report(self, row: dict, valid: dict) -> None:
         pairs = self.sets["valid"].pairs[:self.cfg["examples"]]
