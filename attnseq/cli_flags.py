@@ -34,7 +34,8 @@ MAX_OUTPUT_HELP = ("longest output: N tokens, or S*Ts+O (S tokens per source tok
                    "source in the batch). Default: the checkpoint's rule, fitted to its training split "
                    "(2*Ts+10 for checkpoints saved before rules were fitted)")
 
-CKPT_HELP = "run dir (its best/) or checkpoint dir"
+CKPT_HELP = ("run dir (the checkpoint it chose by validation: averaged/ when its result.json says that scored "
+             "higher than best/, else best/) or checkpoint dir (RUN/best, RUN/averaged ...)")
 DATA_HELP = "TSV or question_answer pairs"
 
 

@@ -103,7 +103,7 @@ def _check_out(out: Path, run: Path) -> None:
     if not any(out.iterdir()):
         return
     try:
-        averaged = "averaged" in load_checkpoint(out).state
+        averaged = (out / "config.json").exists() and "averaged" in load_checkpoint(out).state   # itself, not a run
     except CheckpointError:
         averaged = False
     if not averaged:

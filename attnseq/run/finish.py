@@ -3,9 +3,11 @@
 Until the last epoch ends, only the valid split is scored (``attnseq.run.selection`` chooses best/ by
 it). Then ``EndOfRun.scores`` tests ``best/`` on the test split, on the test sources longer than any
 in train (``test_long``) and on the built-in task's extra test sets (the date data's ``test_short``);
-with ``--average-last K`` it averages the last K kept epoch checkpoints into ``RUN/averaged/`` and
-scores that on valid and test beside best/. Each score is one log line (``attnseq.run.report``); the
-dict goes into result.json.
+with ``--average-last K`` it averages the last K kept checkpoints into ``RUN/averaged/`` and
+scores that on valid and test beside best/. Then it says which of the two the run chose, the one
+``--ckpt RUN`` means (``attnseq.run.checkpoint.chosen``): averaged/ when it scored higher on valid, else
+best/. Each score is one log line (``attnseq.run.report``), the choice the last; the dict goes into
+result.json.
 """
 from __future__ import annotations
 
@@ -37,9 +39,11 @@ class EndOfRun:
     log: Callable[[str], None]
 
     def scores(self, best: selection.Best) -> dict:
-        """{"test", "test_long", "test_short", "averaged"}: those that apply, for result.json."""
+        """{"test", "test_long", "test_short", "averaged"}: those that apply, and "chosen", for result.json."""
         out = self.test_best() if "test" in self.sets else {}
         out.update(self.average_last(best))
+        out["chosen"] = "averaged" if out.get("averaged", {}).get("better_than_best") else "best"
+        self.log(report.chosen_line(self.run_dir.path, out["chosen"], selection.NAMES[best.by]))
         return out
 
     def test_best(self) -> dict:
