@@ -13,6 +13,7 @@ import argparse
 import sys
 from typing import NamedTuple
 
+from .data.datasets import TABLES
 from .nn.output_length import OutputLengthRule
 from .run.decoding import EVAL_BATCH_SIZE
 
@@ -165,7 +166,7 @@ def add_explore(sub) -> None:
 
 def add_make_data(sub) -> None:
     m = sub.add_parser("make-data", help="regenerate a built-in dataset's TSV splits")
-    m.add_argument("name", choices=["date", "addition", "toy-en-ko"])
+    m.add_argument("name", choices=list(TABLES))
     m.add_argument("--out", metavar="DIR", help="default data/NAME")
     m.add_argument("--seed", type=non_negative_int, help="default 1234 (the shipped files)")
 

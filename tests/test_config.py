@@ -89,7 +89,8 @@ def test_help_shows_defaults_and_task_defaults(capsys):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())             # undo argparse's line wrapping
     assert "--epochs N passes over the training data (default 10; date 6, addition 30" in out
-    assert "--hidden-size H LSTM hidden size (default 256)" in out
+    assert "--hidden-size H hidden size of the recurrent layers (default 256; numbers 128)" in out
+    assert "--cell {lstm,gru} the recurrent cell: lstm (the book's) or gru" in out
     assert "--plot, --no-plot write RUN_DIR/attention.png at the end (default on)" in out
     assert "5% of --train" in out
 
