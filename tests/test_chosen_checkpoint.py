@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from attnseq import cli
 from attnseq.cli import main
 from attnseq.data.tokenizers import EOS_ID
 from attnseq.run.checkpoint import chosen, load_checkpoint, resolve, save_checkpoint
@@ -54,7 +55,7 @@ def test_run_means_averaged_exactly_when_result_json_says_it_beat_best(run, tiny
                                                                                  capsys)
 
 
-def test_every_command_resolves_run_the_same_way(run, tiny_data, tmp_path, capsys):
+def test_every_command_resolves_run_the_same_way(run, tiny_data, tmp_path, capsys, monkeypatch):
     """translate, explore, plot-attention and the server's Translator take what eval takes: averaged/ here."""
     write_result(run, chosen="averaged")
     assert Translator(str(run)).ck.path == run / "averaged"
@@ -71,6 +72,12 @@ def test_every_command_resolves_run_the_same_way(run, tiny_data, tmp_path, capsy
     assert main(["explore", "--ckpt", str(run), "--data", str(src), "--n", "5", "--out", str(page)]) == 0
     from attnseq.explorer import explore_file
     assert explore_file(run, src, n=5).data["examples"] == explore_file(run / "averaged", src, n=5).data["examples"]
+    plotted = []
+    monkeypatch.setattr(cli, "plot_translations", lambda tr, *a, **k: plotted.append(tr.ck.path) or tmp_path / "p.png")
+    for extra in ([], ["--wrong-only"]):                           # two ways plot-attention builds its Translator
+        args = ["plot-attention", "--ckpt", str(run), "--data", str(src), "--n", "3", "--out", str(tmp_path / "p.png")]
+        assert main(args + extra) == 0
+    assert plotted == [run / "averaged", run / "averaged"]
 
 
 def test_averaged_is_not_chosen_when_it_is_missing(run):
