@@ -11,7 +11,9 @@ from attnseq import cli
 from attnseq.cli import main
 from attnseq.data.tokenizers import EOS_ID
 from attnseq.run.checkpoint import chosen, load_checkpoint, resolve, save_checkpoint
+from attnseq.run import selection
 from attnseq.run.inference import Translator
+from attnseq.run.report import chosen_line
 
 
 @pytest.fixture
@@ -78,6 +80,13 @@ def test_every_command_resolves_run_the_same_way(run, tiny_data, tmp_path, capsy
         args = ["plot-attention", "--ckpt", str(run), "--data", str(src), "--n", "3", "--out", str(tmp_path / "p.png")]
         assert main(args + extra) == 0
     assert plotted == [run / "averaged", run / "averaged"]
+
+
+def test_the_runs_last_line_says_what_run_means():
+    by = selection.NAMES["bleu"]
+    assert chosen_line("r", "averaged", by) == ("--ckpt r means r/averaged/: it scored higher than best/ by valid BLEU "
+                                                "(--ckpt r/best names best/)")
+    assert chosen_line("r", "best", by) == "--ckpt r means r/best/"
 
 
 def test_averaged_is_not_chosen_when_it_is_missing(run):

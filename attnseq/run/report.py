@@ -82,6 +82,6 @@ def chosen_line(run, name: str, by_name: str) -> str:
     """The run's last line: which checkpoint ``--ckpt RUN`` means, ``name`` "averaged" or "best"."""
     run = shlex.quote(str(run))
     if name == "averaged":
-        return (f"--ckpt {run} means {run}/averaged/: it scored higher than best/ on valid {by_name} "
+        return (f"--ckpt {run} means {run}/averaged/: it scored higher than best/ by {by_name} "
                 f"(--ckpt {run}/best names best/)")
     return f"--ckpt {run} means {run}/best/"
