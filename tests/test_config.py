@@ -431,3 +431,5 @@ def test_the_shipped_translation_recipe_is_valid():
     assert model.config["bidirectional"] and model.config["tie_embeddings"]
     cfg = resolve_config(dict(recipe, train="x.tsv", out="r"))        # every check of a whole config passes
     assert (cfg["keep_last"], cfg["average_last"]) == (3, 3)
+    assert cfg["lr_schedule"] in ("cosine", "linear") and cfg["max_minutes"] > 0     # anneals to its budget ...
+    assert cfg["patience"] >= cfg["epochs"]                                         # ... which patience never cuts
