@@ -9,7 +9,6 @@ the first sources of their test files. ``python tests/golden_decoding.py`` rewri
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -80,5 +79,4 @@ def main(out: Path = GOLDEN) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     main()
