@@ -8,6 +8,7 @@ onnxruntime translator shares. ``attnseq translate``,
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -131,7 +132,7 @@ class TranslatorBase:
         decoding = make_decoding(beam, n_best, alpha, sample, temperature, top_k, top_p, seed,
                                  Guards(min_output_len, no_repeat_ngram, repetition_penalty))
         rng = (seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)) if sample else None
-        prefixes = self.encode_prefixes(prefix, len(texts))
+        prefixes = self.encode_prefixes(prefix, len(texts), first_line)
         rows = encode_sources(texts, self.src_tok, self.reverse, self.max_input_len, what="input", first_line=first_line)
         blank = [not t.strip() for t in texts]       # blank in, blank out (decoded from a lone <unk>)
         rows = [[UNK_ID] if b else r for b, r in zip(blank, rows)]
@@ -163,8 +164,9 @@ class TranslatorBase:
                              for (text, score), h in zip(nbest, hyps)]
         return tr
 
-    def encode_prefixes(self, prefix, n: int) -> list | None:
-        """``translate``'s prefix -> per text its target ids, or None when no text has one."""
+    def encode_prefixes(self, prefix, n: int, first_line: int = 1) -> list | None:
+        """``translate``'s prefix -> per text its target ids, or None when no text has one; a warning names
+        the lines whose prefix has text the target vocabulary lacks (it is forced as <unk>)."""
         if prefix is None:
             return None
         texts = [prefix] * n if isinstance(prefix, str) else list(prefix)
@@ -174,6 +176,10 @@ class TranslatorBase:
         if bad:
             raise ValueError(f"prefix: expected text or None, got {type(bad[0]).__name__}")
         ids = [self.tgt_tok.encode(p) if p else [] for p in texts]
+        unknown = [k for k, i in enumerate(ids, first_line) if UNK_ID in i]
+        if unknown:
+            warnings.warn(f"prefix of input line {unknown[0]}{' and others' if len(unknown) > 1 else ''}: text the "
+                          "target vocabulary lacks, forced as <unk>", stacklevel=3)
         return ids if any(ids) else None
 
     def score(self, sources: list[str], targets: list[str], alpha: float = 1.0,
