@@ -67,11 +67,11 @@ def score_texts(tr, sources: list[str], targets: list[str], alpha: float = 1.0, 
                           tr.src_tok.pieces(s), w[:, ::-1] if tr.reverse else w, over))
     flagged = [k for k, sc in enumerate(out) if sc.over_limit]
     if flagged:
-        where = [(lines[k] if lines else k + 1) for k in flagged]
+        where = [lines[k] if lines else k + 1 for k in flagged]
         shown = ", ".join(map(str, where[:5])) + (" ..." if len(where) > 5 else "")
-        warnings.warn(f"{len(flagged)} pair(s) over the model's limits scored whole, not truncated (line {shown}): "
-                      f"source over {tr.max_input_len} tokens, or target over the output-length rule; "
-                      "the json output flags each (over_limit)", stacklevel=2)
+        warnings.warn(f"{len(flagged)} pair(s) over the model's limits scored whole, not truncated "
+                      f"({'line' if lines else 'pair'} {shown}): source over {tr.max_input_len} tokens, or target "
+                      "over the output-length rule; the json output flags each (over_limit)", stacklevel=2)
     return out
 
 
