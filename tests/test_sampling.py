@@ -78,6 +78,20 @@ def test_log_weights_edge_cases():
     w = sampling_log_weights(logp, Sampling(top_p=0.5))              # the most likely token always stays
     assert np.isfinite(w[0]).tolist() == [True, False, False] and np.isfinite(w[1]).tolist() == [True, True, False]
     assert np.isfinite(sampling_log_weights(logp, Sampling(top_k=1))[1]).sum() == 2     # ties with the k-th stay
+    keep = np.isfinite(sampling_log_weights(np.log(P[None, 2:]), Sampling(top_p=0.8)))[0]
+    assert keep.tolist() == [False, True, False, True, True, True, True]   # .3 .25 .18 .1, and the other .1 (a tie)
+    flat = np.log(np.full((3, 500), 1 / 500))                        # the nucleus beyond the 64 sorted first
+    assert np.isfinite(sampling_log_weights(flat, Sampling(top_p=0.5))).sum(axis=1).tolist() == [500] * 3
+    rng = np.random.default_rng(2)
+    for V, scale in ((5, 3), (70, 3), (300, 3), (300, 0.3)):        # against the definition, sorting everything
+        z = rng.standard_normal((20, V)) * scale                      # (0.3: flat rows, past the 64 sorted first)
+        lp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        for top_p in (0.1, 0.5, 0.9, 0.999):
+            got = np.isfinite(sampling_log_weights(lp, Sampling(top_p=top_p)))
+            srt = np.sort(np.exp(lp), axis=1)[:, ::-1]
+            need = (np.cumsum(srt, axis=1) - srt < top_p).sum(axis=1)          # tokens the nucleus needs
+            np.testing.assert_array_equal(got.sum(axis=1), need)
+            np.testing.assert_array_equal(got, np.exp(lp) >= srt[np.arange(20), need - 1][:, None])
     w = sampling_log_weights(logp, Sampling(temperature=1e-300))      # no overflow: the max is 0, the rest ~ -inf
     assert np.exp(w).tolist() == [[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]]
     with np.errstate(divide="ignore"):

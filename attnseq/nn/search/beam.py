@@ -80,12 +80,7 @@ def beam_search_core(step_fn, state, N: int, Ts: int, bos_id: int, eos_id: int, 
         new_tok = np.take_along_axis(tok, keep, 1)
         hist = np.concatenate([hist[rows, parent], new_tok[:, :, None]], axis=2)
         att = np.concatenate([att[rows, parent], a[rows, parent][:, :, None]], axis=2)
-        for n in np.flatnonzero(~done):
-            fin = finished[n]
-            if len(fin) >= n_best:
-                fin.sort(key=lambda h: -h.score)
-                if fin[n_best - 1].score >= scores[n].max() / bound_lp:
-                    done[n] = True
+        mark_done(finished, done, scores, n_best, bound_lp)
         if done.all():
             break
         flat_parent = xp.asarray((np.arange(N)[:, None] * k + parent).ravel())
@@ -97,3 +92,15 @@ def beam_search_core(step_fn, state, N: int, Ts: int, bos_id: int, eos_id: int, 
                 finished[n].append(Hypothesis(hist[n, j].tolist(), scores[n, j] / length_penalty(hist.shape[2], alpha),
                                               scores[n, j], att[n, j]))
     return [sorted(fin, key=lambda h: -h.score)[:n_best] for fin in finished]
+
+
+def mark_done(finished: list[list[Hypothesis]], done: np.ndarray, scores: np.ndarray, n_best: int,
+              bound_lp: float) -> None:
+    """Set ``done`` for each sentence whose n-th best finished hypothesis scores at least what its best alive
+    one (log-probabilities ``scores`` (N, k)) could still reach; sorts each such sentence's finished list."""
+    for n in np.flatnonzero(~done):
+        fin = finished[n]
+        if len(fin) >= n_best:
+            fin.sort(key=lambda h: -h.score)
+            if fin[n_best - 1].score >= scores[n].max() / bound_lp:
+                done[n] = True

@@ -35,22 +35,43 @@ class Sampling:
 def sampling_log_weights(logp: np.ndarray, sampling: Sampling) -> np.ndarray:
     """logp (N, V) log-probabilities -> (N, V) float64 log-weights to draw from (unnormalised, max 0 per row):
     the temperature applied, and -inf outside the top k and outside the nucleus of mass top_p. Ties with
-    the k-th largest stay in; the nucleus always keeps the most likely token."""
+    the k-th largest stay in, as do ties with the nucleus's last token; the nucleus always keeps the most
+    likely token."""
     z = np.asarray(logp, dtype=np.float64)
-    z = (z - z.max(axis=1, keepdims=True)) / sampling.temperature     # shifted first, so T -> 0 cannot overflow
+    z = z - z.max(axis=1, keepdims=True)                            # shifted first, so T -> 0 cannot overflow
+    if sampling.temperature != 1:
+        z /= sampling.temperature
     V = z.shape[1]
     if 0 < sampling.top_k < V:
         kth = -np.partition(-z, sampling.top_k - 1, axis=1)[:, sampling.top_k - 1:sampling.top_k]   # (N, 1)
         z = np.where(z >= kth, z, -np.inf)
     if sampling.top_p < 1:
-        order = np.argsort(-z, axis=1, kind="stable")                    # most likely first
-        p = np.exp(np.take_along_axis(z, order, axis=1))
+        p = np.exp(z)
         p /= p.sum(axis=1, keepdims=True)
-        before = np.cumsum(p, axis=1) - p                                # the mass of the tokens ahead of each
-        keep = np.empty_like(p, dtype=bool)
-        np.put_along_axis(keep, order, before < sampling.top_p, axis=1)
-        z = np.where(keep, z, -np.inf)
+        z = np.where(p >= nucleus_floor(p, sampling.top_p), z, -np.inf)
     return z
+
+
+def nucleus_floor(p: np.ndarray, top_p: float, m: int = 64) -> np.ndarray:
+    """p (N, V) probabilities -> (N, 1): the probability of the last token the nucleus needs (the most likely
+    tokens, in order, until their mass reaches top_p). Only each row's m largest are sorted, unless they do
+    not reach top_p; then the whole row."""
+    N, V = p.shape
+    m = min(m, V)
+    top = -np.sort(-np.partition(p, V - m, axis=1)[:, V - m:], axis=1)          # (N, m), largest first
+    floor = _floor(top, top_p)
+    short = np.flatnonzero(np.cumsum(top, axis=1)[:, -1] < top_p)               # flat rows: sort them whole
+    if short.size:
+        floor[short] = _floor(-np.sort(-p[short], axis=1), top_p)
+    return floor[:, None]
+
+
+def _floor(sorted_p: np.ndarray, top_p: float) -> np.ndarray:
+    """Rows of probabilities, largest first -> each row's value at the first place its cumulative mass
+    reaches top_p (its last value if none does)."""
+    reached = np.cumsum(sorted_p, axis=1) >= top_p
+    last = np.where(reached.any(axis=1), reached.argmax(axis=1), sorted_p.shape[1] - 1)
+    return sorted_p[np.arange(len(sorted_p)), last]
 
 
 def draw(log_weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
