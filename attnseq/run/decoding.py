@@ -4,8 +4,9 @@ length-sorted batches.
 The layers below this module, from ``attnseq.nn``:
 
 - searches over any step function, ``step_fn(tokens (N,), state) -> (scores (N, V), new state,
-  attention (N, Ts))``: ``greedy_search`` and ``beam_search_core`` in ``attnseq.nn.search``. They
-  know nothing of the model, so another engine (an exported graph, say) reuses them as they are;
+  attention (N, Ts))``, in ``attnseq.nn.search``: greedy, beam, sampling, forced scoring, prefixes and
+  guards, ensembles. They know nothing of the model, so another engine (an exported graph, say) reuses
+  them as they are; ``AttentionSeq2seq.start`` is where a search over the model starts;
 - the model's own greedy path: ``AttentionSeq2seq.greedy`` (from encoder states) and ``generate``
   (a batch of ids), both the decoder's ``generate``, greedy_search over its ``step_fn``;
 - the longest output, ``attnseq.nn.output_length.output_limit``: a caller's ``max_len``, else the
@@ -13,8 +14,9 @@ The layers below this module, from ``attnseq.nn``:
 
 Here: ``greedy_encoded`` and ``greedy_batch`` (that same greedy path, as ``model.greedy`` and
 ``model.generate``), ``beam_search`` over the decoder's step function, and many rows of a padded source
-matrix: ``greedy_decode`` and ``beam_decode``, which sort rows into length buckets, spread the batches
-over CPU threads and put results back in row order.
+matrix: ``greedy_decode`` and ``beam_decode`` (what ``evaluate`` and the tests use), and ``map_rows``, which
+sorts rows into length buckets, spreads the batches over CPU threads and puts results back in row order:
+``TranslatorBase`` runs every search of every engine through it.
 """
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
-"""Using a trained checkpoint: translate text, evaluate a data file.
+"""Using a trained checkpoint: translate text, score given pairs, evaluate a data file.
 
-``Translator`` wraps a checkpoint with its tokenizers: texts in, texts out,
-with the attention weights of each chosen output; what does not depend on the
-engine that runs the model is in ``TranslatorBase``, which ``attnseq.export``'s
-onnxruntime translator shares. ``attnseq translate``,
-``attnseq eval`` and ``attnseq plot-attention`` (in ``cli``) are thin layers over these.
+``Translator`` wraps a checkpoint (or an ensemble of them) with its tokenizers: texts in, texts out,
+with the attention weights of each chosen output; what does not depend on the engine that runs the
+model is in ``TranslatorBase``, which ``attnseq.export``'s onnxruntime translator shares: every search
+(greedy, beam, sampling, with prefixes and guards) and ``score``, through ``attnseq.nn.search``.
+``attnseq translate``, ``attnseq score``, ``attnseq eval`` and ``attnseq plot-attention`` (in ``cli``)
+are thin layers over these; ``translate`` and ``score`` here are ``attnseq.translate`` and ``attnseq.score``.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ class Candidate:
     text: str
     out_tokens: list            # output pieces, ending in <eos> when the model finished
     weights: np.ndarray         # (len(out_tokens), len(src_tokens)) attention
-    score: float | None         # the beam's score (log-probability over the length penalty); None for greedy
+    score: float | None         # log-probability over the length penalty (beam, sampling); None for greedy
     probs: np.ndarray           # (len(out_tokens),) the model's probability of each output token
 
 
@@ -44,7 +45,7 @@ class Translation:
     src_tokens: list            # source pieces as the model saw them (before any reversal)
     out_tokens: list            # output pieces, ending in <eos> when the model finished
     weights: np.ndarray         # (len(out_tokens), len(src_tokens)) attention
-    nbest: list                 # [(text, score)] best first (beam search), or [(text, None)]
+    nbest: list                 # [(text, score)] best first (beam search, samples), or [(text, None)] (greedy)
     probs: np.ndarray | None = None                          # (len(out_tokens),), with details=True
     candidates: list[Candidate] = field(default_factory=list)  # every n-best output, with details=True
 
