@@ -11,6 +11,7 @@ from .nn.model import AttentionSeq2seq
 from .nn.module import Module
 from .plotting import plot_attention
 from .run.decoding import beam_search
+from .run.inference import score, translate
 from .nn.optim import SGD, AdaGrad, Adam, ClipGradNorm, Momentum, Nesterov, Optimizer, RMSProp, WeightDecay
 
 __version__ = "0.1.0"
@@ -19,7 +20,7 @@ __all__ = [
     "Encoder", "AttentionDecoder", "AttentionSeq2seq", "Module",
     "Embedding", "LSTM", "Linear", "SoftmaxCrossEntropy", "Dropout", "Attention", "AttentionWeights", "WeightedSum",
     "Optimizer", "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSProp", "Adam", "ClipGradNorm", "WeightDecay",
-    "beam_search", "plot_attention", "explore",
+    "beam_search", "plot_attention", "explore", "translate", "score",
     "get_array_module", "gpu_available", "to_device", "to_numpy",
     "AttnseqError", "CheckpointError", "ConfigError", "DataError", "DeviceError", "NonFiniteError", "TrainingStopped",
 ]

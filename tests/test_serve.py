@@ -111,7 +111,7 @@ def test_attention_tokens_and_probabilities(app, doc, texts, reference):
         w = np.array(h["attention"])
         assert w.shape == (len(h["tokens"]), len(t["src_tokens"]))
         np.testing.assert_allclose(w, want.weights, atol=5.1e-5)
-        np.testing.assert_allclose(h["probs"], want.probs, atol=5.1e-7)
+        np.testing.assert_allclose(h["probs"], want.probs, atol=2e-6)   # 6 decimals; float32 in another batch
         assert h["logprob"] == pytest.approx(np.log(want.probs).sum(), abs=1e-5)
     beam, = call(app, post({"texts": texts[:1], "attention": True, "beam": 2, "n_best": 2}))
     for h in beam.json()["translations"][0]["nbest"]:                 # every hypothesis has its own

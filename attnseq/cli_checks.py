@@ -1,0 +1,72 @@
+"""Flag combinations argparse cannot express, for the commands that decode (``cli_flags`` declares the flags):
+each check gives one line saying what does not fit, or None. Values argparse can judge alone (a negative
+temperature, a top-p outside (0, 1]) are refused by the flags' types.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def engine_flag_error(args) -> str | None:
+    """What does not fit in --engine, --ckpt, --model and --device (translate, score), or None."""
+    if args.engine == "onnxruntime":
+        if args.ckpt:
+            return "--ckpt is for --engine attnseq; --engine onnxruntime takes --model DIR (an attnseq export)"
+        if not args.model:
+            return "--engine onnxruntime needs --model DIR (a directory written by attnseq export)"
+        if args.device != "cpu":
+            return f"--device {args.device}: --engine onnxruntime runs on the CPU"
+        return None
+    if args.model:
+        return "--model DIR is an ONNX export: add --engine onnxruntime (the default engine, attnseq, takes --ckpt RUN)"
+    if not args.ckpt:
+        return "--ckpt RUN is required (or --engine onnxruntime --model DIR)"
+    return None
+
+
+def decoding_flag_error(args) -> str | None:
+    """Sampling's flags without --sample, or --sample with a beam, or None."""
+    if not args.sample:
+        for flag, value, off in (("--temperature", args.temperature, 1.0), ("--top-k", args.top_k, 0),
+                                 ("--top-p", args.top_p, 1.0), ("--seed", args.seed, None)):
+            if value != off:
+                return f"{flag} is for --sample (add --sample, or leave {flag} out)"
+    elif args.beam > 1:
+        return f"--sample draws each token and does not go with --beam {args.beam} (--n-best N draws N samples)"
+    return None
+
+
+def ensemble_flag_error(args, members: list | None, flag: str = "--ckpt") -> str | None:
+    """--weights and --ensemble-mode without an ensemble, a weight count that is not the member count, or a
+    member given twice (as the same path), or None."""
+    members = members or []
+    if len(members) < 2:
+        if args.weights is not None or args.ensemble_mode != "linear":
+            given = "--weights" if args.weights is not None else "--ensemble-mode"
+            return f"{given} is for an ensemble: give {flag} more than once"
+        return None
+    if args.weights is not None and len(args.weights) != len(members):
+        return f"--weights: {len(args.weights)} given for {len(members)} {flag} members"
+    seen = {}
+    for m in members:
+        key = Path(m).resolve()
+        if key in seen:
+            also = "" if seen[key] == m else f" (as {seen[key]} too)"
+            return (f"{flag} {m} is given twice{also}: an ensemble of a model with itself is that model; "
+                    "give each member once")
+        seen[key] = m
+    return None
+
+
+def score_flag_error(args) -> str | None:
+    return engine_flag_error(args) or members_error(args)
+
+
+def explore_flag_error(args) -> str | None:
+    return decoding_flag_error(args) or ensemble_flag_error(args, args.ckpt)
+
+
+def members_error(args) -> str | None:
+    if args.engine == "onnxruntime":
+        return ensemble_flag_error(args, args.model, "--model")
+    return ensemble_flag_error(args, args.ckpt)
