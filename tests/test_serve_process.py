@@ -90,9 +90,8 @@ def test_a_signal_lets_the_requests_in_flight_finish(tiny_run, texts, tmp_path, 
                     await asyncio.sleep(0.02)
                 try:
                     late = await c.post("v1/translate", json={"texts": texts[:1]})
-                except httpx.ConnectError:   # the drained server may already have closed its socket and gone,
-                    late = None              # but only once every request in flight was answered
-                    assert all(f.done() for f in flying)
+                except httpx.ConnectError:   # the drained server may already have answered all and gone
+                    late = None              # (the answers are checked below: none may be lost)
                 return late, await asyncio.gather(*flying)
         late, answered = asyncio.run(go())
         assert p.wait(30) == 0
