@@ -137,6 +137,15 @@ def save_figure(fig, out: str | Path) -> Path:
     return out
 
 
+def figure_rgb(fig, dpi: int = 80) -> np.ndarray:
+    """A figure as an RGB array (H, W, 3) uint8 (the figure is closed)."""
+    from matplotlib.image import imread
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    _plt().close(fig)
+    return (imread(io.BytesIO(buf.getvalue()))[..., :3] * 255).round().astype(np.uint8)
+
+
 def plot_curves(rows: list[dict], out, title: str = "") -> Path:
     """Loss and accuracy per epoch from metric rows (one dict per epoch, as in RUN/metrics.jsonl)."""
     if not rows:
