@@ -54,9 +54,13 @@ def cmd_eval(args) -> int:
 
 
 def cmd_explore(args) -> int:
-    from .explorer import explore_file
-    page = explore_file(args.ckpt, args.data, n=args.n or None, by=tuple(args.by or ()), device=args.device,
-                        **decoding_options(args))
+    if args.history:
+        from .explorer.history import explore_history
+        page = explore_history(args.ckpt, device=args.device, **decoding_options(args))
+    else:
+        from .explorer import explore_file
+        page = explore_file(args.ckpt, args.data, n=args.n or None, by=tuple(args.by or ()), device=args.device,
+                            **decoding_options(args))
     s = page.data["summary"]
     print(page.save(args.out))
     if s["exact_match"] is not None:
@@ -159,6 +163,9 @@ def _print_translations(results, args, f) -> None:
 
 
 def cmd_plot_attention(args) -> int:
+    if args.history:
+        print(animate_history(args.history, args.out, args.n, args.fps))
+        return 0
     from .data.io import read_pairs
     from .run.evaluation import normalized_refs
     from .run.inference import Translator
@@ -197,6 +204,20 @@ def plot_translations(tr, texts: list[str], out, refs: list[str] | None = None, 
         examples.append(dict(weights=r.weights, src_tokens=r.src_tokens, tgt_tokens=r.out_tokens,
                              title=f"{readable(text)} → {readable(r.text)}{mark}"))
     return save_figure(plot_attention_grid(examples), out)
+
+
+def animate_history(run, out, n: int, fps: int) -> Path:
+    """The attention of the first ``n`` examples ``run`` tracked, one frame per snapshot (GIF or MP4)."""
+    from .plotting import save_attention_animation
+    from .run.history import AttentionHistory, history_path
+    from .run.tracking import example_title
+    history = AttentionHistory.load(history_path(run))
+    if not history.entries:
+        raise ConfigError(f"{history_path(run)}: no snapshots yet")
+    examples = history.examples[:n]
+    frames = [dict(caption=f"{Path(str(run)).name}: {history.label(e)}", weights=e.weights[:n],
+                   titles=[example_title(ex, text) for ex, text in zip(examples, e.outputs)]) for e in history.entries]
+    return save_attention_animation(examples, frames, out, fps=fps)
 
 
 def cmd_bench(args) -> int:

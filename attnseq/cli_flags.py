@@ -153,13 +153,17 @@ def add_eval(sub) -> None:
 def add_explore(sub) -> None:
     x = sub.add_parser("explore", help="write one HTML page to browse a model's outputs, errors and attention")
     x.add_argument("--ckpt", required=True, metavar="RUN", help=CKPT_HELP)
-    x.add_argument("--data", required=True, metavar="FILE", help=DATA_HELP)
+    x.add_argument("--data", metavar="FILE", help=DATA_HELP + " (or --history)")
+    x.add_argument("--history", action="store_true",
+                   help="instead of --data: the validation examples the run tracked (RUN/attention_history.npz, "
+                        "train --track-examples), with a slider through their attention across training")
     x.add_argument("--out", required=True, metavar="PAGE.html", help="the page to write (one file, works offline)")
     x.add_argument("--n", type=non_negative_int, default=500, help="the first N pairs of --data (500; 0: all)")
     x.add_argument("--by", action="append", metavar="style|colN", help=BY_HELP + "; length is always shown")
     add_group(x, "decoding", (*DECODING, N_BEST),
               n_best=dict(help="hypotheses shown per example with --beam K (default K)"))
     add_groups(x, "output length", "batching", "device")
+    x.set_defaults(check=explore_flag_error)
 
 
 def add_make_data(sub) -> None:
@@ -220,14 +224,20 @@ def add_average(sub) -> None:
 
 
 def add_plot_attention(sub) -> None:
-    a = sub.add_parser("plot-attention", help="draw attention heatmaps for texts or examples from a data file")
-    a.add_argument("--ckpt", required=True, metavar="RUN", help=CKPT_HELP)
+    a = sub.add_parser("plot-attention", help="draw attention heatmaps for texts or examples from a data file, "
+                                              "or animate a run's attention across training")
+    a.add_argument("--ckpt", metavar="RUN", help=CKPT_HELP + " (required, except with --history)")
+    a.add_argument("--history", metavar="RUN", help="animate the attention of the examples RUN tracked across its "
+                                                    "training (RUN/attention_history.npz): --out F.gif, or F.mp4 "
+                                                    "where ffmpeg is installed; --n of them")
+    a.add_argument("--fps", type=positive_int, default=4, help="--history: frames (snapshots) per second (4)")
     a.add_argument("--text", action="append", metavar="TEXT", help="a source text (repeatable)")
     a.add_argument("--data", metavar="FILE", help="take examples from a TSV/question_answer file")
     a.add_argument("--n", type=positive_int, default=6, help="how many examples from --data (6)")
     a.add_argument("--wrong-only", action="store_true", help="only examples the model gets wrong")
-    a.add_argument("--out", required=True, metavar="FILE.png|.svg|.pdf")
+    a.add_argument("--out", required=True, metavar="FILE.png|.svg|.pdf|.gif|.mp4")
     add_groups(a, "decoding", "output length", "device")
+    a.set_defaults(check=plot_attention_flag_error)
 
 
 def add_bench(sub) -> None:
@@ -268,6 +278,30 @@ def build_parser() -> Parser:
 def at_prompt(args) -> bool:
     """translate reads from a terminal prompt: no --input, and stdin is a terminal."""
     return args.input is None and sys.stdin.isatty()
+
+
+def explore_flag_error(args) -> str | None:
+    """explore takes its examples from --data FILE or from the run's --history, one of the two."""
+    if args.history and args.data:
+        return "--data FILE and --history are alternatives: the page shows a file's examples, or the run's tracked ones"
+    if args.history and args.by:
+        return "--by reads the columns of --data FILE; a --history page shows the run's tracked examples"
+    if not args.history and not args.data:
+        return "--data FILE is required (or --history, for the examples the run tracked during training)"
+    return None
+
+
+def plot_attention_flag_error(args) -> str | None:
+    """plot-attention draws a checkpoint's attention (--ckpt, with --text or --data), or animates --history."""
+    if args.history:
+        given = [f for f, v in (("--ckpt", args.ckpt), ("--text", args.text), ("--data", args.data),
+                                ("--wrong-only", args.wrong_only)) if v]
+        if given:
+            return f"--history RUN animates the run's tracked examples; {', '.join(given)} do not apply"
+        return None
+    if not args.ckpt:
+        return "--ckpt RUN is required (or --history RUN, to animate a run's attention across training)"
+    return None
 
 
 def translate_flag_error(args) -> str | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +146,67 @@ def figure_rgb(fig, dpi: int = 80) -> np.ndarray:
     fig.savefig(buf, format="png", dpi=dpi)
     _plt().close(fig)
     return (imread(io.BytesIO(buf.getvalue()))[..., :3] * 255).round().astype(np.uint8)
+
+
+ANIMATIONS = {"gif": "pillow", "mp4": "ffmpeg"}
+
+
+def save_attention_animation(examples: list[dict], frames: list[dict], out, fps: int = 4, dpi: int = 70) -> Path:
+    """Heatmaps that change from frame to frame, as an animated GIF (Pillow) or MP4 (ffmpeg), by suffix.
+
+    ``examples``: [{src_tokens, tgt_tokens}], one panel each; ``frames``: [{"caption": str, "titles": [one per
+    panel], "weights": [one (len(tgt_tokens), len(src_tokens)) array per panel]}]. The last frame is held a
+    second longer. Written whole under a temporary name, then renamed into place.
+    """
+    from matplotlib import animation
+    out = Path(out)
+    fmt = out.suffix.lower().lstrip(".")
+    if fmt not in ANIMATIONS:
+        raise ConfigError(f"--out {out}: an animation is a .gif or an .mp4")
+    if not animation.writers.is_available(ANIMATIONS[fmt]):
+        raise ConfigError(f"--out {out}: an MP4 needs ffmpeg, which matplotlib cannot find; install ffmpeg, "
+                          "or write a .gif" if fmt == "mp4" else f"--out {out}: matplotlib has no Pillow writer")
+    if not frames:
+        raise ValueError("no frames to animate")
+    first = frames[0]
+    fig = plot_attention_grid([dict(ex, weights=w, title=t) for ex, w, t in
+                               zip(examples, first["weights"], first["titles"])])
+    panels = [ax for ax in fig.axes if ax.images][:len(examples)]
+    caption = fig.suptitle(first["caption"], fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+
+    def draw(i):
+        frame = frames[i]
+        for ax, w, t in zip(panels, frame["weights"], frame["titles"]):
+            _redraw_heatmap(ax, np.asarray(w, dtype=float), t)
+        caption.set_text(frame["caption"])
+    order = list(range(len(frames))) + [len(frames) - 1] * fps          # hold the last frame a second
+    anim = animation.FuncAnimation(fig, draw, frames=order, blit=False)
+    writer = animation.writers[ANIMATIONS[fmt]](fps=fps)
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=f".tmp.{fmt}")
+    os.close(fd)
+    os.chmod(tmp, 0o644)
+    try:
+        anim.save(tmp, writer=writer, dpi=dpi)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        _plt().close(fig)
+    return out
+
+
+def _redraw_heatmap(ax, w: np.ndarray, title: str) -> None:
+    """New weights (and title) into a panel drawn by ``plot_attention``: its image and its cell labels."""
+    ax.images[0].set_data(w)
+    if ax.texts:
+        for text, v in zip(ax.texts, w.flat):
+            text.set_text("1" if v >= 0.995 else f"{v:.2f}"[1:])
+            text.set_color("black" if v > 0.6 else "white")
+    ax.set_title(title, fontsize=9)
 
 
 def plot_curves(rows: list[dict], out, title: str = "") -> Path:
