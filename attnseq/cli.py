@@ -79,10 +79,22 @@ def cmd_make_data(args) -> int:
 
 def cmd_plot_curves(args) -> int:
     from .plotting import plot_curves
+    from .run.rundir import RunDir
     out = args.out or Path(args.run) / "curves.png"
-    plot_curves(read_epochs(args.run), out, title=str(args.run))
+    rows = read_epochs(args.run)
+    plot_curves(rows, out, title=str(args.run), best_epoch=RunDir(args.run).best_epoch(),
+                averaged=_result(args.run).get("averaged"))
     print(out)
     return 0
+
+
+def _result(run) -> dict:
+    """RUN/result.json, or {} while the run has not ended (or the file does not read)."""
+    try:
+        result = json.loads((Path(run) / "result.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return result if isinstance(result, dict) else {}
 
 
 def read_epochs(run) -> list[dict]:

@@ -174,7 +174,8 @@ def add_make_data(sub) -> None:
 
 
 def add_plot_curves(sub) -> None:
-    c = sub.add_parser("plot-curves", help="plot loss and accuracy per epoch from RUN/metrics.jsonl")
+    c = sub.add_parser("plot-curves", help="plot loss and the valid scores (token accuracy, exact match, BLEU) per "
+                                           "epoch from RUN/metrics.jsonl, with best/ and averaged/ marked")
     c.add_argument("run", metavar="RUN")
     c.add_argument("--out", metavar="FILE", help="default RUN/curves.png")
 

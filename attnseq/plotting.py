@@ -209,8 +209,12 @@ def _redraw_heatmap(ax, w: np.ndarray, title: str) -> None:
     ax.set_title(title, fontsize=9)
 
 
-def plot_curves(rows: list[dict], out, title: str = "") -> Path:
-    """Loss and accuracy per epoch from metric rows (one dict per epoch, as in RUN/metrics.jsonl)."""
+def curves_figure(rows: list[dict], title: str = "", best_epoch: int | None = None,
+                  averaged: dict | None = None):
+    """The Figure of ``plot_curves``: loss per epoch (train and valid), then the valid scores in %
+    (token accuracy, exact match, BLEU). ``best_epoch`` marks best/'s epoch on both panels;
+    ``averaged`` (result.json's "averaged": its "epochs" and "valid" scores) shades the averaged epochs
+    and marks averaged/'s valid scores at the last of them."""
     if not rows:
         raise ValueError("no epochs to plot")
     plt = _plt()
@@ -221,7 +225,6 @@ def plot_curves(rows: list[dict], out, title: str = "") -> Path:
     a1.set_yscale("log")
     a1.set_xlabel("epoch")
     a1.set_ylabel("loss (per token)")
-    a1.legend()
     for key, label, style in (("valid_token_accuracy", "valid token acc", "o-"),
                               ("valid_exact_match", "valid exact match", "o-"),
                               ("test_exact_match", "test exact match", "o-"),     # old runs' rows only
@@ -230,9 +233,46 @@ def plot_curves(rows: list[dict], out, title: str = "") -> Path:
         if have:
             scale = 1 if key == "valid_bleu" else 100
             a2.plot([r["epoch"] for r in have], [scale * r[key] for r in have], style, label=label)
+    _mark_checkpoints(a1, a2, rows, best_epoch, averaged)
+    from matplotlib.ticker import MaxNLocator
+    for ax in (a1, a2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     a2.set_xlabel("epoch")
-    a2.set_ylabel("%")
-    a2.legend()
+    a2.set_ylabel("% (BLEU: 0-100)")
+    a2.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    return save_figure(fig, out)
+    return fig
+
+
+CURVE_SCORES = (("exact_match", 100), ("bleu", 1), ("token_accuracy", 100))     # valid scores, and their % scale
+
+
+def _mark_checkpoints(a1, a2, rows: list[dict], best_epoch: int | None, averaged: dict | None) -> None:
+    """best/: a dotted line at its epoch, and stars on its valid loss and scores; averaged/: its epochs
+    shaded, and diamonds at its valid loss and scores."""
+    best = next((r for r in rows if r.get("epoch") == best_epoch), None)
+    if best is not None:
+        for ax in (a1, a2):
+            ax.axvline(best_epoch, color="0.4", linestyle=":", linewidth=1)
+        a1.plot([best_epoch], [best["valid_loss"]], "*", color="black", markersize=11,
+                label=f"best/ (epoch {best_epoch})")
+        points = [scale * best[f"valid_{k}"] for k, scale in CURVE_SCORES if f"valid_{k}" in best]
+        a2.plot([best_epoch] * len(points), points, "*", color="black", markersize=11,
+                label=f"best/ (epoch {best_epoch})")
+    if averaged and averaged.get("epochs") and isinstance(averaged.get("valid"), dict):
+        first, last, valid = averaged["epochs"][0], averaged["epochs"][-1], averaged["valid"]
+        label = f"averaged/ (epochs {first}-{last})"
+        for ax in (a1, a2):
+            ax.axvspan(first - 0.5, last + 0.5, color="tab:purple", alpha=0.08)
+        a1.plot([last], [valid["loss"]], "D", color="tab:purple", label=label)
+        points = [scale * valid[k] for k, scale in CURVE_SCORES if k in valid]
+        a2.plot([last] * len(points), points, "D", color="tab:purple", label=label)
+    a1.legend(fontsize=8)
+
+
+def plot_curves(rows: list[dict], out, title: str = "", best_epoch: int | None = None,
+                averaged: dict | None = None) -> Path:
+    """Loss and valid scores per epoch from metric rows (one dict per epoch, as in RUN/metrics.jsonl), best/
+    and averaged/ marked (``curves_figure``), saved as PNG, SVG or PDF."""
+    return save_figure(curves_figure(rows, title, best_epoch, averaged), out)
