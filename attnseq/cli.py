@@ -176,7 +176,7 @@ def _print_translations(results, args, f) -> None:
 
 def cmd_plot_attention(args) -> int:
     if args.history:
-        print(animate_history(args.history, args.out, args.n, args.fps))
+        print(animate_history(args.history, args.out, args.n, args.fps, args.until))
         return 0
     from .data.io import read_pairs
     from .run.evaluation import normalized_refs
@@ -218,17 +218,20 @@ def plot_translations(tr, texts: list[str], out, refs: list[str] | None = None, 
     return save_figure(plot_attention_grid(examples), out)
 
 
-def animate_history(run, out, n: int, fps: int) -> Path:
-    """The attention of the first ``n`` examples ``run`` tracked, one frame per snapshot (GIF or MP4)."""
+def animate_history(run, out, n: int, fps: int, until: int | None = None) -> Path:
+    """The attention of the first ``n`` examples ``run`` tracked, one frame per snapshot (GIF or MP4); with
+    ``until``, the snapshots up to that training step and the last one."""
     from .plotting import save_attention_animation
     from .run.history import AttentionHistory, history_path
     from .run.tracking import example_title
     history = AttentionHistory.load(history_path(run))
     if not history.entries:
         raise ConfigError(f"{history_path(run)}: no snapshots yet")
-    examples = history.examples[:n]
+    examples, entries = history.examples[:n], history.entries
+    if until is not None:
+        entries = [e for e in entries[:-1] if e.step <= until] + entries[-1:]
     frames = [dict(caption=f"{Path(str(run)).name}: {history.label(e)}", weights=e.weights[:n],
-                   titles=[example_title(ex, text) for ex, text in zip(examples, e.outputs)]) for e in history.entries]
+                   titles=[example_title(ex, text) for ex, text in zip(examples, e.outputs)]) for e in entries]
     return save_attention_animation(examples, frames, out, fps=fps)
 
 

@@ -232,6 +232,8 @@ def add_plot_attention(sub) -> None:
                                                     "training (RUN/attention_history.npz): --out F.gif, or F.mp4 "
                                                     "where ffmpeg is installed; --n of them")
     a.add_argument("--fps", type=positive_int, default=4, help="--history: frames (snapshots) per second (4)")
+    a.add_argument("--until", type=positive_int, metavar="STEP",
+                   help="--history: the snapshots up to training step STEP, then the last one (attention forms early)")
     a.add_argument("--text", action="append", metavar="TEXT", help="a source text (repeatable)")
     a.add_argument("--data", metavar="FILE", help="take examples from a TSV/question_answer file")
     a.add_argument("--n", type=positive_int, default=6, help="how many examples from --data (6)")
@@ -300,6 +302,8 @@ def plot_attention_flag_error(args) -> str | None:
         if given:
             return f"--history RUN animates the run's tracked examples; {', '.join(given)} do not apply"
         return None
+    if args.until is not None:
+        return "--until STEP is for --history RUN"
     if not args.ckpt:
         return "--ckpt RUN is required (or --history RUN, to animate a run's attention across training)"
     return None

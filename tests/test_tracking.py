@@ -157,7 +157,8 @@ def test_history_has_one_entry_per_validation_equal_to_that_epochs_checkpoint(tr
     from attnseq.run.inference import Translator
     for which, ckpt in checkpoints.items():
         entry = h.validations()[(best if which == "best" else int(which)) - 1]
-        outputs = [t.text for t in Translator(ckpt).translate([e["src"] for e in h.examples])]
+        limit = max(len(e["tgt_tokens"]) for e in h.examples) + 5        # a snapshot's outputs stop there
+        outputs = [t.text for t in Translator(ckpt).translate([e["src"] for e in h.examples], max_len=limit)]
         assert entry.outputs == outputs, which
         for k, ex in enumerate(h.examples):
             a, p = teacher_forced(ckpt, ex["src"], ex["ref"])
@@ -240,6 +241,9 @@ def test_plot_attention_history_writes_one_gif_frame_per_snapshot(tracked_run, t
     assert frames[0][0].shape[1] > 400 and frames[0][0].std() > 20
     assert np.abs(frames[0][0].astype(int) - frames[1][0]).mean() > 1   # the attention moved
     assert frames[0][1] == 200 and frames[1][1] == 1200                # 1/5 s; the last held a second more
+    assert main(["plot-attention", "--history", str(tracked_run), "--out", str(out), "--until", "20"]) == 0
+    with Image.open(out) as gif:                                        # steps 5 10 15 20, and the end
+        assert gif.n_frames == 5
     mp4 = tmp_path / "forming.mp4"
     code = main(["plot-attention", "--history", str(tracked_run), "--out", str(mp4)])
     if animation.writers.is_available("ffmpeg"):
@@ -254,6 +258,7 @@ def test_plot_attention_history_writes_one_gif_frame_per_snapshot(tracked_run, t
 def test_plot_attention_and_explore_flags(tmp_path, capsys):
     for args, msg in ((["plot-attention", "--out", "a.png", "--text", "x"], "--ckpt RUN is required"),
                       (["plot-attention", "--history", "R", "--ckpt", "R", "--out", "a.gif"], "--ckpt do not apply"),
+                      (["plot-attention", "--ckpt", "R", "--until", "9", "--out", "a.gif"], "--until STEP is for"),
                       (["explore", "--ckpt", "R", "--out", "p.html"], "--data FILE is required (or --history"),
                       (["explore", "--ckpt", "R", "--data", "d", "--history", "--out", "p.html"], "are alternatives")):
         with pytest.raises(SystemExit) as e:

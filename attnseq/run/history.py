@@ -4,7 +4,8 @@ A run with ``--track-examples N`` (``attnseq.run.tracking``) takes a snapshot of
 every validation (each epoch's end) and every ``--track-every`` steps: for each example, the attention of
 the model at that moment over the example's reference output, as training sees it (teacher forcing: row t
 is where the decoder looks while it is asked for reference token t, given the right tokens before it),
-each reference token's probability, and the model's own greedy output then. The rows stay the same from
+each reference token's probability, and the model's own greedy output then (cut 5 tokens past the longest
+tracked reference: an untrained model runs on). The rows stay the same from
 snapshot to snapshot, so the weights can be compared, animated (``attnseq plot-attention --history``) and
 slid through (``attnseq explore --history``).
 

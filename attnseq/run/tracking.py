@@ -25,6 +25,7 @@ after a kill appear once.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from pathlib import Path
@@ -37,9 +38,11 @@ from ..nn.backend import to_numpy
 from ..nn.search import log_softmax
 from . import faults
 from .history import FILE as HISTORY_FILE, AttentionHistory, Entry
+from .parallel import _blas_controller
 
 TB_DIR = "tb"
 TB_IMAGES = 4               # tracked examples drawn into TensorBoard at each validation
+OUTPUT_SLACK = 5            # a snapshot's greedy outputs may run this many tokens past the longest reference
 EXTRA_HINT = "pip install 'attnseq[tensorboard]'"
 
 
@@ -77,7 +80,8 @@ class Snapshots:
         self.src, self.tgt = take(valid, self.rows)                 # (n, Ts), (n, To + 1) = [bos .. eos pad]
         self.src_len, self.tgt_len = valid.src_len[self.rows], valid.tgt_len[self.rows]
         self.tgt_tok, self.reverse = tgt_tok, reverse
-        self.examples = []
+        self.max_len = int(self.tgt_len.max()) - 1 + OUTPUT_SLACK      # greedy outputs stop here (an untrained
+        self.examples = []                                             # model would go on to the rule's limit)
         for k, row in enumerate(self.rows):
             src_ids = self.src[k, :self.src_len[k]]
             src_ids = src_ids[::-1] if reverse else src_ids
@@ -88,11 +92,12 @@ class Snapshots:
 
     def take(self, model) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
         """The model's attention over each reference (To_k, Ts_k) and each reference token's probability
-        (To_k,) by teacher forcing, and its greedy outputs; in eval mode, changing nothing."""
-        with model.eval_mode():
+        (To_k,) by teacher forcing, and its greedy outputs (cut ``OUTPUT_SLACK`` tokens past the longest
+        reference's length); in eval mode, changing nothing."""
+        with model.eval_mode(), _one_blas_thread(model):
             logp = to_numpy(log_softmax(model.logits(self.src, self.tgt)))     # (n, To, V)
             a = np.array(to_numpy(model.attention_weights), dtype=np.float32)    # (n, To, Ts), copied
-            ids, _ = model.generate(self.src)
+            ids, _ = model.generate(self.src, max_len=self.max_len)
         gold = self.tgt[:, 1:]
         p = np.exp(np.take_along_axis(logp, gold[..., None].astype(np.int64), axis=2)[..., 0]).astype(np.float32)
         weights, probs = [], []
@@ -101,6 +106,14 @@ class Snapshots:
             weights.append(np.ascontiguousarray(w[:, ::-1] if self.reverse else w))
             probs.append(p[k, :to])
         return weights, probs, [self.tgt_tok.decode(r) for r in ids]
+
+
+def _one_blas_thread(model):
+    """Single-threaded BLAS while a snapshot of a CPU model runs, as the training steps around it have it
+    (``parallel``): a few small products gain nothing from more, and BLAS threads woken between the
+    training threads' steps would keep spinning on the cores those need."""
+    blas = _blas_controller() if model.xp is np else None
+    return blas.limit(limits=1, user_api="blas") if blas is not None else contextlib.nullcontext()
 
 
 # -- TensorBoard ------------------------------------------------------------------------------------
