@@ -98,11 +98,16 @@ def plot_attention(weights, src_tokens, tgt_tokens, ax=None, title: str | None =
             ax.text(j, i, "1" if v >= 0.995 else f"{v:.2f}"[1:], ha="center", va="center", fontsize=6,
                     color="black" if v > 0.6 else "white")
     if title:
-        import textwrap
-        ax.set_title(textwrap.fill(title, width=max(40, int(3 * len(src_tokens)) + 20)), fontsize=9)
+        _set_title(ax, title, len(src_tokens))
     if colorbar:
         ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     return ax if fig is None else fig
+
+
+def _set_title(ax, title: str, n_src: int) -> None:
+    """A heatmap's title, wrapped to about the panel's width (``n_src`` source tokens)."""
+    import textwrap
+    ax.set_title(textwrap.fill(title, width=max(40, int(3 * n_src) + 20)), fontsize=9)
 
 
 def plot_attention_grid(examples: list[dict], ncols: int | None = None):
@@ -206,7 +211,7 @@ def _redraw_heatmap(ax, w: np.ndarray, title: str) -> None:
         for text, v in zip(ax.texts, w.flat):
             text.set_text("1" if v >= 0.995 else f"{v:.2f}"[1:])
             text.set_color("black" if v > 0.6 else "white")
-    ax.set_title(title, fontsize=9)
+    _set_title(ax, title, w.shape[1])
 
 
 def curves_figure(rows: list[dict], title: str = "", best_epoch: int | None = None,
