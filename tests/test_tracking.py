@@ -120,6 +120,35 @@ def test_tracked_rows_are_spread_through_the_valid_split():
     assert tracked_rows(3, 8).tolist() == [0, 1, 2]
 
 
+def test_snapshots_are_the_models_attention_in_source_order_even_when_fed_reversed():
+    """Snapshots against the model's own teacher-forced pass, one example at a time: the weights of a
+    --reverse-source run come back in source order, the tokens too; outputs stop 5 past the longest reference."""
+    from attnseq.data.batching import encode_pairs
+    from attnseq.data.tokenizers import CharTokenizer
+    from attnseq.nn.model import AttentionSeq2seq
+    from attnseq.run.tracking import Snapshots
+    pairs = [("May 3, 1999", "1999-05-03"), ("1/2/03", "2003-01-02"), ("Sun 14 Dec 1980", "1980-12-14")]
+    src_tok, tgt_tok = CharTokenizer.build(s for s, _ in pairs), CharTokenizer.build(t for _, t in pairs)
+    model = AttentionSeq2seq(src_tok.vocab_size, tgt_tok.vocab_size, 6, 12, dtype="float64", seed=1)
+    for reverse in (False, True):
+        snaps = Snapshots(encode_pairs(pairs, src_tok, tgt_tok, reverse), 3, src_tok, tgt_tok, reverse)
+        weights, probs, outputs = snaps.take(model)
+        assert snaps.max_len == 11 + 5                                 # the longest reference: 10 + eos
+        assert outputs == [tgt_tok.decode(r) for r in model.generate(snaps.src, max_len=16)[0]]
+        for (src, ref), ex, w, p in zip(pairs, snaps.examples, weights, probs):
+            assert ex["src_tokens"] == list(src) and ex["tgt_tokens"] == [*ref, "<eos>"]
+            ids = src_tok.encode(src)
+            s = np.array([ids[::-1] if reverse else ids])
+            t = np.array([[BOS_ID, *tgt_tok.encode(ref), EOS_ID]])
+            with model.eval_mode():
+                logits = model.logits(s, t)[0]
+                a = np.array(model.attention_weights[0])
+            np.testing.assert_allclose(w, a[:, ::-1] if reverse else a, atol=1e-6)     # float32 in the history
+            logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+            np.testing.assert_allclose(p, np.exp(logp[np.arange(len(ref) + 1), t[0, 1:]]), rtol=1e-5)
+            assert w.dtype == np.float32 and w.flags["C_CONTIGUOUS"]
+
+
 def test_tracking_off_records_nothing(tiny_data, tmp_path):
     out = tmp_path / "off"
     assert main(["train", "--data", str(tiny_data), "--out", str(out), *RUN_ARGS[:-4], "--epochs", "1",
