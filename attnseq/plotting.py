@@ -160,8 +160,9 @@ def save_attention_animation(examples: list[dict], frames: list[dict], out, fps:
     """Heatmaps that change from frame to frame, as an animated GIF (Pillow) or MP4 (ffmpeg), by suffix.
 
     ``examples``: [{src_tokens, tgt_tokens}], one panel each; ``frames``: [{"caption": str, "titles": [one per
-    panel], "weights": [one (len(tgt_tokens), len(src_tokens)) array per panel]}]. The last frame is held a
-    second longer. Written whole under a temporary name, then renamed into place.
+    panel], "weights": [one (len(tgt_tokens), len(src_tokens)) array per panel]}]. The cells carry no numbers
+    (too small to read in a frame, and costly to draw); the last frame is held a second longer. Each frame is
+    drawn once, straight into matplotlib's writer; the file is written under a temporary name, then renamed.
     """
     from matplotlib import animation
     out = Path(out)
@@ -177,24 +178,25 @@ def save_attention_animation(examples: list[dict], frames: list[dict], out, fps:
     fig = plot_attention_grid([dict(ex, weights=w, title=t) for ex, w, t in
                                zip(examples, first["weights"], first["titles"])])
     panels = [ax for ax in fig.axes if ax.images][:len(examples)]
+    for ax in panels:
+        for text in list(ax.texts):
+            text.remove()
     caption = fig.suptitle(first["caption"], fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
-
-    def draw(i):
-        frame = frames[i]
-        for ax, w, t in zip(panels, frame["weights"], frame["titles"]):
-            _redraw_heatmap(ax, np.asarray(w, dtype=float), t)
-        caption.set_text(frame["caption"])
-    order = list(range(len(frames))) + [len(frames) - 1] * fps          # hold the last frame a second
-    anim = animation.FuncAnimation(fig, draw, frames=order, blit=False)
-    writer = animation.writers[ANIMATIONS[fmt]](fps=fps)
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=f".tmp.{fmt}")
     os.close(fd)
     os.chmod(tmp, 0o644)
+    writer = animation.writers[ANIMATIONS[fmt]](fps=fps)
     try:
-        anim.save(tmp, writer=writer, dpi=dpi)
+        with writer.saving(fig, tmp, dpi):
+            for i in list(range(len(frames))) + [len(frames) - 1] * fps:     # hold the last frame a second
+                for ax, w, t in zip(panels, frames[i]["weights"], frames[i]["titles"]):
+                    ax.images[0].set_data(np.asarray(w, dtype=float))
+                    _set_title(ax, t, np.shape(w)[1])
+                caption.set_text(frames[i]["caption"])
+                writer.grab_frame()
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -202,16 +204,6 @@ def save_attention_animation(examples: list[dict], frames: list[dict], out, fps:
     finally:
         _plt().close(fig)
     return out
-
-
-def _redraw_heatmap(ax, w: np.ndarray, title: str) -> None:
-    """New weights (and title) into a panel drawn by ``plot_attention``: its image and its cell labels."""
-    ax.images[0].set_data(w)
-    if ax.texts:
-        for text, v in zip(ax.texts, w.flat):
-            text.set_text("1" if v >= 0.995 else f"{v:.2f}"[1:])
-            text.set_color("black" if v > 0.6 else "white")
-    _set_title(ax, title, w.shape[1])
 
 
 def curves_figure(rows: list[dict], title: str = "", best_epoch: int | None = None,
