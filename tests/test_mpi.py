@@ -149,8 +149,9 @@ def test_launcher_environments_are_read_without_mpi4py():
     assert launch({}) is None
     assert launch({"PMI_SIZE": "4", "PMI_RANK": "2", "MPI_LOCALRANKID": "0", "MPI_LOCALNRANKS": "2"}) == \
         distributed.Launch(4, 2, 0, 2)
-    assert launch({"OMPI_COMM_WORLD_SIZE": "3", "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
-                   "OMPI_COMM_WORLD_LOCAL_SIZE": "3", "PMI_SIZE": "9", "PMI_RANK": "0"}) == distributed.Launch(3, 1, 1, 3)
+    open_mpi = {"OMPI_COMM_WORLD_SIZE": "3", "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+                "OMPI_COMM_WORLD_LOCAL_SIZE": "3"}
+    assert launch(dict(open_mpi, PMI_SIZE="9", PMI_RANK="0")) == distributed.Launch(3, 1, 1, 3)
     assert launch({"SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "5", "SLURM_LOCALID": "1"}) == \
         distributed.Launch(8, 5, 1, None)
     assert launch({"PMI_SIZE": "two", "PMI_RANK": "0"}) is None
@@ -256,7 +257,8 @@ def test_three_ranks_oversubscribed_agree_with_three_threads(mpiexec, data, tmp_
     """Three ranks on two cores: the same three shards, summed by MPI in its own order (float rounding)."""
     one, three = tmp_path / "threads", tmp_path / "ranks"
     assert main(train_args(data, one, "--epochs", "1", "--threads", "3", "--save-every", "0")) == 0
-    rc, _, err = wait(start(mpiexec, 3, train_args(data, three, "--epochs", "1", "--threads", "1", "--save-every", "0")))
+    rc, _, err = wait(start(mpiexec, 3, train_args(data, three, "--epochs", "1", "--threads", "1",
+                                                    "--save-every", "0")))
     assert rc == 0, err
     a, b = np.load(one / "last" / "weights.npz"), np.load(three / "last" / "weights.npz")
     for k in a.files:

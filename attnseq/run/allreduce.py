@@ -9,12 +9,13 @@ every rank), each shard's loss and gradient weighted by its share of the batch's
 
 Each rank sums its own shards' gradients into ``StepBuffer``, one preallocated flat array::
 
-    [ every gradient, in the model's order | each shard's loss | non-finite | failed | each rank's signal | rank 0's clock ]
+    [ every gradient, model's order | each shard's loss | non-finite | failed | each rank's signal | rank 0's clock ]
 
-and one in-place ``Allreduce`` (sum) per step leaves on every rank the batch gradient (for two
-ranks exactly the sum ``DataParallel`` makes of two shards) and every shard's loss (a rank fills only
-its own slots, so the sum copies them), from which each rank sums the batch loss in shard order as
-``DataParallel`` does. Clipping, ``--skip-nonfinite`` and the optimizer then see the same numbers on
+whose gradient part the model's gradients (and a lone thread's replica's) are views of, so nothing is
+copied in or out. One in-place ``Allreduce`` (sum) per step leaves on every rank the batch gradient
+(for two ranks exactly the sum ``DataParallel`` makes of two shards) and every shard's loss (a rank
+fills only its own slots, so the sum copies them), from which each rank sums the batch loss in shard
+order as ``DataParallel`` does. Clipping, ``--skip-nonfinite`` and the optimizer then see the same numbers on
 every rank, and the weights stay identical. The flags ride along: a rank whose shard loss is NaN/inf
 (then it skips its backward, as one process does), a rank whose shard raised (every rank then
 stops, the failure named once), a stop signal any rank received and rank 0's clock for
@@ -32,7 +33,7 @@ import numpy as np
 
 from ..nn.backend import to_numpy
 from ..nn.layers import Dropout
-from .parallel import DataParallel, _blas_controller, _flat, cut_rows, usable_cores
+from .parallel import DataParallel, _blas_controller, cut_rows, usable_cores
 
 
 class StepBuffer:
@@ -64,6 +65,15 @@ class StepBuffer:
         t0 = time.perf_counter()
         comm.Allreduce(mpi.IN_PLACE, self.data, op=mpi.SUM)
         self.seconds.append(time.perf_counter() - t0)
+
+
+def _home_gradients(module, step: StepBuffer) -> None:
+    """``module``'s gradient arrays become views of the buffer's gradient slices, each with its own shape
+    and memory order (C or F, as ``parallel._flat`` reads them), so nothing is copied in or out."""
+    for (_, m, i), flat in zip(module.named_parameters(), step.grads):
+        g = m.grads[i]
+        order = "F" if g.flags.f_contiguous and not g.flags.c_contiguous else "C"
+        m.grads[i] = flat.reshape(g.shape, order=order)
 
 
 class _Reduced:
@@ -101,6 +111,8 @@ class RankShards(DataParallel, _Reduced):
     def __init__(self, model, threads: int, group):
         super().__init__(model, threads)
         self._set_up_buffer(group, model.gradients(), model.dtype, group.size * self.threads)
+        _home_gradients(model, self.step)               # the optimizer reads the reduced gradient in place
+        self.release()
         controller = _blas_controller()
         self.blas_limit = None if controller is None else controller.limit(
             limits=max(1, usable_cores() // self.threads), user_api="blas")
@@ -125,12 +137,17 @@ class RankShards(DataParallel, _Reduced):
         except Exception as e:                          # an out-of-memory, say: every rank stops, not just this one
             failure = e
         self._reduce(first, losses, finite, failure)
-        for g, flat in zip(self.model.gradients(), step.grads):
-            _flat(g)[:] = flat
         return self._batch_loss(shares)
 
     def backward(self, dout: float = 1.0, into=None) -> None:
         """Done by ``forward``: the batch gradient is in the model's grads."""
+
+    def release(self) -> None:
+        """Fresh replicas (``DataParallel.release``); with one thread, its replica's gradients live in the
+        buffer too, so its backward writes the shard's gradient where the Allreduce reads it."""
+        super().release()
+        if self.threads == 1 and getattr(self, "step", None) is not None:
+            _home_gradients(self.replicas[0], self.step)
 
     def close(self) -> None:
         super().close()

@@ -176,7 +176,8 @@ class DataParallel:
             for j, out in enumerate(total):
                 a, b = out.size * k // n, out.size * (k + 1) // n
                 if n == 1:
-                    out[:] = parts[0][j]
+                    if not np.may_share_memory(out, parts[0][j]):      # else the shard wrote it there
+                        out[:] = parts[0][j]
                     continue
                 np.add(parts[0][j][a:b], parts[1][j][a:b], out=out[a:b])   # one pass for two shards
                 for other in parts[2:]:

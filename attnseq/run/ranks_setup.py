@@ -78,8 +78,8 @@ def same_options(group, cfg: dict) -> None:
     for r, theirs in enumerate(given):
         differ = sorted(k for k in set(theirs) | set(given[0]) if theirs.get(k) != given[0].get(k))
         if differ:
-            what = ", ".join(f"{keys[k].flag_name if k in keys else k} {_given(theirs, k)} (rank 0: {_given(given[0], k)})"
-                             for k in differ[:3])
+            what = ", ".join(f"{keys[k].flag_name if k in keys else k} {_given(theirs, k)} "
+                             f"(rank 0: {_given(given[0], k)})" for k in differ[:3])
             group.settle(ValueError(f"rank {r} of {group.size} was started with other options than rank 0: "
                                     f"{what}; start every rank with the same command"))
 
