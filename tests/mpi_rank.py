@@ -5,6 +5,7 @@ tells a rank its number before MPI starts). WHAT is one of
     NAME=VALUE    set an environment variable on that rank (ATTNSEQ_KILL_AT=train-step:30:STOP)
     cd:DIR        work in DIR (where relative paths, such as --train train.tsv, then lead)
     fail-step:N   its N-th shard forward raises MemoryError (a rank failing inside a step)
+    nan-step:N    its N-th shard forward's loss is NaN
     fail-metrics  writing metrics.jsonl meets a full disk (rank 0 failing alone, outside a collective)
     digest        print "digest RANK HEX" at the end: a hash of its weights and optimizer state
 """
@@ -16,16 +17,20 @@ import sys
 from attnseq.run.distributed import launch
 
 
-def _fail_step(n: int) -> None:
+def _on_step(n: int, what: str) -> None:
+    """The n-th shard forward on this rank raises MemoryError (``what`` "fail") or gives a NaN loss ("nan")."""
+    import numpy as np
+
     from attnseq.nn.model import AttentionSeq2seq
     forward, calls = AttentionSeq2seq.forward, [0]
 
-    def failing(self, src, tgt):
+    def changed(self, src, tgt):
         calls[0] += 1
-        if calls[0] == n:
+        loss = forward(self, src, tgt)
+        if calls[0] == n and what == "fail":
             raise MemoryError("Unable to allocate 9.31 GiB for an array with shape (50000, 50000)")
-        return forward(self, src, tgt)
-    AttentionSeq2seq.forward = failing
+        return np.asarray(np.nan, dtype=loss.dtype) if calls[0] == n else loss
+    AttentionSeq2seq.forward = changed
 
 
 def _fail_metrics() -> None:
@@ -65,8 +70,8 @@ def main(argv: list[str]) -> int:
             os.chdir(what[3:])
         elif "=" in what:
             os.environ.__setitem__(*what.split("=", 1))
-        elif what.startswith("fail-step:"):
-            _fail_step(int(what.split(":")[1]))
+        elif what.startswith(("fail-step:", "nan-step:")):
+            _on_step(int(what.split(":")[1]), what.split("-")[0])
         elif what == "fail-metrics":
             _fail_metrics()
         elif what == "digest":

@@ -392,6 +392,29 @@ def test_a_rank_failing_inside_a_step_stops_every_rank_with_one_line(mpiexec, da
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("skip", [True, False])
+def test_a_nan_loss_on_one_rank_is_skipped_or_stops_every_rank_alike(mpiexec, data, tmp_path, skip):
+    """Rank 1's shard loss is NaN at step 5: the Allreduce carries it to every rank, so with --skip-nonfinite
+    every rank skips that batch (the weights stay alike), and without it every rank stops, rank 0 saying why."""
+    run = tmp_path / "run"
+    rc, out, err = wait(start(mpiexec, 2, train_args(data, run, "--epochs", "1", "--threads", "1",
+                                                     *(["--skip-nonfinite"] if skip else [])),
+                              on=["1:nan-step:5", "all:digest"]), timeout=60)
+    if skip:
+        assert rc == 0, err
+        assert [x for x in out.splitlines() if x.startswith("warning")] == [
+            "warning: step 5: loss is nan; batch skipped (1 so far)"], out
+        assert [m["nonfinite_skipped"] for m in metrics(run)] == [1]
+        digests = dict(line.split()[1:] for line in out.splitlines() if line.startswith("digest "))
+        assert digests["0"] == digests["1"], out
+    else:
+        assert rc == 1, err
+        assert attnseq_lines(err) == [f"attnseq train: error: step 5 (epoch 1): loss is nan. Training stopped; the "
+                                      f"last good checkpoint in {run} is untouched. Try a lower --lr or --clip, "
+                                      "or --skip-nonfinite"], err
+
+
+@pytest.mark.slow
 def test_rank_0_failing_alone_aborts_the_job_with_one_line(mpiexec, data, tmp_path):
     """Rank 0 meets a full disk writing metrics.jsonl while rank 1 already waits for it at the epoch's
     end: rank 0 says so in one line naming itself and aborts the job (MPI_Abort), which ends rank 1."""
