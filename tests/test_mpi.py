@@ -152,8 +152,9 @@ def test_launcher_environments_are_read_without_mpi4py():
     open_mpi = {"OMPI_COMM_WORLD_SIZE": "3", "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
                 "OMPI_COMM_WORLD_LOCAL_SIZE": "3"}
     assert launch(dict(open_mpi, PMI_SIZE="9", PMI_RANK="0")) == distributed.Launch(3, 1, 1, 3)
-    assert launch({"SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "5", "SLURM_LOCALID": "1"}) == \
+    assert launch({"SLURM_STEP_NUM_TASKS": "8", "PMIX_RANK": "5", "SLURM_PROCID": "5", "SLURM_LOCALID": "1"}) == \
         distributed.Launch(8, 5, 1, None)
+    assert launch({"SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "5", "SLURM_NTASKS": "8"}) is None   # no MPI plugin
     assert launch({"PMI_SIZE": "two", "PMI_RANK": "0"}) is None
 
 

