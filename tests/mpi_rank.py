@@ -8,6 +8,8 @@ tells a rank its number before MPI starts). WHAT is one of
     nan-step:N    its N-th shard forward's loss is NaN
     fail-metrics  writing metrics.jsonl meets a full disk (rank 0 failing alone, outside a collective)
     digest        print "digest RANK HEX" at the end: a hash of its weights and optimizer state
+    device-runner its steps run as a GPU rank's do (``allreduce.RankDevice``: one shard on the model itself,
+                  the gradients through host copies), here on the CPU
 """
 import errno
 import hashlib
@@ -56,6 +58,12 @@ def _digest() -> None:
     training.Trainer.close = close_and_print
 
 
+def _device_runner() -> None:
+    from attnseq.run.allreduce import RankDevice
+    from attnseq.run.ranks import Ranks
+    Ranks.runner = lambda self, model, threads, batch_size: RankDevice(model, self)
+
+
 def main(argv: list[str]) -> int:
     split = argv.index("--")
     ons, args = argv[:split], argv[split + 1:]
@@ -76,6 +84,8 @@ def main(argv: list[str]) -> int:
             _fail_metrics()
         elif what == "digest":
             _digest()
+        elif what == "device-runner":
+            _device_runner()
         else:
             raise SystemExit(f"mpi_rank.py: unknown change {what!r}")
     from attnseq.cli import main as attnseq

@@ -244,13 +244,16 @@ def test_a_step_carries_the_signals_and_rank_0s_clock_once():
 
 # -- the same run as one process -------------------------------------------------------------------
 @pytest.mark.slow
-def test_two_ranks_of_one_thread_equal_one_process_of_two_threads(mpiexec, data, tmp_path):
+@pytest.mark.parametrize("runner", ["shards", "device-runner"])
+def test_two_ranks_of_one_thread_equal_one_process_of_two_threads(mpiexec, data, tmp_path, runner):
     """20 steps with dropout: the same shards, summed in the same order, so the same weights, optimizer
-    state and metrics bit for bit; and both ranks hold the same weights (a digest from each)."""
+    state and metrics bit for bit; and both ranks hold the same weights (a digest from each). Also with
+    the GPU ranks' step (``RankDevice``: the shard on the model itself, gradients through host copies)
+    run on the CPU, which no GPU here can check."""
     one, two = tmp_path / "threads", tmp_path / "ranks"
     assert main(train_args(data, one, "--epochs", "1", "--threads", "2", "--save-every", "0")) == 0
     rc, out, err = wait(start(mpiexec, 2, train_args(data, two, "--epochs", "1", "--threads", "1", "--save-every", "0"),
-                              on=["all:digest"]))
+                              on=["all:digest"] + (["all:device-runner"] if runner != "shards" else [])))
     assert rc == 0, err
     assert_same_run(two, one)
     assert json.loads((one / "last" / "state.json").read_text())["step"] == STEPS_PER_EPOCH
