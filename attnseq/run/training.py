@@ -11,6 +11,10 @@ Long runs: ``--save-every`` also saves ``last/`` inside an epoch, with how far i
 order it is (``EpochProgress``), so ``--resume`` continues from that step and ends exactly where an
 uninterrupted run would. A stop signal finishes the current step, saves ``last/`` and raises
 ``TrainingStopped`` (the CLI exits 130 or 143).
+
+Started by ``mpiexec`` as several ranks, the Trainer of each rank asks its group (``distributed``: who owns
+the run directory, what runs a step, rank 0's clock, the stop signals, the valid split in parts); alone,
+every answer is what one process does.
 """
 from __future__ import annotations
 
