@@ -10,8 +10,9 @@ This module finds that out from the launcher's environment variables, before any
 
 A group is what the Trainer asks about the others (see ``Solo``): who owns the run directory
 (``is_root``), what computes a step (``runner``), whether a stop signal came to any rank, what rank
-0's clock says, and how the valid split is scored. The MPI side is ``ranks`` (the communicator, the
-agreements, the set-up), ``ranks_setup`` and ``allreduce`` (the flat gradient buffer and its runners).
+0's clock says; with several ranks also how they score the valid split together (``Ranks.evaluate``).
+The MPI side is ``ranks`` (the communicator, the agreements), ``ranks_setup`` (the start) and
+``allreduce`` (the flat gradient buffer and its runners).
 """
 from __future__ import annotations
 
@@ -95,11 +96,6 @@ class Solo:
     def root_decides(self, fn, *args):
         """``fn(*args)``: rank 0's answer, here this process's."""
         return fn(*args)
-
-    def evaluate(self, *args, **kwargs) -> dict:
-        """``attnseq.run.evaluation.evaluate``: the valid split scored here."""
-        from .evaluation import evaluate
-        return evaluate(*args, **kwargs)
 
     def alone(self) -> None:
         """From here on (the test split, at the end) rank 0 works alone."""

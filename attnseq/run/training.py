@@ -324,10 +324,10 @@ class Trainer:
                                f"attnseq train --out {shlex.quote(str(self.out))} --resume", self.stop.signum)
 
     def _evaluate(self, model, data: Encoded, predictions: bool = True, together: bool = False) -> dict:
-        """``evaluate``'s scores; ``together``: by every rank of the group, each scoring a part."""
+        """``evaluate``'s scores; ``together``: by every rank of the group (if more than one), each scoring a part."""
         bleu = bool(self.cfg["bleu"]) or self.best.by == "bleu"
         limit = self.cfg["max_output_len"]                 # None: the model's own rule
-        scores = (self.group.evaluate if together else evaluate)(
+        scores = (self.group.evaluate if together and self.group.size > 1 else evaluate)(
             model, data, self.tgt_tok, self.cfg["eval_batch_size"], bleu,
             max_len=OutputLengthRule.parse(limit) if limit else None)
         if not predictions:
