@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from .cli_flags import at_prompt, build_parser, decoding_options, ensemble_options
-from .errors import AttnseqError, ConfigError
+from .errors import AttnseqError, ConfigError, QuietExit
 from .nn.output_length import OutputLengthRule
 
 
@@ -30,6 +30,8 @@ def train_config(args: argparse.Namespace) -> dict:
 def cmd_train(args) -> int:
     from .run.training import train
     result = train(train_config(args))
+    if result is None:                      # an MPI rank other than 0: rank 0 reports and plots
+        return 0
     if args.plot:
         from .run.inference import Translator
         out = Path(result["run"]) / "attention.png"
@@ -309,6 +311,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("attnseq: interrupted", file=sys.stderr)
         return 130
+    except QuietExit as e:                        # another MPI rank says why
+        return e.exit_code
     except (AttnseqError, OSError, ValueError) as e:
         if getattr(e, "exit_code", None):         # a graceful stop (SIGINT/SIGTERM): where it stopped; 130 or 143
             print(f"attnseq {args.command}: {e}", file=sys.stderr)

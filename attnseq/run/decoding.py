@@ -65,10 +65,12 @@ def beam_search(model, src, beam_size: int = 5, alpha: float = 0.0, max_len=None
 
 
 # -- many rows, in length-sorted batches over threads --------------------------------------------
-def map_sorted_batches(model, fn, lengths: np.ndarray, batch_size: int, threads: int = 0) -> list:
+def map_sorted_batches(model, fn, lengths: np.ndarray, batch_size: int, threads: int = 0,
+                       part: tuple[int, int] = (0, 1)) -> list:
     """``fn(m, idx)`` for rows ``idx`` of every length-sorted batch, in eval mode, with ``m`` the model or
-    a replica of it (on a CPU, batches spread over ``threads``; 0: one per core) -> [(idx, result)]."""
-    batches = batch_order(lengths, batch_size, None, bucket=True)
+    a replica of it (on a CPU, batches spread over ``threads``; 0: one per core) -> [(idx, result)].
+    ``part`` (k, K): only batches k, k + K, k + 2K ... of them (an MPI rank's share)."""
+    batches = batch_order(lengths, batch_size, None, bucket=True)[part[0]::part[1]]
     with model.eval_mode():                                         # the replicas copy the flag
         results = map_batches(model, fn, batches, threads)
     return list(zip(batches, results))

@@ -12,16 +12,21 @@ Long runs: ``--save-every`` also saves ``last/`` inside an epoch, with how far i
 order it is (``EpochProgress``), so ``--resume`` continues from that step and ends exactly where an
 uninterrupted run would. A stop signal finishes the current step, saves ``last/`` and raises
 ``TrainingStopped`` (the CLI exits 130 or 143).
+
+Started by ``mpiexec`` as several ranks, the Trainer of each rank asks its group (``distributed``: who owns
+the run directory, what runs a step, rank 0's clock, the stop signals, the valid split in parts); alone,
+every answer is what one process does.
 """
 from __future__ import annotations
 
 import math
 import shlex
 import time
+from pathlib import Path
 
 import numpy as np
 
-from . import faults, report, selection
+from . import distributed, faults, report, selection
 from ..data.batching import Encoded, batch_order, encode_pairs, padding_fraction, take
 from ..data.corpus import build_tokenizers, load_data
 from ..errors import NonFiniteError, TrainingStopped
@@ -32,7 +37,7 @@ from ..nn.output_length import OutputLengthRule
 from .config import model_config, resolve_config, save_interval
 from .evaluation import evaluate, normalized_refs
 from .finish import EndOfRun
-from .parallel import DataParallel, for_training
+from .parallel import DataParallel
 from .rundir import RunDir
 from .schedules import build_schedule
 from .stopping import StopSignals, TimeLimit
@@ -50,12 +55,14 @@ class Trainer:
     ``cfg`` is a resolved config (``resolve_config``). ``run_dir`` is the RunDir of ``cfg["out"]``
     when the caller has one (it keeps the config.json that ``saved_options`` already read for a ``--resume``).
     Building a Trainer takes the run directory's lock (a ConfigError if another trainer holds it);
-    ``run()`` releases it, whatever happens.
+    ``run()`` releases it, whatever happens. ``group``: the processes it trains with
+    (``distributed.SOLO``, or an MPI job's ranks: ``attnseq.run.ranks``).
     """
 
-    def __init__(self, cfg: dict, log=print, run_dir: RunDir | None = None):
+    def __init__(self, cfg: dict, log=print, run_dir: RunDir | None = None, group=None):
         require(cfg)                                    # --tensorboard without its extra: one line, nothing written
         self.cfg, self.log = cfg, log
+        self.group = group if group is not None else distributed.SOLO
         self.run_dir = run_dir if run_dir is not None else RunDir(cfg["out"])
         self.out = self.run_dir.path
         self.t_start = time.perf_counter()
@@ -88,12 +95,13 @@ class Trainer:
         if not resuming:                                # a resumed model keeps its checkpoint's rule
             self._fit_output_rule(self.sets["train"])
         del data                                        # the pairs' text lives on only in valid's and test's Encoded
-        self.runner = for_training(self.model, self.cfg["threads"], self.cfg["batch_size"])  # model or row shards
+        self.runner = self.group.runner(self.model, self.cfg["threads"], self.cfg["batch_size"])  # model or shards
         if resuming:
             where = f", batch {self.progress.batches_done} of epoch {self.epoch + 1}" if self.progress else ""
             self.log(f"resumed {self.out} at epoch {self.epoch}, step {self.step}{where}")
-        self.tracking = Tracking.start(self.cfg, self.out, self.sets["valid"], self.src_tok, self.tgt_tok,
-                                       self.step, self.log)
+        if self.group.is_root:                          # rank 0 alone records; the others' directory is gone
+            self.tracking = Tracking.start(self.cfg, self.out, self.sets["valid"], self.src_tok, self.tgt_tok,
+                                           self.step, self.log)
         self.last_save = time.perf_counter()
 
     def _fit_output_rule(self, train: Encoded) -> None:
@@ -177,7 +185,8 @@ class Trainer:
         self.schedule.total_steps = cfg["epochs"] * len(batches)
         progress = self._epoch_progress(len(batches))
         t0, time_before = time.perf_counter(), progress.time_s
-        bar = report.EpochBar(len(batches), progress.batches_done, f"epoch {self.epoch + 1}/{cfg['epochs']}")
+        bar = report.EpochBar(len(batches), progress.batches_done, f"epoch {self.epoch + 1}/{cfg['epochs']}",
+                              show=None if self.group.is_root else False)
         for idx in batches[progress.batches_done:]:
             self._train_batch(data, idx, progress)
             progress.batches_done += 1
@@ -217,7 +226,7 @@ class Trainer:
 
     def _between_steps(self, progress: EpochProgress) -> None:
         """Save last/ when --save-every says so; on a stop signal, save it and raise TrainingStopped."""
-        stopping = self.stop.signum is not None
+        stopping = self._stopping()
         more = progress.batches_done < progress.batches        # else the epoch's end saves at once
         if stopping or (more and self._save_due()):
             self._save(progress=progress)
@@ -231,7 +240,15 @@ class Trainer:
         kind, every = self.save_every
         if kind == "steps":
             return self.step % every == 0
-        return time.perf_counter() - self.last_save >= every
+        return self.group.root_clock(time.perf_counter() - self.last_save >= every)    # rank 0's clock decides
+
+    def _stopping(self, now: bool = False) -> bool:
+        """Whether SIGINT or SIGTERM came (to any rank of the group: as the last step carried them, or
+        ``now``, at an epoch's end, asking them all); ``self.stop.signum`` is then the signal."""
+        signum = (self.group.signal_now if now else self.group.step_signal)(self.stop.signum)
+        if signum is not None:
+            self.stop.signum = signum
+        return signum is not None
 
     def _step(self, loss) -> bool:
         """Backward and update, unless the loss or the gradient norm is NaN/inf: then stop, or skip the batch."""
@@ -260,17 +277,22 @@ class Trainer:
         try:
             with self.stop:
                 self._run_epochs()
-            return self.finish()
+            self.group.alone()                          # the end is rank 0's alone; the others return None
+            return self.finish() if self.group.is_root else None
         finally:
-            if self.runner is not None and self.runner is not self.model:
-                self.runner.close()
-            self.tracking.close()
-            self.run_dir.unlock()
+            self.close()
+
+    def close(self) -> None:
+        """Stop the runner's threads, close the attention tracking and release the run directory's lock."""
+        if self.runner is not None and self.runner is not self.model:
+            self.runner.close()
+        self.tracking.close()
+        self.run_dir.unlock()
 
     def _run_epochs(self) -> None:
         cfg = self.cfg
         while self.epoch < cfg["epochs"] and self.best.bad_epochs < cfg["patience"]:
-            late = self.time_limit.too_late(self.epoch + 1)
+            late = self.group.root_decides(self.time_limit.too_late, self.epoch + 1)   # rank 0's clock
             if late:
                 self.log(late)
                 self.stopped_by = "max_minutes"
@@ -280,7 +302,7 @@ class Trainer:
             self.epoch += 1
             if isinstance(self.runner, DataParallel):
                 self.runner.release()                               # its scratch memory, while evaluating
-            valid = self._evaluate(self.model, self.sets["valid"])
+            valid = self._evaluate(self.model, self.sets["valid"], together=True)
             improved = self.best.update(valid)
             row = self._metrics_row(stats, valid)
             self.tracking.validated(self.model, self.epoch, self.step, row)
@@ -294,7 +316,7 @@ class Trainer:
             if self.best.bad_epochs >= cfg["patience"]:
                 tie = "" if self.best.by == "loss" else " (or loss)"
                 self.log(f"early stop: no better {selection.NAMES[self.best.by]}{tie} for {cfg['patience']} epochs")
-            if self.stop.signum is not None:
+            if self._stopping(now=True):
                 raise self._stopped(mid_epoch=False)
 
     def _save(self, best: bool = False, progress: EpochProgress | None = None) -> None:
@@ -313,11 +335,13 @@ class Trainer:
         return TrainingStopped(f"stopped {where}; checkpoint in {self.out / 'last'} — resume with: "
                                f"attnseq train --out {shlex.quote(str(self.out))} --resume", self.stop.signum)
 
-    def _evaluate(self, model, data: Encoded, predictions: bool = True) -> dict:
+    def _evaluate(self, model, data: Encoded, predictions: bool = True, together: bool = False) -> dict:
+        """``evaluate``'s scores; ``together``: by every rank of the group (if more than one), each scoring a part."""
         bleu = bool(self.cfg["bleu"]) or self.best.by == "bleu"
         limit = self.cfg["max_output_len"]                 # None: the model's own rule
-        scores = evaluate(model, data, self.tgt_tok, self.cfg["eval_batch_size"], bleu,
-                          max_len=OutputLengthRule.parse(limit) if limit else None)
+        scores = (self.group.evaluate if together and self.group.size > 1 else evaluate)(
+            model, data, self.tgt_tok, self.cfg["eval_batch_size"], bleu,
+            max_len=OutputLengthRule.parse(limit) if limit else None)
         if not predictions:
             scores.pop("predictions")
         return scores
@@ -328,6 +352,15 @@ class Trainer:
         return dict(epoch=self.epoch, step=self.step, **stats, lr=self.opt.lr,
                     **{f"valid_{k}": v for k, v in valid.items() if k != "predictions"},
                     nonfinite_skipped=self.skipped, elapsed_s=time.perf_counter() - self.t_start)
+
+    def snapshot(self, directory: Path) -> Path:
+        """Where the run stands (model, optimizer, tokenizers, counters, random states, a resumed epoch's
+        progress) as the checkpoint ``directory/last``, which a Trainer resumes from: the start rank 0 of
+        an MPI job sends the others. -> that checkpoint's directory."""
+        self.opt.init_state()                           # a run that has not trained yet: its zeros
+        RunDir(directory).save(self.model, self.opt, self.src_tok, self.tgt_tok, dict(self.cfg), self._state(),
+                               best=False, progress=self.progress)
+        return Path(directory) / "last"
 
     def _state(self, mid_epoch: bool = False) -> TrainState:
         rng = self.epoch_rng if mid_epoch else self.rng.bit_generator.state
@@ -362,8 +395,13 @@ def train(cfg: dict, log=print) -> dict:
     """Train from a config dict (keys: ``attnseq.run.config.OPTIONS``); returns the final metrics.
 
     Called from the main thread, SIGINT and SIGTERM stop it gracefully meanwhile (``TrainingStopped``,
-    last/ saved); the caller's own handlers are back when it returns or raises.
+    last/ saved); the caller's own handlers are back when it returns or raises. Started by ``mpiexec``
+    with several ranks, every rank calls it and they train as one run (``attnseq.run.ranks``): rank 0
+    returns the metrics, the others None.
     """
+    group = distributed.world()                                # SOLO, unless mpiexec started several ranks
+    if group.size > 1:
+        return group.train(cfg, log, Trainer)                   # the result on rank 0, None on the others
     out = cfg.get("out")
     run_dir = RunDir(out) if isinstance(out, str) else None     # shared, so a --resume reads config.json once
     saved = run_dir.saved_options() if run_dir is not None and cfg.get("resume") else None
