@@ -5,6 +5,7 @@ from .nn.decoders import AttentionDecoder
 from .nn.encoders import Encoder
 from .errors import AttnseqError, CheckpointError, ConfigError, DataError, DeviceError, NonFiniteError, TrainingStopped
 from .explorer import explore
+from .explorer.history import explore_history
 from .nn.layers import Dropout, Embedding, Linear, SoftmaxCrossEntropy
 from .nn.lstm import LSTM
 from .nn.model import AttentionSeq2seq
@@ -20,7 +21,7 @@ __all__ = [
     "Encoder", "AttentionDecoder", "AttentionSeq2seq", "Module",
     "Embedding", "LSTM", "Linear", "SoftmaxCrossEntropy", "Dropout", "Attention", "AttentionWeights", "WeightedSum",
     "Optimizer", "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSProp", "Adam", "ClipGradNorm", "WeightDecay",
-    "beam_search", "plot_attention", "explore", "translate", "score",
+    "beam_search", "plot_attention", "explore", "explore_history", "translate", "score",
     "get_array_module", "gpu_available", "to_device", "to_numpy",
     "AttnseqError", "CheckpointError", "ConfigError", "DataError", "DeviceError", "NonFiniteError", "TrainingStopped",
 ]

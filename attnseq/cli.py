@@ -54,10 +54,14 @@ def cmd_eval(args) -> int:
 
 
 def cmd_explore(args) -> int:
-    from .explorer import explore_file
-    ckpt = args.ckpt[0] if len(args.ckpt) == 1 else args.ckpt
-    page = explore_file(ckpt, args.data, n=args.n or None, by=tuple(args.by or ()), device=args.device,
-                        **ensemble_options(args), **decoding_options(args))
+    if args.history:
+        from .explorer.history import explore_history
+        page = explore_history(args.ckpt[0], device=args.device, **decoding_options(args))
+    else:
+        from .explorer import explore_file
+        ckpt = args.ckpt[0] if len(args.ckpt) == 1 else args.ckpt
+        page = explore_file(ckpt, args.data, n=args.n or None, by=tuple(args.by or ()), device=args.device,
+                            **ensemble_options(args), **decoding_options(args))
     s = page.data["summary"]
     print(page.save(args.out))
     if s["exact_match"] is not None:
@@ -76,10 +80,22 @@ def cmd_make_data(args) -> int:
 
 def cmd_plot_curves(args) -> int:
     from .plotting import plot_curves
+    from .run.rundir import RunDir
     out = args.out or Path(args.run) / "curves.png"
-    plot_curves(read_epochs(args.run), out, title=str(args.run))
+    rows = read_epochs(args.run)
+    plot_curves(rows, out, title=str(args.run), best_epoch=RunDir(args.run).best_epoch(),
+                averaged=_result(args.run).get("averaged"))
     print(out)
     return 0
+
+
+def _result(run) -> dict:
+    """RUN/result.json, or {} while the run has not ended (or the file does not read)."""
+    try:
+        result = json.loads((Path(run) / "result.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return result if isinstance(result, dict) else {}
 
 
 def read_epochs(run) -> list[dict]:
@@ -194,6 +210,9 @@ def _print_translations(results, args, f) -> None:
 
 
 def cmd_plot_attention(args) -> int:
+    if args.history:
+        print(animate_history(args.history, args.out, args.n, args.fps, args.until))
+        return 0
     from .data.io import read_pairs
     from .run.evaluation import normalized_refs
     from .run.inference import Translator
@@ -232,6 +251,23 @@ def plot_translations(tr, texts: list[str], out, refs: list[str] | None = None, 
         examples.append(dict(weights=r.weights, src_tokens=r.src_tokens, tgt_tokens=r.out_tokens,
                              title=f"{readable(text)} → {readable(r.text)}{mark}"))
     return save_figure(plot_attention_grid(examples), out)
+
+
+def animate_history(run, out, n: int, fps: int, until: int | None = None) -> Path:
+    """The attention of the first ``n`` examples ``run`` tracked, one frame per snapshot (GIF or MP4); with
+    ``until``, the snapshots up to that training step and the last one."""
+    from .plotting import save_attention_animation
+    from .run.history import AttentionHistory, history_path
+    from .run.tracking import example_title
+    history = AttentionHistory.load(history_path(run))
+    if not history.entries:
+        raise ConfigError(f"{history_path(run)}: no snapshots yet")
+    examples, entries = history.examples[:n], history.entries
+    if until is not None:
+        entries = [e for e in entries[:-1] if e.step <= until] + entries[-1:]
+    frames = [dict(caption=f"{Path(str(run)).name}: {history.label(e)}", weights=e.weights[:n],
+                   titles=[example_title(ex, text) for ex, text in zip(examples, e.outputs)]) for e in entries]
+    return save_attention_animation(examples, frames, out, fps=fps)
 
 
 def cmd_bench(args) -> int:

@@ -73,7 +73,35 @@ def model_flag_error(args) -> str | None:
 
 
 def explore_flag_error(args) -> str | None:
-    return decoding_flag_error(args) or ensemble_flag_error(args, args.ckpt)
+    return _examples_flag_error(args) or decoding_flag_error(args) or ensemble_flag_error(args, args.ckpt)
+
+
+def _examples_flag_error(args) -> str | None:
+    """explore takes its examples from --data FILE or from the run's --history, one of the two."""
+    if args.history and args.data:
+        return "--data FILE and --history are alternatives: the page shows a file's examples, or the run's tracked ones"
+    if args.history and args.by:
+        return "--by reads the columns of --data FILE; a --history page shows the run's tracked examples"
+    if not args.history and not args.data:
+        return "--data FILE is required (or --history, for the examples the run tracked during training)"
+    if args.history and len(args.ckpt) > 1:
+        return "--history shows one run's tracked examples: give one --ckpt RUN, not an ensemble"
+    return None
+
+
+def plot_attention_flag_error(args) -> str | None:
+    """plot-attention draws a checkpoint's attention (--ckpt, with --text or --data), or animates --history."""
+    if args.history:
+        given = [f for f, v in (("--ckpt", args.ckpt), ("--text", args.text), ("--data", args.data),
+                                ("--wrong-only", args.wrong_only)) if v]
+        if given:
+            return f"--history RUN animates the run's tracked examples; {', '.join(given)} do not apply"
+        return None
+    if args.until is not None:
+        return "--until STEP is for --history RUN"
+    if not args.ckpt:
+        return "--ckpt RUN is required (or --history RUN, to animate a run's attention across training)"
+    return decoding_flag_error(args)
 
 
 def members_error(args) -> str | None:

@@ -13,7 +13,8 @@ import argparse
 import sys
 from typing import NamedTuple
 
-from .cli_checks import decoding_flag_error, engine_flag_error, explore_flag_error, members_error, model_flag_error
+from .cli_checks import (decoding_flag_error, engine_flag_error, explore_flag_error, members_error,
+                         model_flag_error, plot_attention_flag_error)
 from .nn.output_length import OutputLengthRule
 from .run.decoding import EVAL_BATCH_SIZE
 
@@ -229,7 +230,10 @@ def add_eval(sub) -> None:
 def add_explore(sub) -> None:
     x = sub.add_parser("explore", help="write one HTML page to browse a model's outputs, errors and attention")
     x.add_argument("--ckpt", required=True, action="append", metavar="RUN", help=ENSEMBLE_CKPT_HELP)
-    x.add_argument("--data", required=True, metavar="FILE", help=DATA_HELP)
+    x.add_argument("--data", metavar="FILE", help=DATA_HELP + " (or --history)")
+    x.add_argument("--history", action="store_true",
+                   help="instead of --data: the validation examples the run tracked (RUN/attention_history.npz, "
+                        "train --track-examples), with a slider through their attention across training")
     x.add_argument("--out", required=True, metavar="PAGE.html", help="the page to write (one file, works offline)")
     x.add_argument("--n", type=non_negative_int, default=500, help="the first N pairs of --data (500; 0: all)")
     x.add_argument("--by", action="append", metavar="style|colN", help=BY_HELP + "; length is always shown")
@@ -248,7 +252,8 @@ def add_make_data(sub) -> None:
 
 
 def add_plot_curves(sub) -> None:
-    c = sub.add_parser("plot-curves", help="plot loss and accuracy per epoch from RUN/metrics.jsonl")
+    c = sub.add_parser("plot-curves", help="plot loss and the valid scores (token accuracy, exact match, BLEU) per "
+                                           "epoch from RUN/metrics.jsonl, with best/ and averaged/ marked")
     c.add_argument("run", metavar="RUN")
     c.add_argument("--out", metavar="FILE", help="default RUN/curves.png")
 
@@ -324,15 +329,22 @@ def add_average(sub) -> None:
 
 
 def add_plot_attention(sub) -> None:
-    a = sub.add_parser("plot-attention", help="draw attention heatmaps for texts or examples from a data file")
-    a.add_argument("--ckpt", required=True, metavar="RUN", help=CKPT_HELP)
+    a = sub.add_parser("plot-attention", help="draw attention heatmaps for texts or examples from a data file, "
+                                              "or animate a run's attention across training")
+    a.add_argument("--ckpt", metavar="RUN", help=CKPT_HELP + " (required, except with --history)")
+    a.add_argument("--history", metavar="RUN", help="animate the attention of the examples RUN tracked across its "
+                                                    "training (RUN/attention_history.npz): --out F.gif, or F.mp4 "
+                                                    "where ffmpeg is installed; --n of them")
+    a.add_argument("--fps", type=positive_int, default=4, help="--history: frames (snapshots) per second (4)")
+    a.add_argument("--until", type=positive_int, metavar="STEP",
+                   help="--history: the snapshots up to training step STEP, then the last one (attention forms early)")
     a.add_argument("--text", action="append", metavar="TEXT", help="a source text (repeatable)")
     a.add_argument("--data", metavar="FILE", help="take examples from a TSV/question_answer file")
     a.add_argument("--n", type=positive_int, default=6, help="how many examples from --data (6)")
     a.add_argument("--wrong-only", action="store_true", help="only examples the model gets wrong")
-    a.add_argument("--out", required=True, metavar="FILE.png|.svg|.pdf")
+    a.add_argument("--out", required=True, metavar="FILE.png|.svg|.pdf|.gif|.mp4")
     add_groups(a, "decoding", "output length", "device")
-    a.set_defaults(check=decoding_flag_error)
+    a.set_defaults(check=plot_attention_flag_error)
 
 
 def add_bench(sub) -> None:

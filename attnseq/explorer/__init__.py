@@ -27,7 +27,9 @@ the log-probability. ``w`` holds the attention (len(tokens), len(src_tokens)) ro
 (integers, so 3 decimals), each row as its first nonzero column then the values up to its last nonzero
 one: a row [3, 20, 950, 30] is 0.02, 0.95, 0.03 at columns 3-5 and zero elsewhere. That keeps a page of
 1,000 date examples near 1 MB. ``correct`` compares the output with the reference as the target
-tokenizer reads it back (``ref_norm``), as ``attnseq eval`` does.
+tokenizer reads it back (``ref_norm``), as ``attnseq eval`` does. A page of a run's tracked examples
+(``explorer.history.explore_history``, ``attnseq explore --history``) also holds their attention across
+training, for its epoch slider: the "history" keys described there.
 """
 from __future__ import annotations
 

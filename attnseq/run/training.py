@@ -5,7 +5,8 @@ the options of ``attnseq.run.config`` (``batch_size`` for ``--batch-size``); ``t
 defaults, and on ``--resume`` the run's saved options. Around the loop, each in its module: the run
 directory and its lock (``rundir``), state.json (``train_state``), best/ and ``--patience``
 (``selection``), the lr (``schedules``), signals and ``--max-minutes`` (``stopping``), the log lines
-(``report``) and the end of the run, where the test split is scored once (``finish``).
+(``report``), what is recorded besides checkpoints (``tracking``: the attention of a few valid examples
+across training, TensorBoard) and the end of the run, where the test split is scored once (``finish``).
 
 Long runs: ``--save-every`` also saves ``last/`` inside an epoch, with how far into the epoch's batch
 order it is (``EpochProgress``), so ``--resume`` continues from that step and ends exactly where an
@@ -35,6 +36,7 @@ from .parallel import DataParallel, for_training
 from .rundir import RunDir
 from .schedules import build_schedule
 from .stopping import StopSignals, TimeLimit
+from .tracking import Tracking, require
 from .train_state import EpochProgress, TrainState
 
 
@@ -52,6 +54,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: dict, log=print, run_dir: RunDir | None = None):
+        require(cfg)                                    # --tensorboard without its extra: one line, nothing written
         self.cfg, self.log = cfg, log
         self.run_dir = run_dir if run_dir is not None else RunDir(cfg["out"])
         self.out = self.run_dir.path
@@ -65,6 +68,7 @@ class Trainer:
         self.time_limit = TimeLimit(cfg["max_minutes"], self.t_start)
         self.stopped_by: str | None = None
         self.stop, self.runner = StopSignals(), None
+        self.tracking = Tracking()                      # attention history, TensorBoard (run/tracking.py)
         self.run_dir.lock()                             # released by run(), or here if setting up fails
         try:
             self._set_up()
@@ -88,6 +92,8 @@ class Trainer:
         if resuming:
             where = f", batch {self.progress.batches_done} of epoch {self.epoch + 1}" if self.progress else ""
             self.log(f"resumed {self.out} at epoch {self.epoch}, step {self.step}{where}")
+        self.tracking = Tracking.start(self.cfg, self.out, self.sets["valid"], self.src_tok, self.tgt_tok,
+                                       self.step, self.log)
         self.last_save = time.perf_counter()
 
     def _fit_output_rule(self, train: Encoded) -> None:
@@ -206,6 +212,8 @@ class Trainer:
             progress.loss_sum += float(loss)
             progress.loss_batches += 1
             progress.samples += len(idx)
+            self.tracking.step(self.model, self.step, float(loss), self.opt.lr,
+                               self.epoch + (progress.batches_done + 1) / progress.batches)
 
     def _between_steps(self, progress: EpochProgress) -> None:
         """Save last/ when --save-every says so; on a stop signal, save it and raise TrainingStopped."""
@@ -256,6 +264,7 @@ class Trainer:
         finally:
             if self.runner is not None and self.runner is not self.model:
                 self.runner.close()
+            self.tracking.close()
             self.run_dir.unlock()
 
     def _run_epochs(self) -> None:
@@ -274,6 +283,7 @@ class Trainer:
             valid = self._evaluate(self.model, self.sets["valid"])
             improved = self.best.update(valid)
             row = self._metrics_row(stats, valid)
+            self.tracking.validated(self.model, self.epoch, self.step, row)
             note = self.schedule.epoch_end(self.opt, improved)     # --lr-decay, or plateau's cut
             self.run_dir.append_metrics(row)
             self._save(best=improved)
@@ -289,7 +299,8 @@ class Trainer:
 
     def _save(self, best: bool = False, progress: EpochProgress | None = None) -> None:
         """last/ (and best/, and with --keep-last epoch-NNNN/): at an epoch's end, or inside one with
-        ``progress`` (state.rng: the epoch's start)."""
+        ``progress`` (state.rng: the epoch's start). The tracked attention and TensorBoard go to disk first."""
+        self.tracking.persist()
         self.run_dir.save(self.model, self.opt, self.src_tok, self.tgt_tok, dict(self.cfg),
                           self._state(mid_epoch=progress is not None), best=best, progress=progress,
                           keep=self.cfg["keep_last"])
