@@ -114,7 +114,7 @@ def read_epochs(run) -> list[dict]:
 
 def cmd_translate(args) -> int:
     from .data.io import read_lines, split_lines
-    tr = _translator(args)
+    tr = translator_from_flags(args)
     kw = decoding_options(args)
     if args.sample:
         import numpy as np
@@ -166,8 +166,8 @@ def _write_lines(output, write) -> None:
         write(sys.stdout)
 
 
-def _translator(args):
-    """The engine that runs translate's or score's model: attnseq's own (--ckpt) or onnxruntime (--model);
+def translator_from_flags(args):
+    """The engine that runs translate's, score's or serve's model: attnseq's own (--ckpt) or onnxruntime (--model);
     one, or an ensemble of several."""
     def one_or_all(given):
         return given[0] if len(given) == 1 else given
@@ -181,7 +181,7 @@ def _translator(args):
 def cmd_score(args) -> int:
     from .run.scoring import format_scores, read_score_pairs, score_texts
     pairs, lines = read_score_pairs(args.data)                  # a bad line fails before the model loads
-    tr = _translator(args)
+    tr = translator_from_flags(args)
     scored = score_texts(tr, [s for s, _ in pairs], [t for _, t in pairs], args.alpha, args.batch_size, lines)
     _write_lines(args.output, lambda f: f.write(format_scores(pairs, scored, args.output_type, lines)))
     return 0

@@ -1,6 +1,7 @@
 """Flag combinations argparse cannot express, for the commands that decode (``cli_flags`` declares the flags):
 each check gives one line saying what does not fit, or None. Values argparse can judge alone (a negative
-temperature, a top-p outside (0, 1]) are refused by the flags' types.
+temperature, a top-p outside (0, 1]) are refused by the flags' types. ``attnseq serve`` judges the decoding
+fields of a request with the same types and ``decoding_flag_error`` (``serve.options``).
 """
 from __future__ import annotations
 
@@ -24,15 +25,22 @@ def engine_flag_error(args) -> str | None:
     return None
 
 
-def decoding_flag_error(args) -> str | None:
-    """Sampling's flags without --sample, or --sample with a beam, or None."""
+def cli_name(param: str) -> str:
+    """How the command line names a decoding keyword: top_p -> --top-p."""
+    return "--" + param.replace("_", "-")
+
+
+def decoding_flag_error(args, name=cli_name) -> str | None:
+    """Sampling's options without sample, or sample with a beam, or None. ``name(param)``: how the line names
+    an option (the flags by default; ``attnseq serve`` names its JSON fields)."""
+    sample = name("sample")
     if not args.sample:
-        for flag, value, off in (("--temperature", args.temperature, 1.0), ("--top-k", args.top_k, 0),
-                                 ("--top-p", args.top_p, 1.0), ("--seed", args.seed, None)):
-            if value != off:
-                return f"{flag} is for --sample (add --sample, or leave {flag} out)"
+        for param, off in (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0), ("seed", None)):
+            if getattr(args, param) != off:
+                return f"{name(param)} is for {sample} (add {sample}, or leave {name(param)} out)"
     elif args.beam > 1:
-        return f"--sample draws each token and does not go with --beam {args.beam} (--n-best N draws N samples)"
+        return (f"{sample} draws each token and does not go with {name('beam')} {args.beam} "
+                f"({name('n_best')} N draws N samples)")
     return None
 
 
@@ -58,7 +66,9 @@ def ensemble_flag_error(args, members: list | None, flag: str = "--ckpt") -> str
     return None
 
 
-def score_flag_error(args) -> str | None:
+def model_flag_error(args) -> str | None:
+    """What does not fit in the flags naming the model or ensemble: --engine, --ckpt, --model, --device,
+    --ensemble-mode and --weights (score, serve), or None."""
     return engine_flag_error(args) or members_error(args)
 
 

@@ -14,7 +14,7 @@ import sys
 from typing import NamedTuple
 
 from .cli_checks import (decoding_flag_error, engine_flag_error, explore_flag_error, members_error,
-                         plot_attention_flag_error, score_flag_error)
+                         model_flag_error, plot_attention_flag_error)
 from .nn.output_length import OutputLengthRule
 from .run.decoding import EVAL_BATCH_SIZE
 
@@ -39,6 +39,7 @@ MAX_OUTPUT_HELP = ("longest output: N tokens, or S*Ts+O (S tokens per source tok
 CKPT_HELP = "run dir (its best/) or checkpoint dir"
 ENSEMBLE_CKPT_HELP = CKPT_HELP + "; repeat it for an ensemble (the same vocabularies; model options may differ)"
 DATA_HELP = "TSV or question_answer pairs"
+ENGINE_HELP = "what runs the model: attnseq with --ckpt (default), or onnxruntime with --model"
 
 
 # -- argparse types: a bad value is a usage error naming the flag ------------------------------------------
@@ -202,6 +203,14 @@ def ensemble_options(args) -> dict:
 
 
 # -- one parser per command ------------------------------------------------------------------------------
+def add_model_flags(p: argparse.ArgumentParser, engine_help: str = ENGINE_HELP) -> None:
+    """--ckpt, --engine and --model: the model (or ensemble) that translate, score and serve run."""
+    p.add_argument("--ckpt", action="append", metavar="RUN", help=ENSEMBLE_CKPT_HELP + " (--engine attnseq)")
+    p.add_argument("--engine", choices=["attnseq", "onnxruntime"], default="attnseq", help=engine_help)
+    p.add_argument("--model", action="append", metavar="DIR",
+                   help="a directory written by attnseq export (--engine onnxruntime); repeat it for an ensemble")
+
+
 def add_train(sub) -> None:
     from .run.config import add_flags
     t = sub.add_parser("train", help="train a model", description=TRAIN_HELP,
@@ -251,12 +260,7 @@ def add_plot_curves(sub) -> None:
 
 def add_translate(sub) -> None:
     t = sub.add_parser("translate", help="translate lines from stdin, --input FILE or a terminal prompt")
-    t.add_argument("--ckpt", action="append", metavar="RUN", help=ENSEMBLE_CKPT_HELP + " (--engine attnseq)")
-    t.add_argument("--engine", choices=["attnseq", "onnxruntime"], default="attnseq",
-                   help="what runs the model: attnseq with --ckpt (default), or onnxruntime with --model "
-                        "(needs pip install 'attnseq[export]')")
-    t.add_argument("--model", action="append", metavar="DIR",
-                   help="a directory written by attnseq export (--engine onnxruntime); repeat it for an ensemble")
+    add_model_flags(t, ENGINE_HELP + " (needs pip install 'attnseq[export]')")
     t.add_argument("--input", metavar="FILE", help="read lines from FILE (default stdin)")
     t.add_argument("--prefix-column", type=prefix_column, metavar="N",
                    help="input lines are TSV: column 1 the source, column N the target text each output starts "
@@ -288,11 +292,7 @@ tokens with eos), as beam search scores its outputs; higher is better.
 def add_score(sub) -> None:
     s = sub.add_parser("score", help="score given pairs: each target's log-probability given its source",
                        description=SCORE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("--ckpt", action="append", metavar="RUN", help=ENSEMBLE_CKPT_HELP + " (--engine attnseq)")
-    s.add_argument("--engine", choices=["attnseq", "onnxruntime"], default="attnseq",
-                   help="what runs the model: attnseq with --ckpt (default), or onnxruntime with --model")
-    s.add_argument("--model", action="append", metavar="DIR",
-                   help="a directory written by attnseq export (--engine onnxruntime); repeat it for an ensemble")
+    add_model_flags(s)
     s.add_argument("--data", required=True, metavar="FILE", help=DATA_HELP + ", one pair on every line")
     s.add_argument("--output-type", choices=["score", "pair_with_score", "json"], default="json",
                    help="per pair: its score; source<TAB>target<TAB>score; or (default) a JSON object with the "
@@ -301,7 +301,7 @@ def add_score(sub) -> None:
                    help="GNMT length penalty alpha of the score (default 1; 0: the log-probability)")
     s.add_argument("--output", metavar="FILE", help="write the lines to FILE (default stdout)")
     add_groups(s, "batching", "device", "ensemble")
-    s.set_defaults(check=score_flag_error)
+    s.set_defaults(check=model_flag_error)
 
 
 def add_export(sub) -> None:
@@ -371,18 +371,15 @@ def add_serve(sub) -> None:
     from .serve.limits import LIMIT_FLAGS, Limits, flag
     s = sub.add_parser("serve", help="serve a model over HTTP: a JSON API with dynamic batching, a page with the "
                                      "attention, metrics (needs pip install 'attnseq[serve]')")
-    s.add_argument("--ckpt", metavar="RUN", help=CKPT_HELP + " (--engine attnseq)")
-    s.add_argument("--engine", choices=["attnseq", "onnxruntime"], default="attnseq",
-                   help="what runs the model: attnseq with --ckpt (default), or onnxruntime with --model")
-    s.add_argument("--model", metavar="DIR", help="a directory written by attnseq export (--engine onnxruntime)")
+    add_model_flags(s)
     s.add_argument("--host", default="127.0.0.1", help="the address to listen on (127.0.0.1: this machine only)")
     s.add_argument("--port", type=non_negative_int, default=8080, help="8080; 0: a free port (the URL line names it)")
     for name, metavar, help_text, kind in LIMIT_FLAGS:
         s.add_argument(flag(name), dest=name, metavar=metavar, type=kind or positive_int,
                        default=getattr(Limits(), name), help=help_text)
     s.add_argument("--access-log", action="store_true", help="log each request on stderr")
-    add_groups(s, "device")
-    s.set_defaults(check=engine_flag_error)            # translate's check of --engine, --ckpt, --model, --device
+    add_groups(s, "device", "ensemble")
+    s.set_defaults(check=model_flag_error)             # translate's checks of the model and ensemble flags
 
 
 SUBPARSERS = (add_train, add_eval, add_explore, add_make_data, add_plot_curves, add_translate, add_score, add_export,
