@@ -16,6 +16,7 @@ from typing import NamedTuple
 from .cli_checks import (decoding_flag_error, engine_flag_error, explore_flag_error, members_error,
                          model_flag_error, plot_attention_flag_error)
 from .nn.output_length import OutputLengthRule
+from .nn.search import MAX_ALPHA
 from .run.decoding import EVAL_BATCH_SIZE
 
 TRAIN_HELP = """\
@@ -96,6 +97,14 @@ def probability(text: str) -> float:
     return value
 
 
+def penalty_alpha(text: str) -> float:
+    """The argparse type of --alpha: the GNMT length penalty's exponent, from 0 to ``nn.search.MAX_ALPHA``."""
+    value = _number(text)
+    if value is None or not 0 <= value <= MAX_ALPHA:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to {MAX_ALPHA:g}, got {text!r}")
+    return value
+
+
 def prefix_column(text: str) -> int:
     """The argparse type of --prefix-column: a TSV column after the source, 2 or more."""
     return _int_at_least(text, 2, "a column number of 2 or more (column 1 is the source)")
@@ -125,8 +134,8 @@ class Flag(NamedTuple):
 DECODING = (
     Flag(("--beam",), dict(type=positive_int, default=1, metavar="K", help="beam size (default 1: greedy search)"),
          "beam"),
-    Flag(("--alpha",), dict(type=float, default=0.0, metavar="A",
-                            help="GNMT length penalty alpha for beam search (default 0: off)"), "alpha"),
+    Flag(("--alpha",), dict(type=penalty_alpha, default=0.0, metavar="A",
+                            help="GNMT length penalty alpha for beam search, 0 to 10 (default 0: off)"), "alpha"),
     Flag(("--sample",), dict(action="store_true", default=False,
                              help="draw each token from the model's distribution instead of searching (with "
                                   "--n-best N: N samples per input, best first)"), "sample"),
@@ -297,8 +306,8 @@ def add_score(sub) -> None:
     s.add_argument("--output-type", choices=["score", "pair_with_score", "json"], default="json",
                    help="per pair: its score; source<TAB>target<TAB>score; or (default) a JSON object with the "
                         "line, score, logprob, n_tokens, token_logprobs, tokens and over_limit")
-    s.add_argument("--alpha", type=float, default=1.0, metavar="A",
-                   help="GNMT length penalty alpha of the score (default 1; 0: the log-probability)")
+    s.add_argument("--alpha", type=penalty_alpha, default=1.0, metavar="A",
+                   help="GNMT length penalty alpha of the score, 0 to 10 (default 1; 0: the log-probability)")
     s.add_argument("--output", metavar="FILE", help="write the lines to FILE (default stdout)")
     add_groups(s, "batching", "device", "ensemble")
     s.set_defaults(check=model_flag_error)

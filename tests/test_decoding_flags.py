@@ -24,6 +24,8 @@ BAD = [
     (["--no-repeat-ngram", "two"], "argument --no-repeat-ngram: must be 0 or a positive integer, got 'two'"),
     (["--repetition-penalty", "0"], "argument --repetition-penalty: must be a number > 0, got '0'"),
     (["--repetition-penalty", "inf"], "argument --repetition-penalty: must be a number > 0, got 'inf'"),
+    (["--alpha", "-0.5"], "argument --alpha: must be a number from 0 to 10, got '-0.5'"),
+    (["--alpha", "1e300"], "argument --alpha: must be a number from 0 to 10, got '1e300'"),
     (["--temperature", "0.5"], "--temperature is for --sample (add --sample, or leave --temperature out)"),
     (["--top-k", "5"], "--top-k is for --sample"),
     (["--top-p", "0.9"], "--top-p is for --sample"),

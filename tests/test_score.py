@@ -98,8 +98,9 @@ def test_score_takes_what_explore_takes(ckpt, pairs):
         attnseq.score(load_checkpoint(ckpt).model, srcs, tgts)
     with pytest.raises(ValueError, match="targets: 4 given for 5 sources"):
         attnseq.score(str(ckpt), srcs, tgts[:4])
-    with pytest.raises(ValueError, match="alpha must be >= 0"):
-        attnseq.score(str(ckpt), srcs, tgts, alpha=-1)
+    for alpha in (-1, 1e300, float("nan")):                            # 1e300 overflowed the penalty once
+        with pytest.raises(ValueError, match="alpha must be a number from 0 to 10"):
+            attnseq.score(str(ckpt), srcs, tgts, alpha=alpha)
     texts = [t.text for t in attnseq.translate(str(ckpt), srcs, beam=2)]
     assert texts == [t.text for t in Translator(str(ckpt)).translate(srcs, beam=2)]
 

@@ -23,7 +23,7 @@ from ..data.io import read_lines
 from ..data.tokenizers import EOS_ID, UNK_ID
 from ..errors import DataError
 from ..nn.output_length import output_limit
-from ..nn.search import length_penalty
+from ..nn.search import check_alpha, length_penalty
 
 OUTPUT_TYPES = ("score", "pair_with_score", "json")
 
@@ -53,8 +53,7 @@ def score_texts(tr, sources: list[str], targets: list[str], alpha: float = 1.0, 
     line numbers, for the warning about pairs over the limits."""
     if len(sources) != len(targets):
         raise ValueError(f"targets: {len(targets)} given for {len(sources)} sources")
-    if not (isinstance(alpha, (int, float)) and alpha >= 0):
-        raise ValueError(f"length penalty alpha must be >= 0, got {alpha!r}")
+    check_alpha(alpha)
     src = [tr.src_tok.encode(s) or [UNK_ID] for s in sources]          # never truncated
     tgt = [tr.tgt_tok.encode(t) + [EOS_ID] for t in targets]
     found = tr.forced_rows([r[::-1] if tr.reverse else r for r in src], tgt, batch_size)

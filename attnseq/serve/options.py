@@ -16,23 +16,21 @@ import re
 from types import SimpleNamespace
 
 from ..cli_checks import decoding_flag_error
-from ..cli_flags import DECODING, Flag, non_negative_int, positive_float, positive_int, probability
-from ..nn.search import Guards
+from ..cli_flags import (DECODING, Flag, non_negative_int, penalty_alpha, positive_float, positive_int,
+                         probability)
+from ..nn.search import MAX_ALPHA, Guards
 from ..run.inference import make_decoding
 from .refusals import out_of_range, wrong_type
 
-# the JSON Schema of a value each argparse type takes (alpha: any float to argparse, >= 0 to the library)
+# the JSON Schema of a value each argparse type takes
 SCHEMAS = {positive_int: {"type": "integer", "minimum": 1}, non_negative_int: {"type": "integer", "minimum": 0},
            positive_float: {"type": "number", "exclusiveMinimum": 0},
            probability: {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-           float: {"type": "number", "minimum": 0}}
+           penalty_alpha: {"type": "number", "minimum": 0, "maximum": MAX_ALPHA}}
 # where the server's field means more than the flag's help says
 SERVER_HELP = {"seed": "with sample: the random seed (null: fresh entropy). A seeded request is decoded in a model "
                        "call of its own, so the same seed and texts give the same samples whatever else is served: "
                        "those attnseq translate --sample --seed gives for the same lines"}
-# the server's own bounds, past what the flag's type takes: a length penalty ((5 + L) / 6) ** alpha past
-# alpha 10 ranks nothing better, and a huge alpha overflows it (1e300: an OverflowError; 1e400 in JSON: inf)
-MAXIMA = {"alpha": 10.0}
 ROWS = tuple(f for f in DECODING if f.param != "beam")     # the options besides beam, as DECODING orders them
 OPTIONS = tuple(f.param for f in ROWS)
 
@@ -50,8 +48,6 @@ def schema(f: Flag) -> dict:
         out = dict(SCHEMAS[f.spec["type"]])
         if f.spec.get("default") is None:                   # seed: null draws fresh entropy
             out["type"] = [out["type"], "null"]
-    if f.param in MAXIMA:
-        out["maximum"] = MAXIMA[f.param]
     text = SERVER_HELP.get(f.param) or re.sub(r"--([a-z-]+)", lambda m: m.group(1).replace("-", "_"), f.spec["help"])
     return {**out, "default": f.spec.get("default"), "description": text}
 
@@ -74,8 +70,6 @@ def option_value(f: Flag, obj: dict):
         value = f.spec["type"](text)                        # the flag's own check: one line, as the CLI says it
     except (argparse.ArgumentTypeError, ValueError) as e:
         raise out_of_range(f"{name} {str(e).replace(repr(text), text)}") from None
-    if not value <= MAXIMA.get(name, float("inf")):         # inf too
-        raise out_of_range(f"{name} must be at most {MAXIMA[name]:g} on this server, got {text}")
     return value
 
 

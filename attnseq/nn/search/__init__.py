@@ -18,7 +18,7 @@ One module per concern:
   ``run_forced``.
 """
 from .batch import Decoding, run_forced, run_search
-from .beam import Hypothesis, beam_search_core, length_penalty
+from .beam import MAX_ALPHA, Hypothesis, beam_search_core, check_alpha, length_penalty
 from .ensemble import Ensemble
 from .forced import forced_search
 from .greedy import greedy_search, output_length
@@ -26,6 +26,6 @@ from .processors import Guards, constrain
 from .sampling import Sampling, sample_search
 from .scores import ENSEMBLE_MODES, combine_log_probs, log_softmax
 
-__all__ = ["greedy_search", "beam_search_core", "sample_search", "forced_search", "Hypothesis", "length_penalty",
+__all__ = ["greedy_search", "beam_search_core", "sample_search", "forced_search", "Hypothesis", "length_penalty", "check_alpha", "MAX_ALPHA",
            "log_softmax", "combine_log_probs", "ENSEMBLE_MODES", "Ensemble", "Guards", "constrain", "Sampling",
            "Decoding", "run_search", "run_forced", "output_length"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backend import to_numpy
-from .beam import Hypothesis, beam_search_core, length_penalty
+from .beam import Hypothesis, beam_search_core, check_alpha, length_penalty
 from .forced import forced_search
 from .greedy import greedy_search, output_length
 from .processors import Guards, constrain, padded_prefixes
@@ -35,8 +35,7 @@ class Decoding:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if not (isinstance(self.alpha, (int, float)) and self.alpha >= 0):
-            raise ValueError(f"length penalty alpha must be >= 0, got {self.alpha!r}")
+        check_alpha(self.alpha)
         if self.sampling is not None and self.beam > 1:
             raise ValueError(f"sampling draws each token; it does not go with beam {self.beam} "
                              "(n_best N draws N samples per input)")

@@ -30,6 +30,15 @@ class Hypothesis:
     weights: np.ndarray  # (len(ids), Ts) attention weights
 
 
+MAX_ALPHA = 10.0   # past it the penalty ranks nothing better, and a huge alpha overflows it (1e300, inf)
+
+
+def check_alpha(alpha) -> None:
+    """A length penalty's alpha: a number in [0, MAX_ALPHA], else a ValueError of one line."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not 0 <= alpha <= MAX_ALPHA:
+        raise ValueError(f"length penalty alpha must be a number from 0 to {MAX_ALPHA:g}, got {alpha!r}")
+
+
 def length_penalty(L, alpha: float):
     return ((5.0 + L) / 6.0) ** alpha
 
@@ -45,8 +54,7 @@ def beam_search_core(step_fn, state, N: int, Ts: int, bos_id: int, eos_id: int, 
     k = beam_size
     if k < 1 or n_best < 1 or n_best > k:
         raise ValueError(f"need 1 <= n_best ({n_best}) <= beam size ({k})")
-    if alpha < 0:
-        raise ValueError(f"length penalty alpha must be >= 0, got {alpha}")
+    check_alpha(alpha)
     scores = np.full((N, k), -np.inf)
     scores[:, 0] = 0.0                                      # one live beam at the start
     tokens = xp.full(N * k, bos_id, dtype=np.int64)
