@@ -1,11 +1,11 @@
-"""The flags of ``attnseq <command>``: argparse types, the flag groups several commands share, one parser per command.
+"""The flags of ``attnseq <command>``: the flag groups several commands share, one parser per command.
 
 A group (decoding, output length, device, batching) is declared once, as a tuple of ``Flag`` rows, and a
 command takes it whole with ``add_group``, under its own heading in ``--help``. Each row also names the
 keyword of the library call its value goes to (``TranslatorBase.translate``, ``explore_file``,
 ``evaluate_file``), and ``decoding_options`` collects them: a new decoding flag is one row in
 ``DECODING``, and every decoding command then parses it and passes it on. What each command does is
-in ``cli``; train's flags come from the option table (``run.config``).
+in ``cli``; train's flags come from the option table (``run.config``); the flags' types from ``cli_types``.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import NamedTuple
 
 from .cli_checks import (decoding_flag_error, engine_flag_error, explore_flag_error, members_error,
                          model_flag_error, plot_attention_flag_error)
-from .nn.output_length import OutputLengthRule
-from .nn.search import MAX_ALPHA
+from .cli_types import (non_negative_int, output_len, penalty_alpha, positive_float, positive_int,  # noqa: F401
+                        prefix_column, probability)
 from .run.decoding import EVAL_BATCH_SIZE
 
 TRAIN_HELP = """\
@@ -41,73 +41,6 @@ CKPT_HELP = "run dir (its best/) or checkpoint dir"
 ENSEMBLE_CKPT_HELP = CKPT_HELP + "; repeat it for an ensemble (the same vocabularies; model options may differ)"
 DATA_HELP = "TSV or question_answer pairs"
 ENGINE_HELP = "what runs the model: attnseq with --ckpt (default), or onnxruntime with --model"
-
-
-# -- argparse types: a bad value is a usage error naming the flag ------------------------------------------
-def output_len(text: str) -> OutputLengthRule:
-    """The argparse type of --max-output-len."""
-    try:
-        return OutputLengthRule.parse(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _int_at_least(text: str, least: int, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < least:
-        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """The argparse type of counts and sizes (--batch-size, --beam, --n-best, --max-input-len ...):
-    a usage error naming the flag for 0, a negative number or no integer at all."""
-    return _int_at_least(text, 1, "a positive integer")
-
-
-def non_negative_int(text: str) -> int:
-    """The argparse type of counts where 0 means "all" or "off" (explore --n, --seed)."""
-    return _int_at_least(text, 0, "0 or a positive integer")
-
-
-def _number(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if value == value and abs(value) != float("inf") else None      # no nan, no inf
-
-
-def positive_float(text: str) -> float:
-    """The argparse type of --temperature, --repetition-penalty and --weights: a number > 0."""
-    value = _number(text)
-    if value is None or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
-
-
-def probability(text: str) -> float:
-    """The argparse type of --top-p: a number in (0, 1]."""
-    value = _number(text)
-    if value is None or not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
-    return value
-
-
-def penalty_alpha(text: str) -> float:
-    """The argparse type of --alpha: the GNMT length penalty's exponent, from 0 to ``nn.search.MAX_ALPHA``."""
-    value = _number(text)
-    if value is None or not 0 <= value <= MAX_ALPHA:
-        raise argparse.ArgumentTypeError(f"must be a number from 0 to {MAX_ALPHA:g}, got {text!r}")
-    return value
-
-
-def prefix_column(text: str) -> int:
-    """The argparse type of --prefix-column: a TSV column after the source, 2 or more."""
-    return _int_at_least(text, 2, "a column number of 2 or more (column 1 is the source)")
 
 
 class Parser(argparse.ArgumentParser):
