@@ -29,11 +29,13 @@ OLD_KEYS = {
     "shared_vocab", "max_len", "eval_batch_size", "examples", "skip_nonfinite", "resume", "quick", "bleu",
     "swap_sides", "save_every",
 }
-# added since: the model's shape, the lr schedule, selection, time limit, kept checkpoints, output length
+# added since: the model's shape, the lr schedule, selection, time limit, kept checkpoints, output length,
+# what the run records of its training (attention history, TensorBoard)
 NEW_KEYS = {
     "encoder_layers", "decoder_layers", "bidirectional", "attention", "input_feeding", "label_smoothing",
     "tie_embeddings", "lr_schedule", "warmup", "plateau_factor", "plateau_patience", "select_by", "max_minutes",
-    "keep_last", "average_last", "max_output_len", "cell", "keep_every",
+    "keep_last", "average_last", "max_output_len", "cell", "keep_every", "track_examples", "track_every",
+    "tensorboard", "tensorboard_every",
 }
 SAVED_KEYS = OLD_KEYS | NEW_KEYS
 FAKE = Option("freeze_epochs", int, 1, group="training", metavar="N", resumable=False, check=POSITIVE_INT,

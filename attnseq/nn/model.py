@@ -123,3 +123,14 @@ class AttentionSeq2seq(Module):
         with self.eval_mode():                                      # no dropout, no backward caches
             ids, weights = self.greedy(*self.encode(src), max_len)
         return to_numpy(ids), to_numpy(weights)
+
+    def start(self, src, k: int = 1, log_probs: bool = False):
+        """Where a search over this model starts (``attnseq.nn.search``'s engines): a batch src (N, Ts) ->
+        the decoder's step function over its encoding (logits, or log-probabilities with ``log_probs``) and
+        the start state with k adjacent rows per source (a beam's hypotheses, or k samples). The k rows of a
+        source share its row of hs, which is not repeated (the step attends with (N, k, H) queries).
+        Call it in eval mode."""
+        hs, state, mask = self.encode(src)
+        if k > 1:
+            state = tuple(self.xp.repeat(s, k, axis=0) for s in state)
+        return self.decoder.step_fn(hs, mask, log_probs), state

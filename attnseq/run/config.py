@@ -271,6 +271,17 @@ OPTIONS: tuple[Option, ...] = (
       unset="the checkpoint's rule, fitted to the training split",
       help="longest output when this run decodes (validation, test): N tokens, or S per source token plus O"),
     O("examples", int, 3, group="training", metavar="N", check=NON_NEGATIVE, help="example outputs printed per epoch"),
+    # -- what the run records of its training (attnseq.run.tracking)
+    O("track_examples", int, 8, group="tracking", metavar="N", resumable=False, check=NON_NEGATIVE,
+      help="keep the attention of N validation examples at every validation (and every --track-every steps) "
+           "in RUN_DIR/attention_history.npz, for explore --history and plot-attention --history; 0: off"),
+    O("track_every", int, 50, group="tracking", metavar="STEPS", check=NON_NEGATIVE,
+      help="with --track-examples, also every STEPS training steps; 0: at validations only"),
+    O("tensorboard", bool, False, group="tracking",
+      help="log to RUN_DIR/tb/ for TensorBoard: training loss and lr, valid scores, and at each validation the "
+           "attention of the first tracked examples as images (needs pip install 'attnseq[tensorboard]')"),
+    O("tensorboard_every", int, 10, group="tracking", metavar="STEPS", check=POSITIVE_INT,
+      help="with --tensorboard, the training loss and lr every STEPS steps"),
     O("plot", bool, True, group="training", saved=False, help="write RUN_DIR/attention.png at the end"),
     O("bleu", bool, flag=False, help="validation BLEU and chrF (config key only; set by the task)"),
 )

@@ -8,12 +8,13 @@ import shlex
 
 class EpochBar:
     """The progress bar of one epoch (tqdm, on stderr, only where that is a terminal): batches done of
-    ``total`` (``done`` already, for a resumed epoch), and every 10 steps the running loss and samples/s."""
+    ``total`` (``done`` already, for a resumed epoch), and every 10 steps the running loss and samples/s.
+    ``show`` False: none (an MPI rank other than 0)."""
 
-    def __init__(self, total: int, done: int, desc: str):
+    def __init__(self, total: int, done: int, desc: str, show: bool | None = None):
         from tqdm import tqdm
         self.bar = tqdm(total=total, initial=done, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
-                        disable=None, mininterval=0.5)
+                        disable=None if show is None else not show, mininterval=0.5)
 
     def update(self, step: int, progress) -> None:
         """One batch more; ``progress`` is the epoch's ``EpochProgress`` after it, ``step`` the global step."""

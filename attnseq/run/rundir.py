@@ -8,6 +8,7 @@ Layout of ``RUN/``::
     averaged/          with --average-last K, the mean of the last K of them
     metrics.jsonl      one row per epoch (training stats and valid scores)
     result.json        the end of the run: best/'s valid score, its test scores (and averaged/'s)
+    attention_history.npz, tb/   what the run records besides (``attnseq.run.tracking``): --track-examples, --tensorboard
     .lock              while a trainer runs there (``attnseq.run.lock``)
 
 state.json's schema is ``attnseq.run.train_state``.
