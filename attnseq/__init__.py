@@ -7,6 +7,7 @@ from .errors import AttnseqError, CheckpointError, ConfigError, DataError, Devic
 from .explorer import explore
 from .explorer.history import explore_history
 from .nn.layers import Dropout, Embedding, Linear, SoftmaxCrossEntropy
+from .nn.gru import GRU
 from .nn.lstm import LSTM
 from .nn.model import AttentionSeq2seq
 from .nn.module import Module
@@ -19,7 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Encoder", "AttentionDecoder", "AttentionSeq2seq", "Module",
-    "Embedding", "LSTM", "Linear", "SoftmaxCrossEntropy", "Dropout", "Attention", "AttentionWeights", "WeightedSum",
+    "Embedding", "LSTM", "GRU", "Linear", "SoftmaxCrossEntropy", "Dropout", "Attention", "AttentionWeights", "WeightedSum",
     "Optimizer", "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSProp", "Adam", "ClipGradNorm", "WeightDecay",
     "beam_search", "plot_attention", "explore", "explore_history", "translate", "score",
     "get_array_module", "gpu_available", "to_device", "to_numpy",

@@ -17,6 +17,7 @@ from .cli_checks import (decoding_flag_error, engine_flag_error, explore_flag_er
                          model_flag_error, plot_attention_flag_error)
 from .cli_types import (non_negative_int, output_len, penalty_alpha, positive_float, positive_int,  # noqa: F401
                         prefix_column, probability)
+from .data.datasets import TABLES
 from .run.decoding import EVAL_BATCH_SIZE
 
 TRAIN_HELP = """\
@@ -37,7 +38,8 @@ MAX_OUTPUT_HELP = ("longest output: N tokens, or S*Ts+O (S tokens per source tok
                    "source in the batch). Default: the checkpoint's rule, fitted to its training split "
                    "(2*Ts+10 for checkpoints saved before rules were fitted)")
 
-CKPT_HELP = "run dir (its best/) or checkpoint dir"
+CKPT_HELP = ("run dir (the checkpoint it chose by validation: averaged/ when its result.json says that scored "
+             "higher than best/, else best/) or checkpoint dir (RUN/best, RUN/averaged ...)")
 ENSEMBLE_CKPT_HELP = CKPT_HELP + "; repeat it for an ensemble (the same vocabularies; model options may differ)"
 DATA_HELP = "TSV or question_answer pairs"
 ENGINE_HELP = "what runs the model: attnseq with --ckpt (default), or onnxruntime with --model"
@@ -188,7 +190,7 @@ def add_explore(sub) -> None:
 
 def add_make_data(sub) -> None:
     m = sub.add_parser("make-data", help="regenerate a built-in dataset's TSV splits")
-    m.add_argument("name", choices=["date", "addition", "toy-en-ko"])
+    m.add_argument("name", choices=list(TABLES))
     m.add_argument("--out", metavar="DIR", help="default data/NAME")
     m.add_argument("--seed", type=non_negative_int, help="default 1234 (the shipped files)")
 

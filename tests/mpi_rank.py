@@ -10,6 +10,8 @@ tells a rank its number before MPI starts). WHAT is one of
     digest        print "digest RANK HEX" at the end: a hash of its weights and optimizer state
     device-runner its steps run as a GPU rank's do (``allreduce.RankDevice``: one shard on the model itself,
                   the gradients through host copies), here on the CPU
+    clock:F       its time.perf_counter runs F times as fast as the real one (a clock that disagrees with
+                  rank 0's)
 """
 import errno
 import hashlib
@@ -64,6 +66,13 @@ def _device_runner() -> None:
     Ranks.runner = lambda self, model, threads, batch_size: RankDevice(model, self)
 
 
+def _fast_clock(factor: float) -> None:
+    import time
+    real = time.perf_counter
+    start = real()
+    time.perf_counter = lambda: start + factor * (real() - start)
+
+
 def main(argv: list[str]) -> int:
     split = argv.index("--")
     ons, args = argv[:split], argv[split + 1:]
@@ -86,6 +95,8 @@ def main(argv: list[str]) -> int:
             _digest()
         elif what == "device-runner":
             _device_runner()
+        elif what.startswith("clock:"):
+            _fast_clock(float(what.split(":")[1]))
         else:
             raise SystemExit(f"mpi_rank.py: unknown change {what!r}")
     from attnseq.cli import main as attnseq

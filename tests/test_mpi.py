@@ -278,6 +278,24 @@ def test_three_ranks_oversubscribed_agree_with_three_threads(mpiexec, data, tmp_
     assert m3["valid_loss"] == pytest.approx(m1["valid_loss"], rel=1e-4)
 
 
+@pytest.mark.slow
+def test_a_time_budget_is_planned_by_rank_0s_clock(mpiexec, data, tmp_path):
+    """--max-minutes with a cosine lr: before every step rank 0's estimate of the last step reaches every
+    rank, though rank 1's clock runs twice as fast; so both set the same lr at every step (the same weights,
+    a digest from each), and stop at the same step, the budget's, with lr 0 there (--epochs far beyond it)."""
+    run = tmp_path / "budget"
+    args = train_args(data, run, "--epochs", "9999", "--patience", "9999", "--threads", "1", "--save-every", "0",
+                      "--max-minutes", "0.25", "--lr-schedule", "cosine")
+    rc, out, err = wait(start(mpiexec, 2, args, on=["all:digest", "1:clock:2"]), timeout=180)
+    assert rc == 0, err
+    result = json.loads((run / "result.json").read_text())
+    assert result["stopped"] == "max_minutes" and result["epochs"] >= 2
+    rows = metrics(run)
+    assert rows[-1]["lr"] == 0.0 and rows[-1]["step"] == result["steps"]
+    digests = dict(line.split()[1:] for line in out.splitlines() if line.startswith("digest "))
+    assert sorted(digests) == ["0", "1"] and digests["0"] == digests["1"], out
+
+
 # -- stops and resumes -------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_sigkill_of_mpiexec_mid_epoch_then_resume_on_two_ranks_or_one(mpiexec, data, tmp_path, reference):

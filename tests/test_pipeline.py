@@ -236,6 +236,9 @@ def test_the_test_split_is_scored_once_at_the_end(tiny_data, tmp_path, monkeypat
     assert len(epoch_lines) == 3 and not any("test" in line for line in epoch_lines)
     assert result["test"]["n"] == 200 and result["averaged"]["test"]["n"] == 200
     assert any(line.startswith("test (200 pairs, best/)") for line in logs)
+    chosen = "averaged" if result["averaged"]["better_than_best"] else "best"   # the run's choice, said last
+    assert result["chosen"] == chosen and logs[-1].startswith(f"--ckpt {out} means {out}/{chosen}/")
+    assert json.loads((out / "result.json").read_text())["chosen"] == chosen
 
 
 def test_config_file_and_flags(tiny_data, tmp_path):

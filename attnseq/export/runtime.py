@@ -3,8 +3,9 @@
 ``OnnxSeq2seq`` holds the two graphs in onnxruntime sessions and is an engine of the searches in
 ``attnseq.nn.search``: ``encode`` (the encoder graph), ``step_fn`` (the decoder-step graph as
 ``step(tokens (N,), state) -> log_probs (N, V), state, attention (N, Ts)``, the state being the
-manifest's ``decoder_state`` arrays, (h, c) or (h, c, feed), kept batch-first for the searches to
-reorder: (N, H), or (N, L, H) for the graphs' (L, N, H)) and ``start``, both for a batch.
+manifest's ``decoder_state`` arrays, (h, c) or (h, c, feed) (a GRU's: (h,) or (h, feed)), kept
+batch-first for the searches to reorder: (N, H), or (N, L, H) for the graphs' (L, N, H)) and
+``start``, both for a batch.
 ``OnnxExport`` loads and checks a directory (manifest keys, file sizes and checksums, the graphs'
 inputs and outputs, the tokenizers); ``OnnxTranslator`` over one or several (an ensemble) is a
 ``TranslatorBase``: tokenization, truncation, source reversal, blank in -> blank out, every search
@@ -72,8 +73,9 @@ class OnnxSeq2seq:
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.encoder_outputs = [o.name for o in self.encoder.get_outputs()]
         step_inputs = {i.name for i in self.decoder.get_inputs()}
-        # the manifest's decoder_state, else read off the graph: input feeding adds "feed"
-        self.state = state or decoder_state({"input_feeding": "feed" in step_inputs})
+        # the manifest's decoder_state, else read off the graph: input feeding adds "feed", a GRU has no "c"
+        self.state = state or decoder_state({"input_feeding": "feed" in step_inputs,
+                                             "cell": "lstm" if "c" in step_inputs else "gru"})
         self.memory = [n for n in self.encoder_outputs if n in step_inputs]   # hs, and the keys
         self.step_outputs = ["log_probs"] + [s["output"] for s in self.state] + ["attention"]
 
@@ -94,7 +96,7 @@ class OnnxSeq2seq:
 
     def encode(self, src):
         """src (N, Ts) ids, right-padded -> memory {"hs": (N, Ts, H), ["keys": (N, Ts, H)]}, the start
-        state (batch first: (h, c) or (h, c, feed)), mask (N, Ts) True at real tokens."""
+        state (batch first: (h, c) or (h, c, feed); a GRU's without c), mask (N, Ts) True at real tokens."""
         src = np.ascontiguousarray(src, dtype=np.int64)
         mask = src != self.pad_id                                   # (N, Ts)
         lengths = mask.sum(axis=1)                                  # (N,)

@@ -35,13 +35,13 @@ EVAL_BATCH_SIZE = 128
 # -- with an AttentionSeq2seq -------------------------------------------------------------------
 def model_step(model, hs, mask, log_probs: bool = False):
     """The model's decoder as a step function over encoder states hs (N, Ts, H), padding mask (N, Ts)
-    (masked positions get attention weight 0): step(tokens (N,), (h, c)) -> logits (or, with
-    ``log_probs``, log-probabilities) (N, V), new (h, c), attention (N, Ts). See ``AttentionDecoder.step_fn``."""
+    (masked positions get attention weight 0): step(tokens (N,), state) -> logits (or, with
+    ``log_probs``, log-probabilities) (N, V), new state, attention (N, Ts). See ``AttentionDecoder.step_fn``."""
     return model.decoder.step_fn(hs, mask, log_probs)
 
 
 def greedy_encoded(model, hs, state, mask, max_len=None):
-    """Greedy decoding from encoder output: hs (N, Ts, H), state (h, c), mask (N, Ts) as ``model.encode``
+    """Greedy decoding from encoder output: hs (N, Ts, H), state, mask (N, Ts) as ``model.encode``
     gives them -> ids (N, L), weights (N, L, Ts) on the model's device: ``model.greedy``.
     ``max_len``: tokens or an ``OutputLengthRule``; None: the model's ``output_len_rule``."""
     return model.greedy(hs, state, mask, max_len)

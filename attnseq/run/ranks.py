@@ -7,8 +7,10 @@ follow, and every decision reaches them in a collective call they all make at th
 - a step: one Allreduce (``allreduce``) carries the gradients, the losses, and, as flags, a stop
   signal any rank received and rank 0's clock (``step_signal``, ``root_clock``: what the last step
   carried, so a decision lags the moment it was taken by at most one step, the same on every rank);
-- an epoch's end: the valid split scored in parts and gathered (``evaluate``), rank 0's verdict on
-  ``--max-minutes`` (``root_decides``) and the stop signals (``signal_now``);
+- before each step, with ``--max-minutes``: rank 0's estimate of the run's last step (``root_decides``),
+  which sets the lr schedule's end and where the run stops;
+- an epoch's end: the valid split scored in parts and gathered (``evaluate``) and the stop signals
+  (``signal_now``);
 - the start: ``ranks_setup`` (the options, rank 0's checkpoint, the data, numba's cache).
 
 Failures: where every rank meets anyway (the start, a step, an evaluation) a rank that fails says so

@@ -71,8 +71,18 @@ def extra_test_line(file: str, what: str, m: dict) -> str:
 
 def averaged_line(averaged: dict, by_name: str) -> str:
     """averaged/ (``finish``'s "averaged" entry) on valid and test, and whether it beats best/ by ``by_name``."""
-    epochs, better = averaged["epochs"], averaged["better_than_best"]
-    return (f"averaged/ (epochs {epochs[0]}-{epochs[-1]}): valid {scores_text(averaged['valid'])}"
+    better = averaged["better_than_best"]
+    what = "epochs" if "epochs" in averaged else "steps"
+    first, last = averaged[what][0], averaged[what][-1]
+    return (f"averaged/ ({what} {first}-{last}): valid {scores_text(averaged['valid'])}"
             + (f"  | test {scores_text(averaged['test'])}" if "test" in averaged else "")
-            + f"  -- {'better' if better else 'not better'} than best/ by {by_name}"
-            + (f": use --ckpt {shlex.quote(averaged['path'])}" if better else ""))
+            + f"  -- {'better' if better else 'not better'} than best/ by {by_name}")
+
+
+def chosen_line(run, name: str, by_name: str) -> str:
+    """The run's last line: which checkpoint ``--ckpt RUN`` means, ``name`` "averaged" or "best"."""
+    run = shlex.quote(str(run))
+    if name == "averaged":
+        return (f"--ckpt {run} means {run}/averaged/: it scored higher than best/ by {by_name} "
+                f"(--ckpt {run}/best names best/)")
+    return f"--ckpt {run} means {run}/best/"

@@ -7,6 +7,7 @@ in one pass over memory, and the tests hold the two together:
 
     kernel (``cpu``)                        plain version
     lstm_cell_forward, lstm_cell_backward   lstm_cell.lstm_cell_forward_, lstm_cell_backward_ (and the book's cell)
+    gru_gates_forward ... (``gru_cpu``)     gru_cell.gru_gates_forward_ ... (and the book's cell)
     masked_softmax, masked_softmax_backward attention.masked_softmax, attention.softmax_backward
     softmax_cross_entropy                   layers.SoftmaxCrossEntropy (also with label smoothing)
     cross_entropy_loss                      layers.SoftmaxCrossEntropy with need_grad=False
@@ -14,7 +15,8 @@ in one pass over memory, and the tests hold the two together:
     sum_squares, adam_update                optim.global_norm, optim.Adam.update
 
 A layer asks ``fused(*arrays)``: the compiled module when the kernels are on and every
-array is a numpy array, else None, and then runs its plain code (always so for cupy).
+array is a numpy array, else None, and then runs its plain code (always so for cupy). The GRU
+cell's kernels live in a module of their own, ``gru_cpu``, which ``fused_gru`` gives on the same terms.
 
 Which path runs: the environment variable ``ATTNSEQ_KERNELS`` (``auto``, the default,
 ``numba`` or ``numpy``) read on first use, or ``use(...)`` / ``using(...)`` in code
@@ -98,3 +100,11 @@ def fused(*arrays):
         if not isinstance(a, np.ndarray):
             return None
     return _cpu
+
+
+def fused_gru(*arrays):
+    """The compiled GRU kernels (module ``gru_cpu``) where ``fused`` gives the compiled module, else None."""
+    if fused(*arrays) is None:
+        return None
+    from . import gru_cpu
+    return gru_cpu
