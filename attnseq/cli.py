@@ -13,8 +13,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from .cli_flags import at_prompt, build_parser, decoding_options
-from .errors import AttnseqError, ConfigError
+from .cli_flags import at_prompt, build_parser, decoding_options, ensemble_options
+from .errors import AttnseqError, ConfigError, QuietExit
 from .nn.output_length import OutputLengthRule
 
 
@@ -30,6 +30,8 @@ def train_config(args: argparse.Namespace) -> dict:
 def cmd_train(args) -> int:
     from .run.training import train
     result = train(train_config(args))
+    if result is None:                      # an MPI rank other than 0: rank 0 reports and plots
+        return 0
     if args.plot:
         from .run.inference import Translator
         out = Path(result["run"]) / "attention.png"
@@ -54,9 +56,14 @@ def cmd_eval(args) -> int:
 
 
 def cmd_explore(args) -> int:
-    from .explorer import explore_file
-    page = explore_file(args.ckpt, args.data, n=args.n or None, by=tuple(args.by or ()), device=args.device,
-                        **decoding_options(args))
+    if args.history:
+        from .explorer.history import explore_history
+        page = explore_history(args.ckpt[0], device=args.device, **decoding_options(args))
+    else:
+        from .explorer import explore_file
+        ckpt = args.ckpt[0] if len(args.ckpt) == 1 else args.ckpt
+        page = explore_file(ckpt, args.data, n=args.n or None, by=tuple(args.by or ()), device=args.device,
+                            **ensemble_options(args), **decoding_options(args))
     s = page.data["summary"]
     print(page.save(args.out))
     if s["exact_match"] is not None:
@@ -75,10 +82,22 @@ def cmd_make_data(args) -> int:
 
 def cmd_plot_curves(args) -> int:
     from .plotting import plot_curves
+    from .run.rundir import RunDir
     out = args.out or Path(args.run) / "curves.png"
-    plot_curves(read_epochs(args.run), out, title=str(args.run))
+    rows = read_epochs(args.run)
+    plot_curves(rows, out, title=str(args.run), best_epoch=RunDir(args.run).best_epoch(),
+                averaged=_result(args.run).get("averaged"))
     print(out)
     return 0
+
+
+def _result(run) -> dict:
+    """RUN/result.json, or {} while the run has not ended (or the file does not read)."""
+    try:
+        result = json.loads((Path(run) / "result.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return result if isinstance(result, dict) else {}
 
 
 def read_epochs(run) -> list[dict]:
@@ -94,9 +113,12 @@ def read_epochs(run) -> list[dict]:
 
 
 def cmd_translate(args) -> int:
-    from .data.io import atomic_write_text, read_lines, split_lines
-    tr = _translator(args)
+    from .data.io import read_lines, split_lines
+    tr = translator_from_flags(args)
     kw = decoding_options(args)
+    if args.sample:
+        import numpy as np
+        kw["seed"] = np.random.default_rng(args.seed)          # one generator for every line and batch
     if at_prompt(args):
         print("attnseq translate: type a line, Ctrl-D to quit", file=sys.stderr)
         lineno = 0
@@ -106,32 +128,63 @@ def cmd_translate(args) -> int:
             if not line:
                 print(file=sys.stderr)
                 return 0
-            line = line.rstrip("\r\n")
             lineno += 1
-            _print_translations(tr.translate([line], first_line=lineno, **kw), args, sys.stdout)
+            texts, prefixes = _split_prefixes([line.rstrip("\r\n")], args.prefix_column, lineno)
+            _print_translations(tr.translate(texts, first_line=lineno, prefix=prefixes, **kw), args, sys.stdout)
             sys.stdout.flush()
-    if args.input:
-        lines = read_lines(args.input, allow_empty=True)
-    else:
-        lines = split_lines(sys.stdin.read())
-    results = tr.translate(lines, **kw)
-    if args.output:
-        import io
-        buf = io.StringIO()
-        _print_translations(results, args, buf)
-        atomic_write_text(args.output, buf.getvalue())
-    else:
-        _print_translations(results, args, sys.stdout)
+    lines = read_lines(args.input, allow_empty=True) if args.input else split_lines(sys.stdin.read())
+    texts, prefixes = _split_prefixes(lines, args.prefix_column)
+    _write_lines(args.output, lambda f: _print_translations(tr.translate(texts, prefix=prefixes, **kw), args, f))
     return 0
 
 
-def _translator(args):
-    """The engine that runs translate's model: attnseq's own (--ckpt) or onnxruntime (--model)."""
+def _split_prefixes(lines: list[str], column: int | None, first_line: int = 1):
+    """translate's input lines -> (sources, prefixes): with --prefix-column N, each line's column 1 and
+    column N (DataError naming the line when it has no column N); without it, the lines and None."""
+    if column is None:
+        return lines, None
+    from .errors import DataError
+    texts, prefixes = [], []
+    for lineno, line in enumerate(lines, first_line):
+        fields = line.split("\t")
+        if line.strip() and len(fields) < column:
+            raise DataError(f"input line {lineno}: no column {column} for --prefix-column (the line has {len(fields)})")
+        texts.append(fields[0])
+        prefixes.append(fields[column - 1].strip() if len(fields) >= column else None)
+    return texts, prefixes
+
+
+def _write_lines(output, write) -> None:
+    """``write(f)`` into --output FILE (whole, atomically) or stdout."""
+    if output:
+        import io
+        from .data.io import atomic_write_text
+        buf = io.StringIO()
+        write(buf)
+        atomic_write_text(output, buf.getvalue())
+    else:
+        write(sys.stdout)
+
+
+def translator_from_flags(args):
+    """The engine that runs translate's, score's or serve's model: attnseq's own (--ckpt) or onnxruntime (--model);
+    one, or an ensemble of several."""
+    def one_or_all(given):
+        return given[0] if len(given) == 1 else given
     if args.engine == "onnxruntime":
         from .export import OnnxTranslator
-        return OnnxTranslator(args.model, args.max_input_len)
+        return OnnxTranslator(one_or_all(args.model), getattr(args, "max_input_len", None), **ensemble_options(args))
     from .run.inference import Translator
-    return Translator(args.ckpt, args.device, args.max_input_len)
+    return Translator(one_or_all(args.ckpt), args.device, getattr(args, "max_input_len", None), **ensemble_options(args))
+
+
+def cmd_score(args) -> int:
+    from .run.scoring import format_scores, read_score_pairs, score_texts
+    pairs, lines = read_score_pairs(args.data)                  # a bad line fails before the model loads
+    tr = translator_from_flags(args)
+    scored = score_texts(tr, [s for s, _ in pairs], [t for _, t in pairs], args.alpha, args.batch_size, lines)
+    _write_lines(args.output, lambda f: f.write(format_scores(pairs, scored, args.output_type, lines)))
+    return 0
 
 
 def cmd_average(args) -> int:
@@ -159,6 +212,9 @@ def _print_translations(results, args, f) -> None:
 
 
 def cmd_plot_attention(args) -> int:
+    if args.history:
+        print(animate_history(args.history, args.out, args.n, args.fps, args.until))
+        return 0
     from .data.io import read_pairs
     from .run.evaluation import normalized_refs
     from .run.inference import Translator
@@ -199,6 +255,23 @@ def plot_translations(tr, texts: list[str], out, refs: list[str] | None = None, 
     return save_figure(plot_attention_grid(examples), out)
 
 
+def animate_history(run, out, n: int, fps: int, until: int | None = None) -> Path:
+    """The attention of the first ``n`` examples ``run`` tracked, one frame per snapshot (GIF or MP4); with
+    ``until``, the snapshots up to that training step and the last one."""
+    from .plotting import save_attention_animation
+    from .run.history import AttentionHistory, history_path
+    from .run.tracking import example_title
+    history = AttentionHistory.load(history_path(run))
+    if not history.entries:
+        raise ConfigError(f"{history_path(run)}: no snapshots yet")
+    examples, entries = history.examples[:n], history.entries
+    if until is not None:
+        entries = [e for e in entries[:-1] if e.step <= until] + entries[-1:]
+    frames = [dict(caption=f"{Path(str(run)).name}: {history.label(e)}", weights=e.weights[:n],
+                   titles=[example_title(ex, text) for ex, text in zip(examples, e.outputs)]) for e in entries]
+    return save_attention_animation(examples, frames, out, fps=fps)
+
+
 def cmd_bench(args) -> int:
     from .bench import format_table, run_bench
     paths = ("numpy", "numba") if args.kernels == "both" else (args.kernels,)
@@ -216,8 +289,8 @@ def cmd_serve(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "explore": cmd_explore, "make-data": cmd_make_data,
-            "plot-curves": cmd_plot_curves, "translate": cmd_translate, "export": cmd_export, "average": cmd_average,
-            "plot-attention": cmd_plot_attention, "bench": cmd_bench, "serve": cmd_serve}
+            "plot-curves": cmd_plot_curves, "translate": cmd_translate, "score": cmd_score, "export": cmd_export,
+            "average": cmd_average, "plot-attention": cmd_plot_attention, "bench": cmd_bench, "serve": cmd_serve}
 
 
 def main(argv=None) -> int:
@@ -238,6 +311,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("attnseq: interrupted", file=sys.stderr)
         return 130
+    except QuietExit as e:                        # another MPI rank says why
+        return e.exit_code
     except (AttnseqError, OSError, ValueError) as e:
         if getattr(e, "exit_code", None):         # a graceful stop (SIGINT/SIGTERM): where it stopped; 130 or 143
             print(f"attnseq {args.command}: {e}", file=sys.stderr)

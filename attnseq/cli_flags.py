@@ -1,11 +1,11 @@
-"""The flags of ``attnseq <command>``: argparse types, the flag groups several commands share, one parser per command.
+"""The flags of ``attnseq <command>``: the flag groups several commands share, one parser per command.
 
 A group (decoding, output length, device, batching) is declared once, as a tuple of ``Flag`` rows, and a
 command takes it whole with ``add_group``, under its own heading in ``--help``. Each row also names the
 keyword of the library call its value goes to (``TranslatorBase.translate``, ``explore_file``,
 ``evaluate_file``), and ``decoding_options`` collects them: a new decoding flag is one row in
 ``DECODING``, and every decoding command then parses it and passes it on. What each command does is
-in ``cli``; train's flags come from the option table (``run.config``).
+in ``cli``; train's flags come from the option table (``run.config``); the flags' types from ``cli_types``.
 """
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ import argparse
 import sys
 from typing import NamedTuple
 
-from .nn.output_length import OutputLengthRule
+from .cli_checks import (decoding_flag_error, engine_flag_error, explore_flag_error, members_error,
+                         model_flag_error, plot_attention_flag_error)
+from .cli_types import (non_negative_int, output_len, penalty_alpha, positive_float, positive_int,  # noqa: F401
+                        prefix_column, probability)
+from .data.datasets import TABLES
 from .run.decoding import EVAL_BATCH_SIZE
 
 TRAIN_HELP = """\
@@ -34,38 +38,11 @@ MAX_OUTPUT_HELP = ("longest output: N tokens, or S*Ts+O (S tokens per source tok
                    "source in the batch). Default: the checkpoint's rule, fitted to its training split "
                    "(2*Ts+10 for checkpoints saved before rules were fitted)")
 
-CKPT_HELP = "run dir (its best/) or checkpoint dir"
+CKPT_HELP = ("run dir (the checkpoint it chose by validation: averaged/ when its result.json says that scored "
+             "higher than best/, else best/) or checkpoint dir (RUN/best, RUN/averaged ...)")
+ENSEMBLE_CKPT_HELP = CKPT_HELP + "; repeat it for an ensemble (the same vocabularies; model options may differ)"
 DATA_HELP = "TSV or question_answer pairs"
-
-
-# -- argparse types: a bad value is a usage error naming the flag ------------------------------------------
-def output_len(text: str) -> OutputLengthRule:
-    """The argparse type of --max-output-len."""
-    try:
-        return OutputLengthRule.parse(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _int_at_least(text: str, least: int, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value < least:
-        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """The argparse type of counts and sizes (--batch-size, --beam, --n-best, --max-input-len ...):
-    a usage error naming the flag for 0, a negative number or no integer at all."""
-    return _int_at_least(text, 1, "a positive integer")
-
-
-def non_negative_int(text: str) -> int:
-    """The argparse type of counts where 0 means "all" or "off" (explore --n, --seed)."""
-    return _int_at_least(text, 0, "0 or a positive integer")
+ENGINE_HELP = "what runs the model: attnseq with --ckpt (default), or onnxruntime with --model"
 
 
 class Parser(argparse.ArgumentParser):
@@ -92,8 +69,38 @@ class Flag(NamedTuple):
 DECODING = (
     Flag(("--beam",), dict(type=positive_int, default=1, metavar="K", help="beam size (default 1: greedy search)"),
          "beam"),
-    Flag(("--alpha",), dict(type=float, default=0.0, metavar="A",
-                            help="GNMT length penalty alpha for beam search (default 0: off)"), "alpha"),
+    Flag(("--alpha",), dict(type=penalty_alpha, default=0.0, metavar="A",
+                            help="GNMT length penalty alpha for beam search, 0 to 10 (default 0: off)"), "alpha"),
+    Flag(("--sample",), dict(action="store_true", default=False,
+                             help="draw each token from the model's distribution instead of searching (with "
+                                  "--n-best N: N samples per input, best first)"), "sample"),
+    Flag(("--temperature",), dict(type=positive_float, default=1.0, metavar="T",
+                                  help="with --sample: divide log-probabilities by T > 0 (default 1; near 0: greedy)"),
+         "temperature"),
+    Flag(("--top-k",), dict(type=non_negative_int, default=0, metavar="K",
+                            help="with --sample: draw from the K most likely tokens only (default 0: all)"), "top_k"),
+    Flag(("--top-p",), dict(type=probability, default=1.0, metavar="P",
+                            help="with --sample: draw from the fewest most likely tokens whose probability "
+                                 "reaches P, in (0, 1] (default 1: all)"), "top_p"),
+    Flag(("--seed",), dict(type=non_negative_int, metavar="S",
+                           help="with --sample: the random seed; the same seed, input and --batch-size give "
+                                "the same samples (default: fresh entropy)"), "seed"),
+    Flag(("--min-output-len",), dict(type=non_negative_int, default=0, metavar="N",
+                                     help="no end of output before N tokens (default 0: off)"), "min_output_len"),
+    Flag(("--no-repeat-ngram",), dict(type=non_negative_int, default=0, metavar="N",
+                                      help="never output the same N-gram twice (default 0: off)"), "no_repeat_ngram"),
+    Flag(("--repetition-penalty",), dict(type=positive_float, default=1.0, metavar="R",
+                                         help="multiply the log-probability of tokens already output by R "
+                                              "(> 1: repeat less; default 1: off)"), "repetition_penalty"),
+)
+# commands that decode with several checkpoints at once (translate, score, explore): passed to the translator
+ENSEMBLE = (
+    Flag(("--ensemble-mode",), dict(choices=("linear", "log_linear"), default="linear",
+                                    help="with several --ckpt: combine their probabilities linearly (default) or "
+                                         "their log-probabilities (log_linear)"), "ensemble_mode"),
+    Flag(("--weights",), dict(type=positive_float, nargs="+", metavar="W",
+                              help="with several --ckpt: one weight > 0 per checkpoint, in order (default: equal)"),
+         "weights"),
 )
 # the commands that keep several outputs per input; each says what it does with them, and its default
 N_BEST = Flag(("--n-best",), dict(type=positive_int, metavar="N"), "n_best")
@@ -109,7 +116,8 @@ THREADS = Flag(("--threads",), dict(type=int, default=0, metavar="N",
                                          "(default 0: one per core, at least 32 rows each; 1: off)"), "threads")
 
 
-GROUPS = {"decoding": DECODING, "output length": OUTPUT_LENGTH, "batching": BATCHING, "device": DEVICE}
+GROUPS = {"decoding": DECODING, "output length": OUTPUT_LENGTH, "batching": BATCHING, "device": DEVICE,
+          "ensemble": ENSEMBLE}
 
 
 def add_group(p: argparse.ArgumentParser, title: str, flags, also: dict | None = None, **changes) -> None:
@@ -133,7 +141,20 @@ def decoding_options(args) -> dict:
             if hasattr(args, f.dest)}
 
 
+def ensemble_options(args) -> dict:
+    """The ensemble flags, as the keyword arguments of ``Translator``, ``OnnxTranslator`` and ``explore_file``."""
+    return {f.param: getattr(args, f.dest) for f in ENSEMBLE}
+
+
 # -- one parser per command ------------------------------------------------------------------------------
+def add_model_flags(p: argparse.ArgumentParser, engine_help: str = ENGINE_HELP) -> None:
+    """--ckpt, --engine and --model: the model (or ensemble) that translate, score and serve run."""
+    p.add_argument("--ckpt", action="append", metavar="RUN", help=ENSEMBLE_CKPT_HELP + " (--engine attnseq)")
+    p.add_argument("--engine", choices=["attnseq", "onnxruntime"], default="attnseq", help=engine_help)
+    p.add_argument("--model", action="append", metavar="DIR",
+                   help="a directory written by attnseq export (--engine onnxruntime); repeat it for an ensemble")
+
+
 def add_train(sub) -> None:
     from .run.config import add_flags
     t = sub.add_parser("train", help="train a model", description=TRAIN_HELP,
@@ -152,47 +173,79 @@ def add_eval(sub) -> None:
 
 def add_explore(sub) -> None:
     x = sub.add_parser("explore", help="write one HTML page to browse a model's outputs, errors and attention")
-    x.add_argument("--ckpt", required=True, metavar="RUN", help=CKPT_HELP)
-    x.add_argument("--data", required=True, metavar="FILE", help=DATA_HELP)
+    x.add_argument("--ckpt", required=True, action="append", metavar="RUN", help=ENSEMBLE_CKPT_HELP)
+    x.add_argument("--data", metavar="FILE", help=DATA_HELP + " (or --history)")
+    x.add_argument("--history", action="store_true",
+                   help="instead of --data: the validation examples the run tracked (RUN/attention_history.npz, "
+                        "train --track-examples), with a slider through their attention across training")
     x.add_argument("--out", required=True, metavar="PAGE.html", help="the page to write (one file, works offline)")
     x.add_argument("--n", type=non_negative_int, default=500, help="the first N pairs of --data (500; 0: all)")
     x.add_argument("--by", action="append", metavar="style|colN", help=BY_HELP + "; length is always shown")
     add_group(x, "decoding", (*DECODING, N_BEST),
-              n_best=dict(help="hypotheses shown per example with --beam K (default K)"))
-    add_groups(x, "output length", "batching", "device")
+              n_best=dict(help="hypotheses shown per example with --beam K (default K), or samples with --sample "
+                               "(default 1)"))
+    add_groups(x, "output length", "batching", "device", "ensemble")
+    x.set_defaults(check=explore_flag_error)
 
 
 def add_make_data(sub) -> None:
     m = sub.add_parser("make-data", help="regenerate a built-in dataset's TSV splits")
-    m.add_argument("name", choices=["date", "addition", "toy-en-ko"])
+    m.add_argument("name", choices=list(TABLES))
     m.add_argument("--out", metavar="DIR", help="default data/NAME")
     m.add_argument("--seed", type=non_negative_int, help="default 1234 (the shipped files)")
 
 
 def add_plot_curves(sub) -> None:
-    c = sub.add_parser("plot-curves", help="plot loss and accuracy per epoch from RUN/metrics.jsonl")
+    c = sub.add_parser("plot-curves", help="plot loss and the valid scores (token accuracy, exact match, BLEU) per "
+                                           "epoch from RUN/metrics.jsonl, with best/ and averaged/ marked")
     c.add_argument("run", metavar="RUN")
     c.add_argument("--out", metavar="FILE", help="default RUN/curves.png")
 
 
 def add_translate(sub) -> None:
     t = sub.add_parser("translate", help="translate lines from stdin, --input FILE or a terminal prompt")
-    t.add_argument("--ckpt", metavar="RUN", help=CKPT_HELP + " (--engine attnseq)")
-    t.add_argument("--engine", choices=["attnseq", "onnxruntime"], default="attnseq",
-                   help="what runs the model: attnseq with --ckpt (default), or onnxruntime with --model "
-                        "(needs pip install 'attnseq[export]')")
-    t.add_argument("--model", metavar="DIR", help="a directory written by attnseq export (--engine onnxruntime)")
+    add_model_flags(t, ENGINE_HELP + " (needs pip install 'attnseq[export]')")
     t.add_argument("--input", metavar="FILE", help="read lines from FILE (default stdin)")
+    t.add_argument("--prefix-column", type=prefix_column, metavar="N",
+                   help="input lines are TSV: column 1 the source, column N the target text each output starts "
+                        "with (empty: none); beam and --n-best outputs all start with it")
     t.add_argument("--output", metavar="FILE", help="write outputs to FILE (default stdout)")
     t.add_argument("--max-input-len", type=positive_int, metavar="N",
                    help="longer inputs are truncated with a warning (default: the run's --max-len, else 200)")
     t.add_argument("--show-attention", action="store_true", help="print a text alignment per line on stderr")
     add_group(t, "decoding", (*DECODING, N_BEST),
-              n_best=dict(default=1, help="print the N best per line, tab-separated, with scores (default 1)"))
+              n_best=dict(default=1, help="print the N best per line (beam search), or N samples (--sample), "
+                                          "tab-separated, with scores (default 1)"))
     add_group(t, "output length", OUTPUT_LENGTH, also=dict(max_len=("--max-len",)),
               max_len=dict(help=MAX_OUTPUT_HELP + "; --max-len is the older name"))
-    add_groups(t, "batching", "device")
+    add_groups(t, "batching", "device", "ensemble")
     t.set_defaults(check=translate_flag_error)
+
+
+SCORE_HELP = """\
+Score given pairs with a model (forced decoding): each target's log-probability given its source,
+one line per pair of --data, in order. Pairs are never skipped or truncated: a source longer than the
+model's input limit (the run's --max-len, which translate truncates to) or a target longer than its
+output-length rule is scored whole, flagged ("over_limit" in json output) and named in a warning on
+stderr. A blank line before the last pair, a line without a tab or an empty side is an error naming
+the line. Score: the log-probability over the GNMT length penalty ((5 + L) / 6) ** alpha (L target
+tokens with eos), as beam search scores its outputs; higher is better.
+"""
+
+
+def add_score(sub) -> None:
+    s = sub.add_parser("score", help="score given pairs: each target's log-probability given its source",
+                       description=SCORE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_flags(s)
+    s.add_argument("--data", required=True, metavar="FILE", help=DATA_HELP + ", one pair on every line")
+    s.add_argument("--output-type", choices=["score", "pair_with_score", "json"], default="json",
+                   help="per pair: its score; source<TAB>target<TAB>score; or (default) a JSON object with the "
+                        "line, score, logprob, n_tokens, token_logprobs, tokens and over_limit")
+    s.add_argument("--alpha", type=penalty_alpha, default=1.0, metavar="A",
+                   help="GNMT length penalty alpha of the score, 0 to 10 (default 1; 0: the log-probability)")
+    s.add_argument("--output", metavar="FILE", help="write the lines to FILE (default stdout)")
+    add_groups(s, "batching", "device", "ensemble")
+    s.set_defaults(check=model_flag_error)
 
 
 def add_export(sub) -> None:
@@ -220,14 +273,22 @@ def add_average(sub) -> None:
 
 
 def add_plot_attention(sub) -> None:
-    a = sub.add_parser("plot-attention", help="draw attention heatmaps for texts or examples from a data file")
-    a.add_argument("--ckpt", required=True, metavar="RUN", help=CKPT_HELP)
+    a = sub.add_parser("plot-attention", help="draw attention heatmaps for texts or examples from a data file, "
+                                              "or animate a run's attention across training")
+    a.add_argument("--ckpt", metavar="RUN", help=CKPT_HELP + " (required, except with --history)")
+    a.add_argument("--history", metavar="RUN", help="animate the attention of the examples RUN tracked across its "
+                                                    "training (RUN/attention_history.npz): --out F.gif, or F.mp4 "
+                                                    "where ffmpeg is installed; --n of them")
+    a.add_argument("--fps", type=positive_int, default=4, help="--history: frames (snapshots) per second (4)")
+    a.add_argument("--until", type=positive_int, metavar="STEP",
+                   help="--history: the snapshots up to training step STEP, then the last one (attention forms early)")
     a.add_argument("--text", action="append", metavar="TEXT", help="a source text (repeatable)")
     a.add_argument("--data", metavar="FILE", help="take examples from a TSV/question_answer file")
     a.add_argument("--n", type=positive_int, default=6, help="how many examples from --data (6)")
     a.add_argument("--wrong-only", action="store_true", help="only examples the model gets wrong")
-    a.add_argument("--out", required=True, metavar="FILE.png|.svg|.pdf")
+    a.add_argument("--out", required=True, metavar="FILE.png|.svg|.pdf|.gif|.mp4")
     add_groups(a, "decoding", "output length", "device")
+    a.set_defaults(check=plot_attention_flag_error)
 
 
 def add_bench(sub) -> None:
@@ -257,22 +318,18 @@ def add_serve(sub) -> None:
     from .serve.limits import LIMIT_FLAGS, Limits, flag
     s = sub.add_parser("serve", help="serve a model over HTTP: a JSON API with dynamic batching, a page with the "
                                      "attention, metrics (needs pip install 'attnseq[serve]')")
-    s.add_argument("--ckpt", metavar="RUN", help=CKPT_HELP + " (--engine attnseq)")
-    s.add_argument("--engine", choices=["attnseq", "onnxruntime"], default="attnseq",
-                   help="what runs the model: attnseq with --ckpt (default), or onnxruntime with --model")
-    s.add_argument("--model", metavar="DIR", help="a directory written by attnseq export (--engine onnxruntime)")
+    add_model_flags(s)
     s.add_argument("--host", default="127.0.0.1", help="the address to listen on (127.0.0.1: this machine only)")
     s.add_argument("--port", type=non_negative_int, default=8080, help="8080; 0: a free port (the URL line names it)")
     for name, metavar, help_text, kind in LIMIT_FLAGS:
         s.add_argument(flag(name), dest=name, metavar=metavar, type=kind or positive_int,
                        default=getattr(Limits(), name), help=help_text)
     s.add_argument("--access-log", action="store_true", help="log each request on stderr")
-    add_groups(s, "device")
-    # translate's check of --engine, --ckpt, --model and --device; serve has no --output
-    s.set_defaults(check=translate_flag_error, output=None)
+    add_groups(s, "device", "ensemble")
+    s.set_defaults(check=model_flag_error)             # translate's checks of the model and ensemble flags
 
 
-SUBPARSERS = (add_train, add_eval, add_explore, add_make_data, add_plot_curves, add_translate, add_export,
+SUBPARSERS = (add_train, add_eval, add_explore, add_make_data, add_plot_curves, add_translate, add_score, add_export,
               add_average, add_plot_attention, add_bench, add_serve)
 
 
@@ -294,20 +351,8 @@ def at_prompt(args) -> bool:
 
 
 def translate_flag_error(args) -> str | None:
-    """What does not fit in translate's --engine, --ckpt, --model, --device and --output, or None."""
+    """What does not fit in translate's --engine, --ckpt, --model, --device, --output and decoding flags, or None."""
     if args.output and at_prompt(args):
         return ("--output FILE is for lines read from --input FILE or piped into stdin; at the terminal "
                 "prompt each translation is printed (give --input, or redirect stdin)")
-    if args.engine == "onnxruntime":
-        if args.ckpt:
-            return "--ckpt is for --engine attnseq; --engine onnxruntime takes --model DIR (an attnseq export)"
-        if not args.model:
-            return "--engine onnxruntime needs --model DIR (a directory written by attnseq export)"
-        if args.device != "cpu":
-            return f"--device {args.device}: --engine onnxruntime runs on the CPU"
-        return None
-    if args.model:
-        return "--model DIR is an ONNX export: add --engine onnxruntime (the default engine, attnseq, takes --ckpt RUN)"
-    if not args.ckpt:
-        return "--ckpt RUN is required (or --engine onnxruntime --model DIR)"
-    return None
+    return engine_flag_error(args) or decoding_flag_error(args) or members_error(args)

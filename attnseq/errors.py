@@ -31,3 +31,16 @@ class TrainingStopped(AttnseqError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.signum, self.exit_code = signum, 128 + signum
+
+
+class RanksFailed(AttnseqError):
+    """Training on several MPI ranks stopped because one or more of them failed; the message names the
+    rank and says why. Rank 0 raises it (and prints it); the others raise ``QuietExit``."""
+
+
+class QuietExit(AttnseqError):
+    """Exit with ``exit_code`` and print nothing: another process (rank 0 of an MPI job) reports why."""
+
+    def __init__(self, exit_code: int = 1):
+        super().__init__(f"exit {exit_code}")
+        self.exit_code = exit_code

@@ -9,7 +9,7 @@ Greedy decoding, one sentence at a time, following manifest.json: encode the sen
 max_input_len tokens, reverse it if reverse_source; run encoder.onnx once; then feed
 decoder_step.onnx the previous token (bos first), the encoder outputs it reads as they are
 (decoder_memory: hs, and the keys of a learned attention score) and its own state (decoder_state:
-h, c, and feed with input feeding; the encoder gives the first) until it picks eos or the output
+h, c (a GRU has h alone), and feed with input feeding; the encoder gives the first) until it picks eos or the output
 reaches the manifest's max_output_len (scale * source length + offset). A blank line translates to
 a blank line. Exports from before decoder_memory/decoder_state were written read as the book
 model's: memory hs, state h and c.

@@ -6,7 +6,8 @@ from attnseq.nn.backend import to_numpy
 
 # The optional extras (setup.cfg's extras_require) that tests use, with the modules each brings. README's test
 # command installs every one of them (tests/test_readme.py checks it); without one, its tests skip.
-EXTRAS = {"export": ("onnx", "onnxruntime"), "serve": ("starlette", "uvicorn")}
+EXTRAS = {"export": ("onnx", "onnxruntime"), "serve": ("starlette", "uvicorn"),
+          "tensorboard": ("tensorboardX", "tensorboard"), "mpi": ("mpi4py",)}
 
 
 def require_extra(extra: str) -> list:

@@ -49,7 +49,8 @@ def test_average_is_the_mean_of_the_arrays(kept_run, tmp_path, capsys):
         np.testing.assert_array_equal(a, want, err_msg=k)
     assert any(not np.array_equal(parts[0][k], parts[1][k]) for k in got)    # two different models were averaged
     state = json.loads((out / "state.json").read_text())
-    assert state["averaged"] == dict(run=str(kept_run), checkpoints=["epoch-0003", "epoch-0004"], epochs=[3, 4])
+    assert state["averaged"] == dict(run=str(kept_run), checkpoints=["epoch-0003", "epoch-0004"], epochs=[3, 4],
+                                     steps=[3 * 24, 4 * 24])
     assert not (out / "optimizer.npz").exists()
 
 

@@ -325,7 +325,8 @@ def _actions(command) -> dict:
     ("DECODING", ("translate", "explore", "plot-attention")),
     ("OUTPUT_LENGTH", ("eval", "explore", "translate", "plot-attention", "export")),
     ("BATCHING", ("eval", "explore", "translate")),
-    ("DEVICE", ("eval", "explore", "translate", "plot-attention", "bench")),
+    ("DEVICE", ("eval", "explore", "translate", "plot-attention", "bench", "score")),
+    ("ENSEMBLE", ("translate", "explore", "score")),
 ])
 def test_each_shared_flag_group_is_declared_once(group, commands):
     """Every command taking a group gets its flags as the group declares them: same type, default, metavar,
@@ -335,7 +336,7 @@ def test_each_shared_flag_group_is_declared_once(group, commands):
         for command in commands:
             a = _actions(command)[flag.dest]
             assert flag.names[0] in a.option_strings, (command, flag.names)
-            assert (a.type, a.metavar) == (flag.spec.get("type"), flag.spec["metavar"]), (command, flag.names)
+            assert (a.type, a.metavar) == (flag.spec.get("type"), flag.spec.get("metavar")), (command, flag.names)
             if command != "bench":                           # bench's --batch-size is its training batch
                 assert a.default == flag.spec.get("default") and a.help.startswith(flag.spec["help"]), command
 

@@ -29,11 +29,13 @@ OLD_KEYS = {
     "shared_vocab", "max_len", "eval_batch_size", "examples", "skip_nonfinite", "resume", "quick", "bleu",
     "swap_sides", "save_every",
 }
-# added since: the model's shape, the lr schedule, selection, time limit, kept checkpoints, output length
+# added since: the model's shape, the lr schedule, selection, time limit, kept checkpoints, output length,
+# what the run records of its training (attention history, TensorBoard)
 NEW_KEYS = {
     "encoder_layers", "decoder_layers", "bidirectional", "attention", "input_feeding", "label_smoothing",
     "tie_embeddings", "lr_schedule", "warmup", "plateau_factor", "plateau_patience", "select_by", "max_minutes",
-    "keep_last", "average_last", "max_output_len",
+    "keep_last", "average_last", "max_output_len", "cell", "keep_every", "track_examples", "track_every",
+    "tensorboard", "tensorboard_every",
 }
 SAVED_KEYS = OLD_KEYS | NEW_KEYS
 FAKE = Option("freeze_epochs", int, 1, group="training", metavar="N", resumable=False, check=POSITIVE_INT,
@@ -89,7 +91,8 @@ def test_help_shows_defaults_and_task_defaults(capsys):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())             # undo argparse's line wrapping
     assert "--epochs N passes over the training data (default 10; date 6, addition 30" in out
-    assert "--hidden-size H LSTM hidden size (default 256)" in out
+    assert "--hidden-size H hidden size of the recurrent layers (default 256; numbers 128)" in out
+    assert "--cell {lstm,gru} the recurrent cell: lstm (the book's) or gru" in out
     assert "--plot, --no-plot write RUN_DIR/attention.png at the end (default on)" in out
     assert "5% of --train" in out
 
@@ -393,7 +396,7 @@ def test_the_model_options_are_listed_once():
         assert (row.type, row.default, row.choices) == (f.type, f.default, f.metadata.get("choices")), name
     options = ModelConfig.options()
     assert list(options) == ["encoder_layers", "decoder_layers", "bidirectional", "attention", "input_feeding",
-                             "label_smoothing", "tie_embeddings"]
+                             "label_smoothing", "tie_embeddings", "cell"]
     assert all(rows[k].group == "model" and not rows[k].resumable for k in options)
     assert {**BOOK_OPTIONS, **{k: options[k] for k in TRAINING_ONLY}} == options
     assert KNOWN_MODEL_KEYS == set(AttentionSeq2seq(5, 6, 4, 8).config.to_dict()) == set(fields)
@@ -430,3 +433,5 @@ def test_the_shipped_translation_recipe_is_valid():
     assert model.config["bidirectional"] and model.config["tie_embeddings"]
     cfg = resolve_config(dict(recipe, train="x.tsv", out="r"))        # every check of a whole config passes
     assert (cfg["keep_last"], cfg["average_last"]) == (3, 3)
+    assert cfg["lr_schedule"] in ("cosine", "linear") and cfg["max_minutes"] > 0     # anneals to its budget ...
+    assert cfg["patience"] >= cfg["epochs"]                                         # ... which patience never cuts

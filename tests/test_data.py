@@ -18,7 +18,7 @@ def date_splits():
 
 
 def test_shipped_files_regenerate_byte_for_byte(tmp_path):
-    for name in ("date", "addition"):
+    for name in ("date", "addition", "numbers"):
         write_splits(name, tmp_path / name)
         for split in ("train", "valid", "test"):
             shipped = (shipped_dir(name) / f"{split}.tsv").read_bytes()
@@ -190,3 +190,28 @@ def test_padding_fraction_counts_the_batches_take_makes(pad_full):
     real = sum(int(data.src_len[i].sum() + data.tgt_len[i].sum()) for i in batches)
     total = sum(s.size + t.size for s, t in (take(data, i, pad_full) for i in batches))
     assert padding_fraction(data, batches, pad_full) == pytest.approx(1 - real / total, abs=1e-15)
+
+
+# -- numbers: digits to words, tested on longer numbers -----------------------------------------------
+def test_number_words():
+    from attnseq.data.numbers import number_pair, number_words
+    cases = {0: "zero", 7: "seven", 13: "thirteen", 20: "twenty", 45: "forty five", 100: "one hundred",
+             105: "one hundred five", 1000: "one thousand", 4207: "four thousand two hundred seven",
+             12019: "twelve thousand nineteen", 700070: "seven hundred thousand seventy",
+             999999: "nine hundred ninety nine thousand nine hundred ninety nine"}
+    for n, words in cases.items():
+        assert number_words(n) == words
+    assert number_pair(4207) == ("4 2 0 7", "four thousand two hundred seven")
+    with pytest.raises(ValueError, match="0..999999"):
+        number_words(1_000_000)
+
+
+def test_numbers_test_split_is_longer_than_train_on_both_sides():
+    splits = GENERATORS["numbers"](1234)
+    assert [len(splits[k]) for k in ("train", "valid", "test")] == [8000, 1000, 2000]
+    longest = {side: max(len(pair[side].split()) for pair in splits["train"] + splits["valid"]) for side in (0, 1)}
+    assert longest == {0: 4, 1: 6}
+    assert min(len(s.split()) for s, _ in splits["test"]) == 5 and min(len(t.split()) for _, t in splits["test"]) == 7
+    assert {len(s.split()) for s, _ in splits["test"]} == {5, 6}
+    seen = {s for s, _ in splits["train"]}
+    assert not seen & {s for s, _ in splits["valid"]}

@@ -108,6 +108,25 @@ def test_beam_search_keeps_every_hypothesis_with_its_attention(tiny_run, pairs):
             assert ex["correct"] is None and h["correct"] is None
 
 
+def test_the_reference_scored_is_the_models_teacher_forced_reading(tiny_run, page, pairs):
+    """Each example's ref_scored: the reference's tokens with the model's probability of each, teacher forced,
+    and the attention over the source for each: what attnseq.score gives; for an output equal to the
+    reference, its own tokens and attention again."""
+    import attnseq
+    scored = attnseq.score(str(tiny_run), [s for s, _ in pairs], [t for _, t in pairs], alpha=0.0)
+    for ex, sc in zip(page.data["examples"], scored):
+        r = ex["ref_scored"]
+        assert r["tokens"] == sc.tokens and r["text"] == ex["ref_norm"]
+        np.testing.assert_allclose(r["probs"], np.exp(sc.token_logprobs), atol=6e-5)
+        np.testing.assert_allclose(dense(r["w"], len(ex["src_tokens"])), sc.weights, atol=5.1e-4)
+        assert r["logprob"] == pytest.approx(sc.logprob, abs=1e-6) and r["score"] == r["logprob"]
+        if ex["correct"]:
+            h = ex["hyps"][0]
+            assert r["tokens"] == h["tokens"] and r["w"] == h["w"]
+    assert any(not ex["correct"] for ex in page.data["examples"])
+    assert all(ex["ref_scored"] is None for ex in explore(str(tiny_run), [pairs[0][0]]).data["examples"])
+
+
 def test_sparse_rows_round_trip():
     rng = np.random.default_rng(0)
     w = rng.dirichlet(np.full(9, 0.1), size=7)                          # peaked rows, like attention
@@ -295,6 +314,38 @@ def test_browser_beam_hypotheses_and_screenshot(browser, tiny_run, pairs, tmp_pa
     assert pixels.shape[0] > 400 and pixels.shape[1] > 800
     assert pixels.std() > 0.05                                           # not a blank page
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50            # heatmap colours, text, ...
+
+
+@pytest.mark.browser
+def test_browser_the_reference_scored_beside_the_output(browser, page_file, page):
+    """The toggle shows the reference as the model scores it: its tokens, their probabilities, its heatmap;
+    the key r switches back, and the view stays while browsing."""
+    from selenium.webdriver.common.by import By
+    examples = page.data["examples"]
+    _open(browser, page_file)
+    body = browser.find_element(By.TAG_NAME, "body")
+    wrong = next(i for i, ex in enumerate(examples) if ex["correct"] is False
+                 and ex["ref_scored"]["tokens"] != ex["hyps"][0]["tokens"])
+    body.send_keys("j" * wrong)
+    assert _selected(browser) == wrong
+
+    def shown():
+        detail = browser.find_element(By.ID, "detail")
+        return detail.get_attribute("data-view"), [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#heatmap .out-tok")]
+    view, tokens = shown()
+    assert view == "out" and len(tokens) == len(examples[wrong]["hyps"][0]["tokens"])
+    browser.find_element(By.CSS_SELECTOR, "#view button[data-view=ref]").click()
+    ref = examples[wrong]["ref_scored"]
+    view, tokens = shown()
+    assert view == "ref" and len(tokens) == len(ref["tokens"])
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#heatmap .cell")) == len(ref["tokens"]) * len(examples[wrong]["src_tokens"])
+    text = browser.find_element(By.ID, "detail").text
+    assert "the reference as the model reads it" in text and f"{ref['logprob']:.4f}" in text
+    assert browser.find_element(By.CSS_SELECTOR, "#view button.on").get_attribute("data-view") == "ref"
+    body.send_keys("j")                                                  # the view stays on the next example
+    assert shown()[0] == "ref" and len(shown()[1]) == len(examples[wrong + 1]["ref_scored"]["tokens"])
+    body.send_keys("r")
+    assert shown()[0] == "out" and len(shown()[1]) == len(examples[wrong + 1]["hyps"][0]["tokens"])
 
 
 def test_token_probs_batches_are_padded_and_start_with_bos_for_every_engine():

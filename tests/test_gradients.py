@@ -15,7 +15,8 @@ from kernel_paths import kernel_path  # noqa: F401 (a fixture)
 
 from attnseq import LSTM, Attention, AttentionSeq2seq, Embedding, Linear, SoftmaxCrossEntropy
 from attnseq.nn.attention import AttentionWeights, WeightedSum, make_weights
-from attnseq.nn.encoders import BiLSTM, Bridge
+from attnseq.nn.encoders import BiLSTM, BiRNN, Bridge
+from attnseq.nn.gru import GRU
 from attnseq.nn.layers import TiedOutput
 
 # every test on both CPU paths: the fused kernels and the plain numpy code
@@ -68,6 +69,93 @@ def lstm_errors(xp, with_lengths):
     errors = param_errors(lstm, loss, name)
     for x_name, analytic, x in (("xs", dxs, xs), ("h0", dh0, h0), ("c0", dc0, c0)):
         errors[f"{name}.d{x_name}"] = rel_error(analytic, numerical_grad(loss, x))
+    return errors
+
+
+def gru_errors(xp, with_lengths):
+    """The GRU over a sequence: parameters, inputs, the start state, with the final state's gradient."""
+    gru = GRU(D, H, np.random.default_rng(1), dtype=np.float64).to(device_of(xp))
+    gru.params[2][...] = random_like(xp, (3 * H,), 8)              # a random bias, not zeros
+    xs, h0 = random_like(xp, (N, T, D), 2), random_like(xp, (N, H), 3)
+    lengths = xp.asarray([5, 3, 1]) if with_lengths else None
+    R, Rh = random_like(xp, (N, T, H), 5), random_like(xp, (N, H), 6)
+    if with_lengths:  # gradients at padded positions are zero, as attention makes them
+        R = R * (xp.arange(T)[None, :, None] < lengths[:, None, None])
+
+    def loss():
+        return (gru.forward(xs, h0, lengths) * R).sum() + (gru.h_final * Rh).sum()
+
+    name = f"gru(lengths={with_lengths})"
+    loss()
+    dxs, dh0 = gru.backward(R, Rh)
+    errors = param_errors(gru, loss, name)
+    for x_name, analytic, x in (("xs", dxs, xs), ("h0", dh0, h0)):
+        errors[f"{name}.d{x_name}"] = rel_error(analytic, numerical_grad(loss, x))
+    return errors
+
+
+def gru_steps_errors(xp):
+    """The GRU run step by step with part of each input known up front, as input feeding runs it."""
+    Df = 3
+    gru = GRU(D + 2, H, np.random.default_rng(1), dtype=np.float64).to(device_of(xp))
+    gru.params[2][...] = random_like(xp, (3 * H,), 8)
+    fixed, rest = random_like(xp, (T, N, Df), 2), random_like(xp, (T, N, D + 2 - Df), 3)
+    h0, R = random_like(xp, (N, H), 4), random_like(xp, (T, N, H), 6)
+
+    def loss():
+        gru.begin_steps(T, N, h0, fixed=fixed, dtype=np.float64, xp=xp)
+        total = 0.0
+        for t in range(T):
+            gru.inputs(t)[...] = rest[t]
+            total += float((gru.run_step(t) * R[t]).sum())
+        return total
+
+    loss()
+    gru.begin_backward_steps()
+    drest = [None] * T
+    for t in range(T - 1, -1, -1):
+        drest[t] = gru.backward_step(t, R[t]).copy()
+    dfixed, dh0 = gru.end_backward_steps()
+    errors = param_errors(gru, loss, "gru_steps")
+    for x_name, analytic, x in (("fixed", dfixed, fixed), ("rest", xp.stack(drest), rest), ("h0", dh0, h0)):
+        errors[f"gru_steps.d{x_name}"] = rel_error(analytic, numerical_grad(loss, x))
+    return errors
+
+
+def bigru_errors(xp):
+    """Bidirectional GRU over padded rows: parameters of both directions, inputs, the final state."""
+    bi = BiRNN(D, 2 * H, np.random.default_rng(1), dtype=np.float64, rnn=GRU).to(device_of(xp))
+    for gru in (bi.fw, bi.bw):
+        gru.params[2][...] = random_like(xp, gru.params[2].shape, 8)
+    xs = random_like(xp, (N, T, D), 2)
+    lengths = xp.asarray([5, 3, 1])
+    R = random_like(xp, (N, T, 2 * H), 5) * (xp.arange(T)[None, :, None] < lengths[:, None, None])
+    Rh = random_like(xp, (N, 2 * H), 6)
+
+    def loss():
+        return (bi.forward(xs, lengths=lengths) * R).sum() + (bi.h_final * Rh).sum()
+
+    loss()
+    dxs, dh0 = bi.backward(R, Rh)
+    assert dh0 is None and len(bi.final_state) == 1
+    errors = named_param_errors(bi, loss, "bigru")
+    errors["bigru.dxs"] = rel_error(dxs, numerical_grad(loss, xs))
+    return errors
+
+
+def gru_bridge_errors(xp):
+    """The bridge of a GRU encoder: h alone."""
+    br = Bridge(2 * H, 2, H, np.random.default_rng(0), dtype=np.float64, parts=GRU.STATE).to(device_of(xp))
+    hf, Rh = random_like(xp, (N, 2 * H), 1), random_like(xp, (N, 2, H), 3)
+
+    def loss():
+        h, = br.forward(hf)
+        return (h * Rh).sum()
+
+    loss()
+    dhf, = br.backward(Rh)
+    errors = named_param_errors(br, loss, "gru_bridge")
+    errors["gru_bridge.dhf"] = rel_error(dhf, numerical_grad(loss, hf))
     return errors
 
 
@@ -286,6 +374,11 @@ CHECKS = {
     "bilstm": bilstm_errors,
     "bridge": bridge_errors,
     "tied_output": tied_output_errors,
+    "gru": functools.partial(gru_errors, with_lengths=False),
+    "gru_lengths": functools.partial(gru_errors, with_lengths=True),
+    "gru_steps": gru_steps_errors,
+    "bigru": bigru_errors,
+    "gru_bridge": gru_bridge_errors,
     "model": functools.partial(whole_model_errors, dropout=0.0),
     "model_dropout": functools.partial(whole_model_errors, dropout=0.3),
 }
@@ -309,6 +402,11 @@ MODEL_OPTIONS = {
 CHECKS.update({name: functools.partial(whole_model_errors, dropout=0.0, **opts)
                for name, opts in MODEL_OPTIONS.items()})
 CHECKS["model_all_dropout"] = functools.partial(whole_model_errors, dropout=0.3, **ALL_OPTIONS)
+# the same with the GRU: the cell alone, then with every option as above
+CHECKS["model_gru"] = functools.partial(whole_model_errors, dropout=0.0, cell="gru")
+CHECKS.update({f"{name}_gru": functools.partial(whole_model_errors, dropout=0.0, cell="gru", **opts)
+               for name, opts in MODEL_OPTIONS.items()})
+CHECKS["model_all_dropout_gru"] = functools.partial(whole_model_errors, dropout=0.3, cell="gru", **ALL_OPTIONS)
 
 
 @pytest.mark.parametrize("check", CHECKS)

@@ -78,7 +78,8 @@ def test_values_become_plain_json_types():
     (dict(bidirectional=True, hidden_size=7), ValueError, "hidden_size must be even for a bidirectional encoder"),
     (dict(heads=4, coverage=0.1), TypeError, "unknown option.s. coverage, heads; its options are encoder_layers, "
                                              "decoder_layers, bidirectional, attention, input_feeding, "
-                                             "label_smoothing, tie_embeddings$"),
+                                             "label_smoothing, tie_embeddings, cell$"),
+    (dict(cell="rnn"), ValueError, "cell must be one of lstm, gru, got 'rnn'"),
 ])
 def test_a_bad_option_is_one_error_naming_it(kwargs, error, match):
     values = {"src_vocab_size": 11, "tgt_vocab_size": 9, "hidden_size": 8, **kwargs}

@@ -39,6 +39,10 @@ VARIANTS = {
     "input_feeding_layers": dict(input_feeding=True, decoder_layers=3, attention="general"),
     "tie_embeddings": dict(tie_embeddings=True),
     "all": ALL,
+    "gru": dict(cell="gru"),
+    "gru_bidirectional_layers": dict(cell="gru", bidirectional=True, encoder_layers=2, decoder_layers=2),
+    "gru_input_feeding_layers": dict(cell="gru", input_feeding=True, decoder_layers=3, attention="general"),
+    "gru_all": dict(ALL, cell="gru"),
 }
 DECODER_VARIANTS = {  # AttentionDecoder keywords
     "book": {},
@@ -49,6 +53,9 @@ DECODER_VARIANTS = {  # AttentionDecoder keywords
     "input_feeding_layers": dict(input_feeding=True, layers=2, attention="additive"),
     "tied": dict(tie_embeddings=True),
     "tied_feeding": dict(tie_embeddings=True, input_feeding=True, layers=2),
+    "gru": dict(cell="gru"),
+    "gru_layers": dict(cell="gru", layers=3),
+    "gru_tied_feeding": dict(cell="gru", tie_embeddings=True, input_feeding=True, layers=2, attention="additive"),
 }
 
 
@@ -144,7 +151,7 @@ def decoder_case(variant, seed=0):
     dec.load_state_dict({k: rng.standard_normal(v.shape) * 0.7 for k, v in dec.state_dict().items()})
     L = opts.get("layers", 1)
     shape = (N, H) if L == 1 else (N, L, H)
-    state = (rng.standard_normal(shape), rng.standard_normal(shape))
+    state = tuple(rng.standard_normal(shape) for _ in (("h",) if opts.get("cell") == "gru" else ("h", "c")))
     hs = rng.standard_normal((N, Ts, H))
     mask = np.arange(Ts)[None, :] < np.array([4, 2, 1])[:, None]
     return dec, hs, state, mask, rng
@@ -169,7 +176,7 @@ def test_decoder_step_reproduces_teacher_forcing(variant):
 
 
 @pytest.mark.usefixtures("kernel_path")
-@pytest.mark.parametrize("variant", ["input_feeding", "input_feeding_layers", "tied_feeding"])
+@pytest.mark.parametrize("variant", ["input_feeding", "input_feeding_layers", "tied_feeding", "gru_tied_feeding"])
 def test_input_feeding_training_mode_forward_equals_eval(variant):
     """The step-by-step teacher forcing (training mode, buffers, no dropout drawn at p = 0) gives
     eval mode's logits, and twice in a row the same (buffers reused, nothing left over)."""
@@ -198,6 +205,11 @@ def test_decoding_state_shapes():
         assert h.shape == h_shape and c.shape == c_shape, opts
         if opts.get("input_feeding"):
             assert not h[:, -1].any()                               # h~_0 = 0
+    for opts, h_shape in (({}, (N, H)), (dict(decoder_layers=2, bidirectional=True), (N, 2, H)),
+                          (dict(input_feeding=True, decoder_layers=2), (N, 3, H))):
+        with random_model(cell="gru", **opts).eval_mode() as m:
+            _, state, _ = m.encode(src)
+        assert len(state) == 1 and state[0].shape == h_shape, opts    # a GRU's state: h alone
 
 
 # -- greedy and beam over every option ----------------------------------------------------------
@@ -339,17 +351,18 @@ def test_a_config_without_the_options_is_the_books_model():
     model = AttentionSeq2seq.from_config(old)
     assert list(model.state_dict()) == BOOK_KEYS
     assert model.config.to_dict() == dict(old, encoder_layers=1, decoder_layers=1, bidirectional=False, attention="dot",
-                                input_feeding=False, label_smoothing=0.0, tie_embeddings=False)
+                                input_feeding=False, label_smoothing=0.0, tie_embeddings=False, cell="lstm")
     book = AttentionSeq2seq(11, 9, 5, 6, seed=4)
     for (k, a), b in zip(model.state_dict().items(), book.state_dict().values()):
         np.testing.assert_array_equal(a, b, err_msg=k)
 
 
-def test_checkpoint_round_trip_with_every_option(tmp_path):
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_checkpoint_round_trip_with_every_option(tmp_path, cell):
     from attnseq.data.tokenizers import CharTokenizer
     from attnseq.run.checkpoint import load_checkpoint, save_checkpoint
     src_tok, tgt_tok = CharTokenizer.build(["abcdefg"]), CharTokenizer.build(["xyz"])
-    model = AttentionSeq2seq(src_tok.vocab_size, tgt_tok.vocab_size, 5, 6, **ALL)
+    model = AttentionSeq2seq(src_tok.vocab_size, tgt_tok.vocab_size, 5, 6, cell=cell, **ALL)
     save_checkpoint(tmp_path / "ck", model, None, src_tok, tgt_tok, {}, {"epoch": 0, "step": 0})
     ck = load_checkpoint(tmp_path / "ck")
     assert ck.model.config == model.config

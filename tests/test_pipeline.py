@@ -183,6 +183,36 @@ def test_plot_curves_reads_old_rows_with_test_scores_beside_new_ones(tmp_path, m
     assert lines["valid exact match"] == ([1, 2], [pytest.approx(10.0), pytest.approx(30.0)])
 
 
+def test_plot_curves_marks_best_and_averaged(tmp_path, monkeypatch):
+    """plot-curves marks best/ (its epoch, from best/state.json: a star on its valid loss and scores) and
+    averaged/ (result.json's "averaged": its epochs shaded, a diamond on its valid scores at the last one)."""
+    from attnseq import plotting
+    rows = [dict(epoch=e, step=10 * e, train_loss=2.0 / e, valid_loss=l, valid_token_accuracy=a, valid_exact_match=x)
+            for e, l, a, x in ((1, 2.0, 0.5, 0.1), (2, 1.2, 0.8, 0.6), (3, 1.4, 0.7, 0.4), (4, 1.5, 0.7, 0.45))]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "config.json").write_text("{}")
+    (tmp_path / "best" / "state.json").write_text(json.dumps({"epoch": 2}))
+    averaged = dict(epochs=[3, 4], valid=dict(loss=1.1, token_accuracy=0.85, exact_match=0.65))
+    (tmp_path / "result.json").write_text(json.dumps({"averaged": averaged}))
+    figs = []
+    monkeypatch.setattr(plotting, "save_figure", lambda fig, out: figs.append(fig) or out)
+    assert main(["plot-curves", str(tmp_path)]) == 0
+    loss, scores = ({line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}
+                    for ax in figs[0].axes[:2])
+    spans = [p.get_x() for p in figs[0].axes[1].patches]
+    plotting._plt().close(figs[0])
+    assert loss["best/ (epoch 2)"] == ([2], [1.2]) and loss["averaged/ (epochs 3-4)"] == ([4], [1.1])
+    assert scores["best/ (epoch 2)"] == ([2, 2], [pytest.approx(60.0), pytest.approx(80.0)])
+    assert scores["averaged/ (epochs 3-4)"] == ([4, 4], [pytest.approx(65.0), pytest.approx(85.0)])
+    assert scores["valid exact match"][1] == [pytest.approx(100 * r["valid_exact_match"]) for r in rows]
+    assert spans == [2.5]
+    (tmp_path / "result.json").unlink()                                  # a run still going: best/ only
+    assert main(["plot-curves", str(tmp_path)]) == 0
+    labels = [line.get_label() for line in figs[1].axes[0].get_lines()]
+    assert [label for label in labels if not label.startswith("_")] == ["train", "valid", "best/ (epoch 2)"]
+
+
 def test_the_test_split_is_scored_once_at_the_end(tiny_data, tmp_path, monkeypatch):
     """No test scores while training, neither in the epoch lines nor in metrics.jsonl: the test split is
     decoded after the last epoch, once on best/ and once on averaged/ (--average-last)."""
@@ -206,6 +236,9 @@ def test_the_test_split_is_scored_once_at_the_end(tiny_data, tmp_path, monkeypat
     assert len(epoch_lines) == 3 and not any("test" in line for line in epoch_lines)
     assert result["test"]["n"] == 200 and result["averaged"]["test"]["n"] == 200
     assert any(line.startswith("test (200 pairs, best/)") for line in logs)
+    chosen = "averaged" if result["averaged"]["better_than_best"] else "best"   # the run's choice, said last
+    assert result["chosen"] == chosen and logs[-1].startswith(f"--ckpt {out} means {out}/{chosen}/")
+    assert json.loads((out / "result.json").read_text())["chosen"] == chosen
 
 
 def test_config_file_and_flags(tiny_data, tmp_path):

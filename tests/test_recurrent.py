@@ -174,7 +174,8 @@ def train_once(dtype, options):
 
 OPTIONS = {"book": {}, "bidirectional": dict(bidirectional=True),
            "all": dict(encoder_layers=2, decoder_layers=2, bidirectional=True, attention="general",
-                       input_feeding=True, tie_embeddings=True)}
+                       input_feeding=True, tie_embeddings=True),
+           "gru": dict(cell="gru", bidirectional=True)}                # the GRU keeps its own path beside the loops
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -182,7 +183,8 @@ OPTIONS = {"book": {}, "bidirectional": dict(bidirectional=True),
 def test_loops_fallback_and_numpy_train_alike(monkeypatch, capsys, dtype, options):
     """The compiled loops, the fallback where numpy's BLAS is not callable (simulated: the compiled cells stepped
     from Python, after one notice line) and the plain numpy path: one loss and the same gradients, float64 to 1e-10
-    and float32 to 1e-5, padded rows, a one-token row, bidirectional and stacked layers, input feeding."""
+    and float32 to 1e-5, padded rows, a one-token row, bidirectional and stacked layers, input feeding, and a
+    GRU model (no LSTM: the same on every path)."""
     tol = TOL[np.dtype(dtype).type]
     with kernels.using("numpy"):
         want = train_once(dtype, OPTIONS[options])

@@ -151,8 +151,8 @@ def test_train_state_json_layout():
     state = TrainState(epoch=1, step=5, best=[0.5, -1.0], bad_epochs=0, nonfinite_skipped=0, rng={}, dropout_rng={})
     from dataclasses import asdict
     assert list(asdict(state)) == ["epoch", "step", "best", "bad_epochs", "nonfinite_skipped", "rng", "dropout_rng",
-                                   "best_metric", "schedule"]
-    assert (state.best_metric, state.schedule) == ("exact", None)     # what an old state.json means
+                                   "best_metric", "schedule", "budget"]
+    assert (state.best_metric, state.schedule, state.budget) == ("exact", None, None)   # what an old state.json means
 
 
 def test_old_state_json_without_metric_or_schedule_resumes_as_exact(tiny_run, tmp_path):
@@ -166,7 +166,7 @@ def test_old_state_json_without_metric_or_schedule_resumes_as_exact(tiny_run, tm
     assert restored.best_metric == "exact" and restored.schedule is None and restored.best == state["best"]
 
 
-@pytest.mark.parametrize("field, value", [("best_metric", "chrf"), ("schedule", {"name": "linear"}),
+@pytest.mark.parametrize("field, value", [("best_metric", "chrf"), ("schedule", {"name": "step"}),
                                           ("schedule", {"name": "plateau", "scale": "half", "bad_epochs": 0})])
 def test_malformed_new_state_fields_name_the_file(tiny_run, tmp_path, field, value):
     run = _copy(tiny_run, tmp_path)

@@ -7,7 +7,7 @@ import pytest
 
 from attnseq.run.config import resolve_config
 from attnseq.run.rundir import RunDir
-from attnseq.run.schedules import SCHEDULES, Constant, Cosine, Plateau, WarmupRsqrt, build_schedule, check_state
+from attnseq.run.schedules import SCHEDULES, Constant, Cosine, Linear, Plateau, WarmupRsqrt, build_schedule, check_state
 from attnseq.run.training import Trainer
 
 
@@ -31,13 +31,19 @@ def test_warmup_rsqrt_by_hand():
 
 
 def test_cosine_by_hand():
-    # lr 1, W 2, T 6: 1/2, 1, then (1 + cos(pi * k / 4)) / 2 for k = 0..3; past T it stays at 0
-    c = math.cos(math.pi / 4)
-    want = [0.5, 1.0, 1.0, (1 + c) / 2, 0.5, (1 - c) / 2, 0.0, 0.0]
+    # lr 1, W 2, T 6: 1/2, 1, then (1 + cos(pi * k / 3)) / 2 for k = 0..3, 0 at the last step T; past T, 0
+    want = [0.5, 1.0, 1.0, 0.75, 0.25, 0.0, 0.0, 0.0]
     got = _curve(Cosine(1.0, warmup=2), range(1, 9), total=6)
-    assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
-    no_warmup = _curve(Cosine(2.0), range(1, 5), total=4)          # lr 2 over 4 steps: k = 0..3 of 4
-    assert no_warmup == pytest.approx([2.0, 1 + c, 1.0, 1 - c], rel=1e-12)
+    assert got == pytest.approx(want, rel=1e-12, abs=1e-15) and got[5] == 0.0
+    no_warmup = _curve(Cosine(2.0), range(1, 5), total=4)          # lr 2 over 4 steps: k = 0..3 of 3
+    assert no_warmup == pytest.approx([2.0, 1.5, 0.5, 0.0], rel=1e-12, abs=1e-15)
+
+
+def test_linear_by_hand():
+    # lr 1, W 2, T 6: 1/2, 1, then 1 - k / 3 for k = 0..3, 0 at the last step T; past T, 0
+    got = _curve(Linear(1.0, warmup=2), range(1, 9), total=6)
+    assert got == pytest.approx([0.5, 1.0, 1.0, 2 / 3, 1 / 3, 0.0, 0.0, 0.0], rel=1e-12, abs=1e-15)
+    assert got[5] == 0.0 and Linear(1.0).state_dict() == {"name": "linear", "ends": "last_step"}
 
 
 def test_plateau_cuts_after_patience_epochs_without_a_better_best():
@@ -79,7 +85,8 @@ def test_build_schedule_from_a_config():
 @pytest.mark.parametrize("schedule, extra, lr_of_step", [
     ("warmup-rsqrt", dict(warmup=10), lambda s, total: 0.01 * min(s / 10, math.sqrt(10 / s))),
     ("cosine", dict(warmup=5), lambda s, total: 0.01 * s / 5 if s <= 5 else
-     0.01 * 0.5 * (1 + math.cos(math.pi * (s - 6) / (total - 5)))),
+     0.01 * 0.5 * (1 + math.cos(math.pi * (s - 6) / (total - 6)))),
+    ("linear", dict(warmup=5), lambda s, total: 0.01 * s / 5 if s <= 5 else 0.01 * (1 - (s - 6) / (total - 6))),
     ("constant", dict(lr_decay=0.5), lambda s, total: 0.01 * 0.5 ** ((s - 1) // 24)),
 ])
 def test_the_trainer_sets_the_schedules_lr_before_each_update(tiny_data, tmp_path, schedule, extra, lr_of_step):
@@ -109,7 +116,7 @@ def test_resume_with_another_lr_trains_with_it(tiny_data, tmp_path, schedule, ex
     Trainer(resolve_config(cfg), log=lambda *a: None).run()
 
     def cosine(s, total):                                           # W = 5, 24 steps an epoch
-        return 0.002 * 0.5 * (1 + math.cos(math.pi * (s - 6) / (total - 5)))
+        return 0.002 * 0.5 * (1 + math.cos(math.pi * (s - 6) / (total - 6)))
     for epochs, note in ((2, "note: --lr changed from 0.01 to 0.002"), (3, None)):
         logs = []
         resumed = dict(out=cfg["out"], resume=True, epochs=epochs, lr=0.002)

@@ -111,7 +111,7 @@ def test_attention_tokens_and_probabilities(app, doc, texts, reference):
         w = np.array(h["attention"])
         assert w.shape == (len(h["tokens"]), len(t["src_tokens"]))
         np.testing.assert_allclose(w, want.weights, atol=5.1e-5)
-        np.testing.assert_allclose(h["probs"], want.probs, atol=5.1e-7)
+        np.testing.assert_allclose(h["probs"], want.probs, atol=2e-6)   # 6 decimals; float32 in another batch
         assert h["logprob"] == pytest.approx(np.log(want.probs).sum(), abs=1e-5)
     beam, = call(app, post({"texts": texts[:1], "attention": True, "beam": 2, "n_best": 2}))
     for h in beam.json()["translations"][0]["nbest"]:                 # every hypothesis has its own
@@ -210,7 +210,7 @@ def test_64_concurrent_requests_share_few_model_calls(tiny_run, texts, reference
 
 def test_different_searches_in_flight_together_each_get_their_own(tiny_run, texts, reference):
     calls = []
-    app = make_app(tiny_run, counted=calls, max_wait_ms=100)
+    app = make_app(tiny_run, counted=calls, max_wait_ms=1000)     # long enough for all four to arrive under load
     reqs = [post({"texts": texts[:3]}), post({"texts": texts[3:5], "beam": 3, "n_best": 2}),
             post({"texts": texts[5:6], "attention": True}), post({"texts": texts[6:9]})]
     greedy1, beam, att, greedy2 = call(app, *reqs)

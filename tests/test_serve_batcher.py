@@ -1,5 +1,6 @@
 """attnseq.serve's parts that need no server: the dynamic batcher (gathering, fairness, keys, the
 bounded queue, cancelling, failures), the request checks and the Prometheus text."""
+import inspect
 import json
 import re
 import threading
@@ -10,8 +11,10 @@ import pytest
 from attnseq.errors import ConfigError
 from attnseq.nn.output_length import OutputLengthRule
 from attnseq.serve.batcher import Batcher, QueueFull, share_round_robin
+from attnseq.run.inference import TranslatorBase
 from attnseq.serve.limits import Limits, RequestError, parse_body, parse_request
 from attnseq.serve.metrics import Counter, Histogram, Metrics
+from attnseq.serve.options import OPTIONS
 
 
 class Recorder:
@@ -99,6 +102,23 @@ def test_bounded_queue_answers_queue_full_with_a_retry_time():
     b.close(5)
 
 
+def test_a_solo_job_runs_alone_whole_and_at_once():
+    gate = threading.Event()
+    run = Recorder(gate)
+    b = Batcher(run, max_batch=2, max_wait_s=5.0, max_queue=20)
+    b.submit("first", ["0"], solo=True)                          # holds the thread while the rest queue
+    assert run.started.wait(10)
+    plain = b.submit("k", ["a", "b"])
+    solo = [b.submit("k", list("cde"), solo=True), b.submit("k", ["f"], solo=True)]   # the same key: still alone
+    other = b.submit("j", ["g", "h"])
+    start = time.monotonic()
+    gate.set()
+    assert [results(j) for j in (plain, *solo, other)] == [["A", "B"], ["C", "D", "E"], ["F"], ["G", "H"]]
+    assert time.monotonic() - start < 4                          # no solo job waited max_wait_s for company
+    assert [texts for _, texts in run.calls] == [["0"], ["a", "b"], ["c", "d", "e"], ["f"], ["g", "h"]]
+    b.close(5)
+
+
 def test_cancel_takes_a_job_out_of_the_queue():
     gate = threading.Event()
     run = Recorder(gate)
@@ -151,7 +171,9 @@ def test_a_good_request_with_every_field():
     req = check(b'{"texts": ["a", ""], "beam": 3, "n_best": 2, "attention": true, "max_output_len": "2*Ts+4"}')
     assert req.texts == ("a", "") and (req.beam, req.n_best, req.attention) == (3, 2, True)
     assert req.max_output_len == OutputLengthRule(2, 4)
-    assert req.key == (3, 2, True, OutputLengthRule(2, 4))
+    defaults = {k: v.default for k, v in inspect.signature(TranslatorBase.translate).parameters.items()}
+    options = tuple((k, defaults[k]) for k in OPTIONS)           # translate's own defaults when not given
+    assert req.key == (3, 2, True, OutputLengthRule(2, 4), options, False) and req.prefix is None
     assert check(b'{"texts": ["a"], "max_output_len": 7}').max_output_len == OutputLengthRule(0, 7)
     plain = check(b'{"texts": ["a"], "max_output_len": null}')
     assert (plain.beam, plain.n_best, plain.attention, plain.max_output_len) == (1, 1, False, None)

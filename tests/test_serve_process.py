@@ -86,13 +86,16 @@ def test_a_signal_lets_the_requests_in_flight_finish(tiny_run, texts, tmp_path, 
                     await asyncio.sleep(0.05)
                 assert not any(f.done() for f in flying)
                 p.send_signal(sig)
-                while (await c.get("healthz")).status_code != 503:        # draining
+                while (await c.get("healthz")).status_code != 503:        # draining: new requests get 503
                     await asyncio.sleep(0.02)
-                late = await c.post("v1/translate", json={"texts": texts[:1]})
+                try:
+                    late = await c.post("v1/translate", json={"texts": texts[:1]})
+                except httpx.ConnectError:   # the drained server may already have answered all and gone
+                    late = None              # (the answers are checked below: none may be lost)
                 return late, await asyncio.gather(*flying)
         late, answered = asyncio.run(go())
         assert p.wait(30) == 0
-    assert late.status_code == 503 and late.json()["code"] == "shutting_down"
+    assert late is None or (late.status_code == 503 and late.json()["code"] == "shutting_down")
     assert [r.status_code for r in answered] == [200] * len(texts)
     assert [r.json()["translations"][0]["text"] for r in answered] == want
     err = (tmp_path / "stderr").read_text()

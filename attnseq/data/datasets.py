@@ -185,11 +185,17 @@ def _toy_en_ko(seed):
     return toy_splits(seed)
 
 
+def _numbers(seed):
+    from .numbers import number_splits
+    return number_splits(seed)
+
+
 # name -> seed -> {"train", "valid", "test": [(source, target)]}, what a run trains on
 GENERATORS = {
     "date": lambda seed: _pairs(make_splits(date_example, seed)),
     "addition": lambda seed: make_splits(addition_pair, seed),
     "toy-en-ko": _toy_en_ko,
+    "numbers": _numbers,                # digits to words; test numbers longer than any in train (numbers.py)
 }
 # name -> seed -> {file name: rows}, what ``attnseq make-data`` writes (rows may have more columns)
 TABLES = {**GENERATORS, "date": date_tables}

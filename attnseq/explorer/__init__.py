@@ -9,21 +9,27 @@ network: its CSS and JS are inline (the heatmap's drawing code is ``heatmap.html
 puts into this page and into ``attnseq serve``'s), and the examples are one JSON block,
 ``<script type="application/json" id="attnseq-data">``, shaped so::
 
-    {"version": 1, "title": str, "meta": str, "beam": int,
+    {"version": 1, "title": str, "meta": str, "beam": int, "search": "greedy" | "beam" | "sample",
      "summary": {"n", "exact_match", "bleu", "chrf", "wrong"},        # null without references
      "categories": {name: {label: {"n", "exact_match", "bleu", "chrf"}}},
      "examples": [{"src": str, "ref": str | null, "ref_norm": str | null, "correct": bool | null,
                    "cats": {name: label}, "src_tokens": [str],
                    "hyps": [{"text": str, "tokens": [str], "probs": [float], "score": float,
-                             "logprob": float, "correct": bool | null, "w": [[offset, v, ...]]}]}]}
+                             "logprob": float, "correct": bool | null, "w": [[offset, v, ...]]}],
+                   "ref_scored": {"text", "tokens", "probs", "score", "logprob", "w"} | null}]}
 
-``hyps[0]`` is the model's output (greedy, or the best of the beam), the rest the n best after it.
+``hyps[0]`` is the model's output (greedy, the best of the beam, or the best of the samples), the rest the
+n best (or the other samples) after it. ``ref_scored`` is the reference as the model reads it, teacher
+forced (``attnseq score``): its tokens' probabilities and the attention over the source for each, shaped as
+a hypothesis (score = log-probability); the page's toggle shows it beside the model's output.
 ``probs`` are each output token's probability (4 decimals); ``score`` is the beam's score, or for greedy
 the log-probability. ``w`` holds the attention (len(tokens), len(src_tokens)) row by row in thousandths
 (integers, so 3 decimals), each row as its first nonzero column then the values up to its last nonzero
 one: a row [3, 20, 950, 30] is 0.02, 0.95, 0.03 at columns 3-5 and zero elsewhere. That keeps a page of
 1,000 date examples near 1 MB. ``correct`` compares the output with the reference as the target
-tokenizer reads it back (``ref_norm``), as ``attnseq eval`` does.
+tokenizer reads it back (``ref_norm``), as ``attnseq eval`` does. A page of a run's tracked examples
+(``explorer.history.explore_history``, ``attnseq explore --history``) also holds their attention across
+training, for its epoch slider: the "history" keys described there.
 """
 from __future__ import annotations
 
@@ -40,7 +46,7 @@ from ..data.io import atomic_write_text, read_columns
 from ..run.checkpoint import Checkpoint
 from ..run.decoding import EVAL_BATCH_SIZE
 from ..run.evaluation import bleu_chrf, by_column, category_metrics, length_bucket, normalized_refs
-from ..run.inference import Translator, TranslatorBase
+from ..run.inference import as_translator
 
 FORMAT_VERSION = 1
 DATA_ID = "attnseq-data"
@@ -90,15 +96,6 @@ def read_embedded(page: str) -> dict:
     return json.loads(page[start:page.index("</script>", start)])
 
 
-def _translator(model_or_ckpt, device: str) -> Translator:
-    if isinstance(model_or_ckpt, TranslatorBase):
-        return model_or_ckpt
-    if isinstance(model_or_ckpt, (str, Path, Checkpoint)):
-        return Translator(model_or_ckpt, device)
-    raise TypeError("explore needs a model with its tokenizers: a run or checkpoint directory, a Checkpoint "
-                    f"(attnseq.run.checkpoint.load_checkpoint) or a Translator, not {type(model_or_ckpt).__name__}")
-
-
 def sparse_rows(weights: np.ndarray) -> list[list[int]]:
     """Attention (L, Ts) as rows of thousandths, each [first nonzero column, values ... up to the last]."""
     rows = []
@@ -106,6 +103,13 @@ def sparse_rows(weights: np.ndarray) -> list[list[int]]:
         nz = np.flatnonzero(row)
         rows.append([int(nz[0])] + row[nz[0]:nz[-1] + 1].tolist() if nz.size else [0])
     return rows
+
+
+def _reference(scored) -> dict:
+    """The reference as scored (``run.scoring.Scored``), shaped as a hypothesis for the page."""
+    return dict(text=None, tokens=list(scored.tokens), probs=[round(float(p), 4) for p in np.exp(scored.token_logprobs)],
+                score=round(scored.logprob, 6), logprob=round(scored.logprob, 6), correct=None,
+                w=sparse_rows(scored.weights))
 
 
 def _hypothesis(cand, ref_norm: str | None) -> dict:
@@ -118,27 +122,31 @@ def _hypothesis(cand, ref_norm: str | None) -> dict:
 def explore(model_or_ckpt, sources: list[str], references: list[str] | None = None,
             categories: dict[str, list[str]] | None = None, *, beam: int = 1, n_best: int | None = None,
             alpha: float = 0.0, device: str = "cpu", batch_size: int = EVAL_BATCH_SIZE,
-            title: str | None = None, meta: str = "", max_len=None) -> Exploration:
+            title: str | None = None, meta: str = "", max_len=None, ensemble_mode: str = "linear", weights=None,
+            **decoding) -> Exploration:
     """Translate ``sources`` and gather what the explorer page shows.
 
-    ``model_or_ckpt``: a run or checkpoint directory, a loaded ``Checkpoint`` or a ``Translator`` (any
-    ``TranslatorBase``: an ONNX export's too).
-    ``references``: the wanted outputs (then each example is marked right or wrong, and the summary has
-    exact match, BLEU and chrF). ``categories``: {name: one label per source}, shown per example and, with
-    references, as a table of metrics per label; the source length bucket ("length") is always there.
+    ``model_or_ckpt``: a run or checkpoint directory, a loaded ``Checkpoint``, a list of them (an ensemble:
+    ``ensemble_mode``, ``weights``) or a ``Translator`` (any ``TranslatorBase``: an ONNX export's too).
+    ``references``: the wanted outputs (then each example is marked right or wrong, the summary has
+    exact match, BLEU and chrF, and each reference is scored by the model, with its attention, for the
+    page's "the reference, scored" view). ``categories``: {name: one label per source}, shown per example
+    and, with references, as a table of metrics per label; the source length bucket ("length") is always there.
     ``beam`` > 1 searches with a beam and keeps the ``n_best`` (default: all ``beam``) hypotheses.
     ``max_len``: the longest output, tokens or an ``OutputLengthRule`` (None: the model's own rule).
+    ``decoding``: the other search keywords of ``TranslatorBase.translate`` (sample, temperature, top_k, top_p,
+    seed, min_output_len, no_repeat_ngram, repetition_penalty).
     """
     sources = list(sources)
     given_lists = {"references": references, **{f"categories[{n!r}]": v for n, v in (categories or {}).items()}}
     for name, given in given_lists.items():
         if given is not None and len(given) != len(sources):
             raise ValueError(f"{name}: {len(given)} given for {len(sources)} sources")
-    tr = _translator(model_or_ckpt, device)
+    tr = as_translator(model_or_ckpt, device, ensemble_mode=ensemble_mode, weights=weights)
     found = tr.translate(sources, beam=beam, n_best=n_best or beam, alpha=alpha, batch_size=batch_size,
-                         max_len=max_len, details=True)
-    tgt_tok = tr.tgt_tok
-    refs_norm = None if references is None else normalized_refs(tgt_tok, references)
+                         max_len=max_len, details=True, **decoding)
+    refs_norm = None if references is None else normalized_refs(tr.tgt_tok, references)
+    scored = None if references is None else tr.score(sources, references, alpha=0.0, batch_size=batch_size)
     labels = {"length": [length_bucket(len(t.src_tokens)) for t in found], **(categories or {})}
     examples = []
     for k, (src, t) in enumerate(zip(sources, found)):
@@ -146,8 +154,10 @@ def explore(model_or_ckpt, sources: list[str], references: list[str] | None = No
         hyps = [_hypothesis(c, ref_norm) for c in t.candidates]
         examples.append(dict(src=src, ref=None if references is None else references[k], ref_norm=ref_norm,
                              correct=hyps[0]["correct"], cats={n: v[k] for n, v in labels.items()},
-                             src_tokens=list(t.src_tokens), hyps=hyps))
-    data = dict(version=FORMAT_VERSION, title=title or "attnseq explorer", meta=meta, beam=int(beam),
+                             src_tokens=list(t.src_tokens), hyps=hyps,
+                             ref_scored=None if scored is None else {**_reference(scored[k]), "text": ref_norm}))
+    search = "sample" if decoding.get("sample") else "beam" if beam > 1 else "greedy"
+    data = dict(version=FORMAT_VERSION, title=title or "attnseq explorer", meta=meta, beam=int(beam), search=search,
                 summary=_summary([t.text for t in found], references, refs_norm), categories={}, examples=examples)
     if references is not None:
         preds = [t.text for t in found]
@@ -166,9 +176,11 @@ def _summary(preds: list[str], refs: list[str] | None, refs_norm: list[str] | No
 
 def explore_file(ckpt, data: str | Path, n: int | None = 500, by: tuple[str, ...] = (), beam: int = 1,
                  n_best: int | None = None, alpha: float = 0.0, device: str = "cpu",
-                 batch_size: int = EVAL_BATCH_SIZE, title: str | None = None, max_len=None) -> Exploration:
+                 batch_size: int = EVAL_BATCH_SIZE, title: str | None = None, max_len=None,
+                 ensemble_mode: str = "linear", weights=None, **decoding) -> Exploration:
     """``explore`` on the first ``n`` pairs (all with None) of a TSV/question_answer file, with the
-    categories ``by`` names (``style``, ``colN``: ``evaluation.by_column``; length is always shown)."""
+    categories ``by`` names (``style``, ``colN``: ``evaluation.by_column``; length is always shown).
+    ``ckpt``: one run or checkpoint, or a list (an ensemble); ``decoding``: as ``explore``'s."""
     if n is not None and n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
     columns = {name: by_column(name) for name in by if name != "length"}
@@ -176,8 +188,11 @@ def explore_file(ckpt, data: str | Path, n: int | None = 500, by: tuple[str, ...
     total = len(pairs)
     pairs, extra = pairs[:n], extra[:n]
     categories = {name: [fields[k] for fields in extra] for k, name in enumerate(columns)}
-    search = f"beam {beam}" if beam > 1 else "greedy"
-    meta = f"model {ckpt} · data {data} ({len(pairs)} of {total} pairs) · {search}"
+    search = "sampling" if decoding.get("sample") else f"beam {beam}" if beam > 1 else "greedy"
+    names = [str(c) for c in ckpt] if isinstance(ckpt, (list, tuple)) else [str(ckpt)]
+    model = names[0] if len(names) == 1 else f"ensemble ({ensemble_mode}) of {', '.join(names)}"
+    meta = f"model {model} · data {data} ({len(pairs)} of {total} pairs) · {search}"
     return explore(ckpt, [s for s, _ in pairs], [t for _, t in pairs], categories, beam=beam, n_best=n_best,
-                   alpha=alpha, device=device, batch_size=batch_size, max_len=max_len,
-                   title=title or f"attnseq explorer: {Path(str(ckpt)).name} on {Path(str(data)).name}", meta=meta)
+                   alpha=alpha, device=device, batch_size=batch_size, max_len=max_len, ensemble_mode=ensemble_mode,
+                   weights=weights, title=title or f"attnseq explorer: {Path(names[0]).name} on {Path(str(data)).name}",
+                   meta=meta, **decoding)

@@ -31,7 +31,7 @@ SELF_CHECK_TOL = 1e-3           # largest |log-prob difference| the export accep
 
 
 def export_onnx(ckpt: str | Path, out: str | Path, *, cast_float32: bool = False, max_output_len=None) -> Path:
-    """Export the checkpoint ``ckpt`` (a run dir means its best/) to the directory ``out``.
+    """Export the checkpoint ``ckpt`` (a run dir means the one it chose, ``checkpoint.resolve``) to ``out``.
 
     A float64 checkpoint is refused unless ``cast_float32`` (the graphs are float32). The
     manifest's output-length rule is the checkpoint's own (the model's ``output_len_rule``: the one in

@@ -38,6 +38,12 @@ decoder_step.onnx, prev_token (N,), h, c, [feed (N, H)], hs (N, Ts, H), [keys], 
     feed_out = tanh([context, h] W_c + b_c); logits = x W + b, or tied to the embedding
     (x W_p + b_p) E^T + b; LogSoftmax.
 
+A GRU model (``cell`` "gru"; modules ``encoder.gru`` ...) has no c anywhere: the encoder's layers are
+**the ONNX GRU operator** with ``linear_before_reset=0``, the book's cell, where the reset gate
+multiplies h_prev before Wh_h (ONNX's update gate weighs h_prev where attnseq's weighs h~, so
+``onnx_gru_weights`` negates the z blocks, an exact change), and the decoder step is the cell of
+``gru_cell`` in plain ops (``_gru_cell``). Its manifest has format_version 3.
+
 The graphs are float32 (onnxruntime's LSTM kernel has no float64); the exporter refuses a
 float64 checkpoint unless asked to cast it.
 """
@@ -49,7 +55,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ConfigError
 from ..nn.config import ModelConfig
-from .spec import DECODER_STEP, ENCODER, IR_VERSION, OPSET, graph_io, model_options
+from .spec import DECODER_STEP, ENCODER, IR_VERSION, OPSET, graph_io, model_options, state_parts
 ELEM = {"int64": TensorProto.INT64, "float32": TensorProto.FLOAT, "bool": TensorProto.BOOL}
 
 
@@ -109,36 +115,54 @@ def _axes(*axes) -> np.ndarray:
     return np.array(axes, dtype=np.int64)
 
 
-def _layer_names(prefix: str, layers: int) -> list:
-    """``encoder.lstm``, ``encoder.lstm2`` ... as the modules are named."""
-    return [prefix + ("lstm" if k == 1 else f"lstm{k}") for k in range(1, layers + 1)]
+def onnx_gru_weights(Wx, Wh, b):
+    """attnseq's GRU (blocks [z, r, h~], h = (1 - z) h_prev + z h~) as ONNX's (W, R, Wb + Rb): the
+    same block order, but ONNX's update gate weighs h_prev, H = (1 - z') h~ + z' h_prev, so
+    z' = 1 - z = sigmoid(-a_z): the z blocks are negated (exactly). Wx (D, 3H) -> W (3H, D) etc."""
+    H = Wh.shape[0]
+    sign = np.ones(3 * H, Wx.dtype)
+    sign[:H] = -1
+    return (Wx * sign).T, (Wh * sign).T, np.concatenate([b * sign, np.zeros(3 * H, b.dtype)])
+
+
+def _layer_names(prefix: str, layers: int, cell: str = "lstm") -> list:
+    """``encoder.lstm``, ``encoder.lstm2`` ... (``gru``, ``gru2`` ...) as the modules are named."""
+    return [prefix + (cell if k == 1 else f"{cell}{k}") for k in range(1, layers + 1)]
 
 
 # -- the encoder ---------------------------------------------------------------------------------
-def _lstm_node(g: Graph, w: Weights, name: str, x_tm: str, lengths: str, bidirectional: bool):
-    """One encoder layer as the ONNX LSTM operator: x_tm (Ts, N, Din) -> y (Ts, N, H), y_h, y_c (N, H)."""
+def _rnn_node(g: Graph, w: Weights, name: str, x_tm: str, lengths: str, bidirectional: bool, cell: str):
+    """One encoder layer as the ONNX LSTM (or GRU) operator: x_tm (Ts, N, Din) -> y (Ts, N, H) and the
+    final state's parts, y_h, y_c (N, H) (a GRU: y_h alone)."""
     dirs = [f"{name}.fw", f"{name}.bw"] if bidirectional else [name]
     Hd = w[f"{dirs[0]}.Wh"].shape[0]                                 # each direction's size
-    order = onnx_gate_order(Hd)
-    W = np.stack([w[f"{d}.Wx"][:, order].T for d in dirs])          # (dirs, 4Hd, Din)
-    R = np.stack([w[f"{d}.Wh"][:, order].T for d in dirs])          # (dirs, 4Hd, Hd)
-    B = np.stack([np.concatenate([w[f"{d}.b"][order], np.zeros(4 * Hd, np.float32)]) for d in dirs])  # Wb, Rb
+    if cell == "gru":                                               # linear_before_reset=0: the book's cell
+        W, R, B = (np.stack(a) for a in zip(*(onnx_gru_weights(w[f"{d}.Wx"], w[f"{d}.Wh"], w[f"{d}.b"])
+                                              for d in dirs)))
+        attrs, n_out = dict(linear_before_reset=0), 2
+    else:
+        order = onnx_gate_order(Hd)
+        W = np.stack([w[f"{d}.Wx"][:, order].T for d in dirs])      # (dirs, 4Hd, Din)
+        R = np.stack([w[f"{d}.Wh"][:, order].T for d in dirs])      # (dirs, 4Hd, Hd)
+        B = np.stack([np.concatenate([w[f"{d}.b"][order], np.zeros(4 * Hd, np.float32)]) for d in dirs])  # Wb, Rb
+        attrs, n_out = {}, 3
     k = name.replace(".", "_")
-    y, y_h, y_c = g.ops("LSTM", [x_tm, g.const(f"{k}_W", W), g.const(f"{k}_R", R), g.const(f"{k}_B", B), lengths],
-                        [None, None, None], hidden_size=Hd, direction="bidirectional" if bidirectional else "forward")
+    y, *finals = g.ops(cell.upper(), [x_tm, g.const(f"{k}_W", W), g.const(f"{k}_R", R), g.const(f"{k}_B", B),
+                                      lengths], [None] * n_out, hidden_size=Hd,
+                       direction="bidirectional" if bidirectional else "forward", **attrs)
     if not bidirectional:                                           # y (Ts, 1, N, H), y_h (1, N, H)
-        return g.op("Squeeze", [y, "axis1"]), g.op("Squeeze", [y_h, "axis0"]), g.op("Squeeze", [y_c, "axis0"])
+        return (g.op("Squeeze", [y, "axis1"]), *(g.op("Squeeze", [f, "axis0"]) for f in finals))
     y = g.op("Reshape", [g.op("Transpose", [y], perm=[0, 2, 1, 3]), "shape_00m"])   # (Ts, N, 2, H/2) -> (Ts, N, H)
-    finals = [g.op("Reshape", [g.op("Transpose", [s], perm=[1, 0, 2]), "shape_0m"]) for s in (y_h, y_c)]
-    return y, finals[0], finals[1]                                  # [forward, backward] on the last axis
+    finals = [g.op("Reshape", [g.op("Transpose", [f], perm=[1, 0, 2]), "shape_0m"]) for f in finals]
+    return (y, *finals)                                             # [forward, backward] on the last axis
 
 
 def _start_state(g: Graph, w: Weights, finals: list, o: dict, H: int) -> list:
-    """The decoder's h0, c0 from each encoder layer's final (h, c): directly, or through the bridge."""
-    L = o["decoder_layers"]
+    """The decoder's h0 (and c0) from each encoder layer's final state: directly, or through the bridge."""
+    L, parts = o["decoder_layers"], state_parts(o)
     if o["bidirectional"] or o["encoder_layers"] != L:
         out = []
-        for k, part in enumerate(("h", "c")):
+        for k, part in enumerate(parts):
             x = g.op("Concat", [f[k] for f in finals], axis=1) if len(finals) > 1 else finals[0][k]   # (N, Le*H)
             y = g.op("Add", [g.op("MatMul", [x, g.const(f"bridge_{part}_W", w[f"encoder.bridge.{part}.W"])]),
                              g.const(f"bridge_{part}_b", w[f"encoder.bridge.{part}.b"])])
@@ -149,9 +173,9 @@ def _start_state(g: Graph, w: Weights, finals: list, o: dict, H: int) -> list:
             out.append(g.op("Identity", [y], f"{part}0"))
         return out
     if L == 1:
-        return [g.op("Identity", [finals[0][k]], f"{part}0") for k, part in enumerate(("h", "c"))]
+        return [g.op("Identity", [finals[0][k]], f"{part}0") for k, part in enumerate(parts)]
     return [g.op("Concat", [g.op("Unsqueeze", [f[k], "axis0"]) for f in finals], f"{part}0", axis=0)
-            for k, part in enumerate(("h", "c"))]                   # (L, N, H)
+            for k, part in enumerate(parts)]                        # (L, N, H)
 
 
 def _keys(g: Graph, w: Weights, attention: str, hs: str) -> str:
@@ -173,9 +197,9 @@ def encoder_graph(w: Weights, config: ModelConfig) -> onnx.ModelProto:
     x_tm = g.op("Transpose", [x], perm=[1, 0, 2])                                   # (Ts, N, D)
     lengths = g.op("Cast", ["src_lengths"], to=TensorProto.INT32)
     finals = []
-    for name in _layer_names("encoder.", o["encoder_layers"]):
-        x_tm, y_h, y_c = _lstm_node(g, w, name, x_tm, lengths, o["bidirectional"])  # (Ts, N, H), (N, H)
-        finals.append((y_h, y_c))
+    for name in _layer_names("encoder.", o["encoder_layers"], o["cell"]):
+        x_tm, *final = _rnn_node(g, w, name, x_tm, lengths, o["bidirectional"], o["cell"])  # (Ts, N, H), (N, H)
+        finals.append(final)
     hs = g.op("Transpose", [x_tm], "hs", perm=[1, 0, 2])                            # (N, Ts, H)
     if o["attention"] != "dot":
         _keys(g, w, o["attention"], hs)
@@ -199,6 +223,17 @@ def _cell(g: Graph, xw: str, h: str, c: str, Wh: str, H: int):
     return g.op("Mul", [o, g.op("Tanh", [c_new])]), c_new
 
 
+def _gru_cell(g: Graph, xw: str, h: str, Wh: np.ndarray, name: str, H: int) -> str:
+    """One GRU step in plain ops, as ``gru_cell``: xw (N, 3H) the input's share, h (N, H) -> h_new."""
+    x_z, x_r, x_h = g.ops("Split", [xw, g.const(f"split3_{H}", _axes(H, H, H))], [None] * 3, axis=1)
+    a_z, a_r = g.ops("Split", [g.op("MatMul", [h, g.const(f"{name}_Wh_zr", Wh[:, :2 * H])]),
+                               g.const(f"split2_{H}", _axes(H, H))], [None] * 2, axis=1)
+    z, r = g.op("Sigmoid", [g.op("Add", [x_z, a_z])]), g.op("Sigmoid", [g.op("Add", [x_r, a_r])])
+    rh = g.op("MatMul", [g.op("Mul", [r, h]), g.const(f"{name}_Wh_h", Wh[:, 2 * H:])])   # (r * h) Wh_h
+    cand = g.op("Tanh", [g.op("Add", [x_h, rh])])
+    return g.op("Add", [h, g.op("Mul", [z, g.op("Sub", [cand, h])])])   # h + z (h~ - h)
+
+
 def _scores(g: Graph, w: Weights, attention: str, h: str) -> str:
     """Scores (N, Ts) of the top decoder state h (N, H) against the keys (hs for the dot score)."""
     if attention == "additive":
@@ -220,32 +255,42 @@ def _logits(g: Graph, w: Weights, x: str, tied: bool) -> str:
     return g.op("Add", [g.op("MatMul", [x, W]), g.const("out_b", w["decoder.out.b"])])
 
 
+def _decoder_layers(g: Graph, w: Weights, o: dict, H: int, D: int) -> list:
+    """Every decoder layer's step from prev_token, the state inputs (and feed) -> [[h_l], [c_l]] (a GRU:
+    [[h_l]]), the new state's parts per layer, (N, H) each."""
+    L, cell, parts = o["decoder_layers"], o["cell"], state_parts(o)
+    names = _layer_names("decoder.", L, cell)
+    Wx = w[f"{names[0]}.Wx"]
+    table = w["decoder.embed.W"] @ Wx[:D] + w[f"{names[0]}.b"]     # (V, 4H) as AttentionDecoder.input_table
+    xw = g.op("Gather", [g.const("input_table", table), "prev_token"])             # (N, 4H)
+    if o["input_feeding"]:
+        xw = g.op("Add", [xw, g.op("MatMul", ["feed", g.const("feed_Wx", Wx[D:])])])   # feed's share
+    new = [[] for _ in parts]
+    for l, name in enumerate(names):
+        if l > 0:                                                   # the layer below's new h as input
+            xw = g.op("Add", [g.op("MatMul", [new[0][-1], g.const(f"{name}_Wx", w[f"{name}.Wx"])]),
+                              g.const(f"{name}_b", w[f"{name}.b"])])
+        state = parts if L == 1 else [g.op("Gather", [p, g.const(f"layer{l}", np.array(l, np.int64))], axis=0)
+                                      for p in parts]               # (N, H) each
+        if cell == "gru":
+            out = [_gru_cell(g, xw, state[0], w[f"{name}.Wh"], name.replace(".", "_"), H)]
+        else:
+            out = _cell(g, xw, *state, g.const(f"{name}_Wh", w[f"{name}.Wh"]), H)
+        for news, x in zip(new, out):
+            news.append(x)
+    return new
+
+
 def decoder_step_graph(w: Weights, config: ModelConfig) -> onnx.ModelProto:
     """decoder_step.onnx from float32 weights ``w`` (state_dict names)."""
     H, D = config.hidden_size, config.wordvec_size
     o = model_options(config)
-    L = o["decoder_layers"]
     g = Graph()
     for name, axes in (("axis0", (0,)), ("axis1", (1,)), ("axis2", (2,))):
         g.const(name, _axes(*axes))
     g.const("neg_inf", np.array(-np.inf, dtype=np.float32))
-    names = _layer_names("decoder.", L)
-    Wx = w["decoder.lstm.Wx"]
-    table = w["decoder.embed.W"] @ Wx[:D] + w["decoder.lstm.b"]     # (V, 4H) as AttentionDecoder.input_table
-    xw = g.op("Gather", [g.const("input_table", table), "prev_token"])             # (N, 4H)
-    if o["input_feeding"]:
-        xw = g.op("Add", [xw, g.op("MatMul", ["feed", g.const("feed_Wx", Wx[D:])])])   # feed's share
-    hs_new, cs_new = [], []
-    for l, name in enumerate(names):
-        if l > 0:                                                   # the layer below's new h as input
-            xw = g.op("Add", [g.op("MatMul", [hs_new[-1], g.const(f"{name}_Wx", w[f"{name}.Wx"])]),
-                              g.const(f"{name}_b", w[f"{name}.b"])])
-        h, c = ("h", "c") if L == 1 else (g.op("Gather", [s, g.const(f"layer{l}", np.array(l, np.int64))], axis=0)
-                                          for s in ("h", "c"))     # (N, H)
-        h, c = _cell(g, xw, h, c, g.const(f"{name}_Wh", w[f"{name}.Wh"]), H)
-        hs_new.append(h)
-        cs_new.append(c)
-    h = hs_new[-1]
+    new = _decoder_layers(g, w, o, H, D)
+    h = new[0][-1]
     scores = g.op("Where", ["src_mask", _scores(g, w, o["attention"], h), "neg_inf"])
     a = g.op("Softmax", [scores], "attention", axis=-1)             # (N, Ts), 0 at padding
     context = g.op("Squeeze", [g.op("MatMul", [g.op("Unsqueeze", [a, "axis1"]), "hs"]), "axis1"])   # (N, H)
@@ -254,8 +299,8 @@ def decoder_step_graph(w: Weights, config: ModelConfig) -> onnx.ModelProto:
         x = g.op("Tanh", [g.op("Add", [g.op("MatMul", [x, g.const("Wc", w["decoder.attentional.W"])]),
                                        g.const("bc", w["decoder.attentional.b"])])], "feed_out")   # (N, H)
     g.op("LogSoftmax", [_logits(g, w, x, o["tie_embeddings"])], "log_probs", axis=-1)
-    for part, news in (("h", hs_new), ("c", cs_new)):
-        if L == 1:
+    for part, news in zip(state_parts(o), new):
+        if len(news) == 1:
             g.op("Identity", [news[0]], f"{part}_out")
         else:
             g.op("Concat", [g.op("Unsqueeze", [s, "axis0"]) for s in news], f"{part}_out", axis=0)   # (L, N, H)

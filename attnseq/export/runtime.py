@@ -1,13 +1,15 @@
 """Translating with an export directory in onnxruntime, with attnseq's own search code.
 
-``OnnxSeq2seq`` holds the two graphs in onnxruntime sessions and gives what the searches in
-``attnseq.nn.search`` take: ``encode`` (the encoder graph) and ``step_fn`` (the decoder-step
-graph as ``step(tokens (N,), state) -> log_probs (N, V), state, attention (N, Ts)``, the state
-being the manifest's ``decoder_state`` arrays, (h, c) or (h, c, feed), kept batch-first for the
-searches to reorder: (N, H), or (N, L, H) for the graphs' (L, N, H)).
-``OnnxTranslator`` loads and checks a directory (manifest keys, file sizes and checksums, the
-graphs' inputs and outputs, the tokenizers) and is a ``TranslatorBase``: tokenization,
-truncation, source reversal, blank in -> blank out and the ``Translation`` objects are the
+``OnnxSeq2seq`` holds the two graphs in onnxruntime sessions and is an engine of the searches in
+``attnseq.nn.search``: ``encode`` (the encoder graph), ``step_fn`` (the decoder-step graph as
+``step(tokens (N,), state) -> log_probs (N, V), state, attention (N, Ts)``, the state being the
+manifest's ``decoder_state`` arrays, (h, c) or (h, c, feed) (a GRU's: (h,) or (h, feed)), kept
+batch-first for the searches to reorder: (N, H), or (N, L, H) for the graphs' (L, N, H)) and
+``start``, both for a batch.
+``OnnxExport`` loads and checks a directory (manifest keys, file sizes and checksums, the graphs'
+inputs and outputs, the tokenizers); ``OnnxTranslator`` over one or several (an ensemble) is a
+``TranslatorBase``: tokenization, truncation, source reversal, blank in -> blank out, every search
+(greedy, beam, sampling, scoring, prefixes, guards, ensembles) and the ``Translation`` objects are the
 same code as ``attnseq.run.inference.Translator``'s; only encoding and stepping differ.
 """
 from __future__ import annotations
@@ -19,9 +21,9 @@ import numpy as np
 
 from ..data.tokenizers import BOS_ID, EOS_ID, PAD_ID, UNK_ID, load_tokenizer
 from ..errors import CheckpointError, ConfigError
-from ..nn.output_length import OutputLengthRule, output_limit
+from ..nn.output_length import LEGACY_RULE, OutputLengthRule
 from ..nn.search import beam_search_core, greedy_search
-from ..run.decoding import map_rows, output_length
+from ..run.ensembles import Member, check_members, make_engine
 from ..run.inference import TranslatorBase
 from .spec import (DECODER_STEP, ENCODER, GRAPH_FILES, MANIFEST, ORT_TYPES, TOKENIZER_NAMES, decoder_state,
                    read_listed_file, read_manifest, read_rule, require)
@@ -60,8 +62,10 @@ class OnnxSeq2seq:
     xp = np
 
     def __init__(self, encoder: bytes, decoder_step: bytes, pad_id: int = PAD_ID, bos_id: int = BOS_ID,
-                 eos_id: int = EOS_ID, threads: int = 1, names: dict | None = None, state: list | None = None):
+                 eos_id: int = EOS_ID, threads: int = 1, names: dict | None = None, state: list | None = None,
+                 output_len_rule: OutputLengthRule = LEGACY_RULE):
         ort = require("onnxruntime")
+        self.output_len_rule = output_len_rule                      # the longest output (the manifest's rule)
         names = names or {g: Path(f) for g, f in GRAPH_FILES.items()}
         self.names = names
         self.encoder = _session(ort, encoder, names[ENCODER], threads)
@@ -69,8 +73,9 @@ class OnnxSeq2seq:
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.encoder_outputs = [o.name for o in self.encoder.get_outputs()]
         step_inputs = {i.name for i in self.decoder.get_inputs()}
-        # the manifest's decoder_state, else read off the graph: input feeding adds "feed"
-        self.state = state or decoder_state({"input_feeding": "feed" in step_inputs})
+        # the manifest's decoder_state, else read off the graph: input feeding adds "feed", a GRU has no "c"
+        self.state = state or decoder_state({"input_feeding": "feed" in step_inputs,
+                                             "cell": "lstm" if "c" in step_inputs else "gru"})
         self.memory = [n for n in self.encoder_outputs if n in step_inputs]   # hs, and the keys
         self.step_outputs = ["log_probs"] + [s["output"] for s in self.state] + ["attention"]
 
@@ -91,7 +96,7 @@ class OnnxSeq2seq:
 
     def encode(self, src):
         """src (N, Ts) ids, right-padded -> memory {"hs": (N, Ts, H), ["keys": (N, Ts, H)]}, the start
-        state (batch first: (h, c) or (h, c, feed)), mask (N, Ts) True at real tokens."""
+        state (batch first: (h, c) or (h, c, feed); a GRU's without c), mask (N, Ts) True at real tokens."""
         src = np.ascontiguousarray(src, dtype=np.int64)
         mask = src != self.pad_id                                   # (N, Ts)
         lengths = mask.sum(axis=1)                                  # (N,)
@@ -115,45 +120,35 @@ class OnnxSeq2seq:
             return logp, tuple(_batch_first(s) for s in new), a
         return step
 
-    def teacher_forced_probs(self, src, tgt) -> np.ndarray:
-        """src (N, Ts), tgt (N, L + 1) = [bos, y1 .. yL] right-padded -> (N, L): the probability of
-        each y_t after bos, y1 .. y_t-1 (entries past a row's length are for its padding)."""
+    def start(self, src, k: int = 1, log_probs: bool = True):
+        """Where a search starts (an engine of ``attnseq.nn.search``): a batch src (N, Ts) -> the step function
+        (log-probabilities: the graph gives nothing else, so ``log_probs`` is moot) and the start state, with
+        k adjacent rows per source, the memory and mask repeated to match."""
         memory, state, mask = self.encode(src)
-        step = self.step_fn(memory, mask)
-        tgt = np.asarray(tgt, dtype=np.int64)
-        probs = np.empty((len(tgt), tgt.shape[1] - 1))
-        for t in range(tgt.shape[1] - 1):
-            logp, state, _ = step(tgt[:, t], state)                 # (N, V)
-            probs[:, t] = np.exp(np.take_along_axis(logp, tgt[:, t + 1, None], axis=1)[:, 0])
-        return probs
+        if k > 1:
+            memory = {name: np.repeat(m, k, axis=0) for name, m in memory.items()}         # (N*k, Ts, H)
+            mask = np.repeat(mask, k, axis=0)
+            state = tuple(np.repeat(s, k, axis=0) for s in state)                       # (N*k, ...)
+        return self.step_fn(memory, mask), state
 
     def greedy(self, src, max_len: int):
         """Greedy decoding of one batch src (N, Ts) -> ids (N, L) (pad after eos), weights (N, L, Ts)."""
-        memory, state, mask = self.encode(src)
-        N, Ts = mask.shape
-        return greedy_search(self.step_fn(memory, mask), state, N, Ts, self.bos_id, self.eos_id, max_len, self.pad_id)
+        N, Ts = src.shape
+        return greedy_search(*self.start(src), N, Ts, self.bos_id, self.eos_id, max_len, self.pad_id)
 
     def beam(self, src, beam_size: int, alpha: float, max_len: int, n_best: int):
         """Beam search on one batch src (N, Ts) -> per row its ``n_best`` Hypothesis, best first."""
-        memory, state, mask = self.encode(src)
-        N, Ts = mask.shape
-        k = beam_size
-        step = self.step_fn({name: np.repeat(m, k, axis=0) for name, m in memory.items()},
-                            np.repeat(mask, k, axis=0))                             # (N*k, Ts, H)
-        state = tuple(np.repeat(s, k, axis=0) for s in state)                       # (N*k, ...)
-        return beam_search_core(step, state, N, Ts, self.bos_id, self.eos_id, k, alpha, max_len, n_best, np)
+        N, Ts = src.shape
+        return beam_search_core(*self.start(src, beam_size), N, Ts, self.bos_id, self.eos_id, beam_size, alpha,
+                                max_len, n_best, np)
 
 
-class OnnxTranslator(TranslatorBase):
-    """Texts in, ``Translation``s out, from an export directory (see ``attnseq.export.export_onnx``).
+class OnnxExport:
+    """One export directory, loaded and checked: manifest keys, file sizes and checksums, the special ids,
+    the graphs' inputs and outputs (``graphs``, an ``OnnxSeq2seq`` holding the manifest's output-length
+    rule) and the tokenizers."""
 
-    Everything but running the model is ``TranslatorBase``'s, shared with attnseq's ``Translator``.
-    As attnseq does on a CPU, length-sorted batches are spread over ``threads`` (0: one per core)
-    by ``decoding.map_rows``, each batch running single-threaded: for decoder steps this small,
-    that beats onnxruntime's own intra-op threads, whose hand-offs cost more than one step's work.
-    """
-
-    def __init__(self, directory: str | Path, max_input_len: int | None = None, threads: int = 0):
+    def __init__(self, directory: str | Path):
         d = Path(directory)
         if not d.is_dir():
             raise CheckpointError(f"{d}: no such export directory")
@@ -161,17 +156,12 @@ class OnnxTranslator(TranslatorBase):
         self.manifest = m = read_manifest(d)
         data = {name: read_listed_file(d, m, name) for name in m["files"]}
         self._check_special_ids()
-        if not isinstance(threads, int) or threads < 0:
-            raise ConfigError(f"threads must be 0 (one per core) or a positive integer, got {threads!r}")
-        self.threads = threads
         self.graphs = OnnxSeq2seq(data[GRAPH_FILES[ENCODER]], data[GRAPH_FILES[DECODER_STEP]], threads=1,
                                   names={g: d / f for g, f in GRAPH_FILES.items()}, state=m["decoder_state"])
         self.graphs.check_io(m["graphs"])                           # the graphs first: they are what runs
         self.src_tok, self.tgt_tok = (self._tokenizer(side) for side in ("source", "target"))
-        self.reverse = m["reverse_source"]
-        self.max_input_len = max_input_len or m["max_input_len"]
         # the longest output: the checkpoint's rule at export (or export's --max-output-len)
-        self.output_rule: OutputLengthRule = read_rule(m, d / MANIFEST)
+        self.graphs.output_len_rule = read_rule(m, d / MANIFEST)
 
     def _check_special_ids(self) -> None:
         ids = self.manifest["special_ids"]
@@ -191,24 +181,31 @@ class OnnxTranslator(TranslatorBase):
                                   f"has {tok.vocab_size} entries")
         return tok
 
-    def greedy_rows(self, src, src_len, batch_size, max_len):
-        eos = self.graphs.eos_id
 
-        def run(graphs, idx):
-            ts = int(src_len[idx].max())
-            ids, w = graphs.greedy(src[idx, :ts], output_limit(ts, max_len, self.output_rule))  # (B, L), (B, L, ts)
-            ends = [output_length(row_ids, eos) for row_ids in ids]
-            return [(ids[k, :n], w[k, :n, :int(src_len[row])]) for k, (row, n) in enumerate(zip(idx, ends))]
+class OnnxTranslator(TranslatorBase):
+    """Texts in, ``Translation``s out, from an export directory (see ``attnseq.export.export_onnx``), or from a
+    list of them: an ensemble (``ensemble_mode`` linear | log_linear, ``weights`` one per member).
 
-        rows = map_rows(self.graphs, run, src_len, batch_size, self.threads)
-        return [ids for ids, _ in rows], [w for _, w in rows]
+    Everything but running the model is ``TranslatorBase``'s, shared with attnseq's ``Translator``: every
+    search, sampling, prefixes, guards and ensembles run the same code over the graphs' step function.
+    As attnseq does on a CPU, length-sorted batches are spread over ``threads`` (0: one per core)
+    by ``decoding.map_rows``, each batch running single-threaded: for decoder steps this small,
+    that beats onnxruntime's own intra-op threads, whose hand-offs cost more than one step's work.
+    """
 
-    def beam_rows(self, src, src_len, beam, alpha, max_len, n_best, batch_size):
-        def run(graphs, idx):
-            ts = int(src_len[idx].max())
-            return graphs.beam(src[idx, :ts], beam, alpha, output_limit(ts, max_len, self.output_rule), n_best)
-
-        return map_rows(self.graphs, run, src_len, batch_size, self.threads)
-
-    def teacher_forced_probs(self, src, tgt):
-        return self.graphs.teacher_forced_probs(src, tgt)
+    def __init__(self, directory, max_input_len: int | None = None, threads: int = 0,
+                 ensemble_mode: str = "linear", weights=None):
+        given = list(directory) if isinstance(directory, (list, tuple)) else [directory]
+        exports = [OnnxExport(d) for d in given]
+        if not isinstance(threads, int) or threads < 0:
+            raise ConfigError(f"threads must be 0 (one per core) or a positive integer, got {threads!r}")
+        check_members([Member(str(g), e.directory, e.src_tok, e.tgt_tok, e.manifest["reverse_source"])
+                       for g, e in zip(given, exports)])
+        first = exports[0]
+        self.exports, self.threads = exports, threads
+        self.directory, self.manifest, self.graphs = first.directory, first.manifest, first.graphs
+        self.output_rule: OutputLengthRule = first.graphs.output_len_rule
+        self.engine = make_engine([e.graphs for e in exports], weights, ensemble_mode)
+        self.src_tok, self.tgt_tok = first.src_tok, first.tgt_tok
+        self.reverse = first.manifest["reverse_source"]
+        self.max_input_len = max_input_len or min(e.manifest["max_input_len"] for e in exports)

@@ -20,9 +20,10 @@ from ..nn.output_length import OutputLengthRule
 from ..run.checkpoint import read_json
 
 FORMAT = "attnseq-onnx"
-FORMAT_VERSION = 2      # 2: graphs whose inputs differ from the book model's (layers, input feeding, keys)
-READS_VERSIONS = (1, 2)  # 1: the book model's inputs and outputs, which every export of it keeps
-OPSET = 17              # onnxruntime >= 1.13 and onnx >= 1.12 run it; LSTM-14, Softmax-13
+FORMAT_VERSION = 3      # 3: a GRU's graphs, whose state is h alone (no c0, c, c_out)
+READS_VERSIONS = (1, 2, 3)  # 2: graphs whose inputs differ from the book model's (layers, input feeding, keys);
+#                             1: the book model's inputs and outputs, which every export of it keeps
+OPSET = 17              # onnxruntime >= 1.13 and onnx >= 1.12 run it; LSTM-14, GRU-14, Softmax-13
 IR_VERSION = 8          # the IR that goes with opset 17: newer onnx writes a newer one that older runtimes refuse
 MANIFEST = "manifest.json"
 ENCODER, DECODER_STEP = "encoder", "decoder_step"
@@ -67,10 +68,15 @@ def model_options(model: ModelConfig | dict) -> dict:
     return {k: values.get(k, v) for k, v in BOOK_OPTIONS.items()}
 
 
+def state_parts(options: dict) -> tuple:
+    """The recurrent state's parts: ("h", "c") for the LSTM, ("h",) for the GRU."""
+    return ("h",) if options.get("cell", "lstm") == "gru" else ("h", "c")
+
+
 def decoder_state(options: dict) -> list:
     """The decoder step's state: [{"input", "output", "initial"}], each input fed the encoder's output
     ``initial`` at the first step and the step's own ``output`` after."""
-    state = [dict(input="h", output="h_out", initial="h0"), dict(input="c", output="c_out", initial="c0")]
+    state = [dict(input=p, output=f"{p}_out", initial=f"{p}0") for p in state_parts(options)]
     if options.get("input_feeding"):
         state.append(dict(input="feed", output="feed_out", initial="feed0"))
     return state
@@ -82,8 +88,11 @@ def decoder_memory(options: dict) -> list:
 
 
 def io_version(options: dict) -> int:
-    """1 when the graphs' inputs and outputs are the book model's (older attnseq runs them), else 2."""
+    """1 when the graphs' inputs and outputs are the book model's (older attnseq runs them), 3 for a
+    GRU's (no c: an attnseq that reads only 1 and 2 refuses it by its version), else 2."""
     o = {**BOOK_OPTIONS, **options}
+    if o["cell"] == "gru":
+        return 3
     same = o["decoder_layers"] == 1 and not o["input_feeding"] and o["attention"] == "dot"
     return 1 if same else 2
 
@@ -93,13 +102,14 @@ def graph_io(hidden_size: int, tgt_vocab_size: int, dtype: str = "float32", **op
 
     Shapes use the symbolic dimensions N (batch rows) and Ts (source length); H, V and the layer
     count L are fixed. ``options`` (``BOOK_OPTIONS`` keys) add what they need: h and c are (L, N, H)
-    with L > 1 decoder layers, else (N, H); input feeding adds the state feed (N, H) (feed0 zeros
+    with L > 1 decoder layers, else (N, H); a GRU has no c; input feeding adds the state feed (N, H) (feed0 zeros
     from the encoder); a learned attention score (general, additive) adds the keys (N, Ts, H) the
     encoder makes once and every step reads.
     """
     H, V = hidden_size, tgt_vocab_size
     o = {**BOOK_OPTIONS, **options}
     L, feeding, keys = o["decoder_layers"], o["input_feeding"], o["attention"] != "dot"
+    parts = state_parts(o)
     state = ["N", H] if L == 1 else [L, "N", H]
     bridged = o["bidirectional"] or o["encoder_layers"] != L
     start = ("the encoder's final states through the bridge (linear + tanh)" if bridged else
@@ -114,20 +124,20 @@ def graph_io(hidden_size: int, tgt_vocab_size: int, dtype: str = "float32", **op
                     _io("src_lengths", "int64", ["N"], "real tokens per row, 1 <= length <= Ts")],
             outputs=[_io("hs", dtype, ["N", "Ts", H], "encoder states; rows past their length are zero")]
             + (keys_io if keys else [])
-            + [_io("h0", dtype, state, f"decoder's initial h: {start}"),
-               _io("c0", dtype, state, "decoder's initial c, likewise")]
+            + [_io("h0", dtype, state, f"decoder's initial h: {start}")]
+            + [_io("c0", dtype, state, "decoder's initial c, likewise")][:len(parts) - 1]
             + ([_io("feed0", dtype, ["N", H], "the decoder's first attentional vector: zeros")] if feeding else [])),
         DECODER_STEP: dict(
             inputs=[_io("prev_token", "int64", ["N"], "the previous output token (bos at the first step)"),
-                    _io("h", dtype, state, "decoder h (h0 at the first step)"),
-                    _io("c", dtype, state, "decoder c (c0 at the first step)")]
+                    _io("h", dtype, state, "decoder h (h0 at the first step)")]
+            + [_io("c", dtype, state, "decoder c (c0 at the first step)")][:len(parts) - 1]
             + (feed_in if feeding else [])
             + [_io("hs", dtype, ["N", "Ts", H], "the encoder's hs")]
             + (keys_io if keys else [])
             + [_io("src_mask", "bool", ["N", "Ts"], "True at real source tokens (src_ids != pad)")],
             outputs=[_io("log_probs", dtype, ["N", V], "log-softmax over the target vocabulary"),
-                     _io("h_out", dtype, state, "new h"),
-                     _io("c_out", dtype, state, "new c")]
+                     _io("h_out", dtype, state, "new h")]
+            + [_io("c_out", dtype, state, "new c")][:len(parts) - 1]
             + (feed_out if feeding else [])
             + [_io("attention", dtype, ["N", "Ts"], "attention weights over the source, 0 at padding")]),
     }
@@ -219,7 +229,7 @@ def read_manifest(directory: str | Path) -> dict:
         _fail(path, f"format {m['format']!r}, expected {FORMAT!r}")
     if m["format_version"] not in READS_VERSIONS:
         _fail(path, f"format_version {m['format_version']}, this attnseq reads "
-                    f"{' and '.join(map(str, READS_VERSIONS))}")
+                    f"{', '.join(map(str, READS_VERSIONS[:-1]))} and {READS_VERSIONS[-1]}")
     if m["dtype"] != "float32":
         _fail(path, f"dtype {m['dtype']!r}: this attnseq runs float32 exports only")
     for key in ("src_vocab_size", "tgt_vocab_size", "wordvec_size", "hidden_size"):
@@ -270,6 +280,8 @@ def _read_options(path: Path, m: dict) -> dict:
         _need(path, options, key, kind, "model.")
         if kind is int and options[key] < 1:
             _fail(path, f"'model.{key}' must be positive")
+    if options["cell"] not in ("lstm", "gru"):
+        _fail(path, f"'model.cell' is {options['cell']!r}; this attnseq knows lstm, gru")
     if options["attention"] not in SCORES:
         _fail(path, f"'model.attention' is {options['attention']!r}; this attnseq knows {', '.join(SCORES)}")
     if m["format_version"] < io_version(options):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .attention import SCORES
+from .encoders import CELLS
 from .layers import INIT_SCHEMES
 from ..data.tokenizers import BOS_ID, EOS_ID, PAD_ID
 
@@ -53,6 +54,7 @@ class ModelConfig:
     input_feeding: bool = _option(False)
     label_smoothing: float = _option(0.0)
     tie_embeddings: bool = _option(False)
+    cell: str = _option("lstm", tuple(CELLS))
 
     def __post_init__(self):
         dtype = np.dtype(self.dtype)
@@ -69,6 +71,8 @@ class ModelConfig:
         for name in ("bidirectional", "input_feeding", "tie_embeddings"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
         if self.attention not in SCORES:
             raise ValueError(f"attention must be one of {', '.join(SCORES)}, got {self.attention!r}")
         eps = self.label_smoothing

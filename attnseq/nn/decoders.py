@@ -1,10 +1,10 @@
 """The attention decoder.
 
-An LSTM started from the encoder's final state; for every decoder state h_t, attention over the
-encoder states ``hs`` (padding masked) gives a context c_t; [c_t, h_t] goes through a linear layer
+An LSTM (``cell`` "gru": a GRU) started from the encoder's final state; for every decoder state h_t,
+attention over the encoder states ``hs`` (padding masked) gives a context c_t; [c_t, h_t] goes through a linear layer
 to vocabulary logits (the book's decoder). Options:
 
-- ``layers`` stacked LSTMs, dropout between them; attention reads the top one.
+- ``layers`` stacked recurrent layers, dropout between them; attention reads the top one.
 - ``attention``: the score, "dot" (the book's), "general" or "additive" (see ``attention.py``).
 - ``input_feeding`` (Luong): the attentional vector h~_t = tanh(W_c [c_t, h_t] + b_c) (N, H) is what
   the output layer reads, and it joins the next step's input: the bottom LSTM reads [y_{t-1}, h~_{t-1}]
@@ -21,10 +21,10 @@ step for decoding through the same layers' cache-free pieces (``LSTM.step``, ``A
 size, V vocabulary, L layers.
 
 The decoding state (what ``step`` takes and returns, what ``initial_state`` makes from the
-encoder's): the pair (h, c). For the book's decoder (one layer, no input feeding) h and c are
-(N, H). Otherwise they stack rows: c (N, L, H) one row per layer, h (N, L, H) likewise and, with
-input feeding, one more row at the end holding h~ of the last step: h (N, L + 1, H). Every
-search reorders it along N like any other state.
+encoder's): a tuple of the cell's parts, the pair (h, c) for the LSTM, (h,) for the GRU. For the
+book's decoder (one layer, no input feeding) each is (N, H). Otherwise they stack rows: c (N, L, H)
+one row per layer, h (N, L, H) likewise and, with input feeding, one more row at the end holding h~
+of the last step: h (N, L + 1, H). Every search reorders it along N like any other state.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ import numpy as np
 from .attention import SCORES, Attention, mask_bias
 from .backend import get_array_module
 from .layers import Dropout, Embedding, Linear, TiedOutput
+from .encoders import CELLS
 from .lstm import LSTM
 from .module import Module
 from .profile import part
@@ -40,7 +41,7 @@ from .search import greedy_search, log_softmax
 
 
 class AttentionDecoder(Module):
-    """forward(tgt_in (N, To), hs (N, Ts, H), state (h, c), src_mask (N, Ts)) -> logits (N, To, V).
+    """forward(tgt_in (N, To), hs (N, Ts, H), state, src_mask (N, Ts)) -> logits (N, To, V).
 
     src_mask is True at real source tokens; attention gives padding weight 0. ``state`` is the
     encoder's (see ``Encoder``) or ``initial_state`` of it.
@@ -49,17 +50,18 @@ class AttentionDecoder(Module):
     def __init__(self, vocab_size: int, wordvec_size: int, hidden_size: int, *,
                  rng: np.random.Generator, init: str = "xavier", dtype=np.float32, dropout: float = 0.0,
                  layers: int = 1, attention: str = "dot", input_feeding: bool = False,
-                 tie_embeddings: bool = False):
+                 tie_embeddings: bool = False, cell: str = "lstm"):
         super().__init__()
         if attention not in SCORES:
             raise ValueError(f"attention must be one of {', '.join(SCORES)}, got {attention!r}")
         D, H = wordvec_size, hidden_size
         self.add_module("embed", Embedding(vocab_size, D, rng, dtype))
         self.add_module("drop_in", Dropout(dropout, rng))
-        self.add_module("lstm", LSTM(D + (H if input_feeding else 0), H, rng, init, dtype))
+        rnn = CELLS[cell]                                           # its layers are named after it: lstm, lstm2 ...
+        self.add_module(cell, rnn(D + (H if input_feeding else 0), H, rng, init, dtype))
         for k in range(2, layers + 1):
             self.add_module(f"drop{k}", Dropout(dropout, rng))
-            self.add_module(f"lstm{k}", LSTM(H, H, rng, init, dtype))
+            self.add_module(f"{cell}{k}", rnn(H, H, rng, init, dtype))
         self.add_module("attention", Attention(attention, H, rng, init, dtype))
         if input_feeding:
             self.add_module("attentional", Linear(2 * H, H, rng, init, dtype))     # W_c, b_c
@@ -73,12 +75,19 @@ class AttentionDecoder(Module):
         self.layers = layers
         self.input_feeding = input_feeding
         self.tie_embeddings = tie_embeddings
+        self.cell = cell
         self._feeding = None                                        # _forward_feeding's cache
 
+    @property
+    def rnn(self):
+        """The bottom recurrent layer (``lstm`` or ``gru``), which reads the embeddings."""
+        return getattr(self, self.cell)
+
     def _stack(self):
-        """[(lstm, dropout before it or None)] bottom to top."""
-        return [(self.lstm, None)] + [(getattr(self, f"lstm{k}"), getattr(self, f"drop{k}"))
-                                      for k in range(2, self.layers + 1)]
+        """[(rnn, dropout before it or None)] bottom to top."""
+        c = self.cell
+        return [(self.rnn, None)] + [(getattr(self, f"{c}{k}"), getattr(self, f"drop{k}"))
+                                     for k in range(2, self.layers + 1)]
 
     # -- the state -------------------------------------------------------------
     @property
@@ -86,40 +95,44 @@ class AttentionDecoder(Module):
         return self.layers > 1 or self.input_feeding
 
     def initial_state(self, state):
-        """The encoder's state (h, c) -> the decoding state: with input feeding, h gets the h~_0 = 0 row."""
+        """The encoder's state -> the decoding state: with input feeding, h gets the h~_0 = 0 row."""
         if not self.input_feeding:
-            return state
-        h, c = state
+            return tuple(state)
+        h, *rest = state
         xp = get_array_module(h)
         if h.ndim == 2:
-            h, c = h[:, None], c[:, None]                           # (N, 1, H)
+            h, rest = h[:, None], [p[:, None] for p in rest]       # (N, 1, H)
         if h.shape[1] > self.layers:                                # it has its h~ row already
-            return h, c
-        return xp.concatenate([h, xp.zeros_like(h[:, :1])], axis=1), c
+            return (h, *rest)
+        return (xp.concatenate([h, xp.zeros_like(h[:, :1])], axis=1), *rest)
 
     def _split_state(self, state):
-        """(h, c) -> [h_l (N, H)], [c_l (N, H)] per layer, and h~ (N, H) or None (zeros)."""
-        h, c = state
+        """The decoding state -> [the state of layer l, a tuple of (N, H) parts] per layer, and h~
+        (N, H) or None (zeros)."""
         if not self._stacked:
-            return [h], [c], None
-        if h.ndim == 2:                                             # an encoder's single layer
-            h, c = h[:, None], c[:, None]
+            return [tuple(state)], None
+        if state[0].ndim == 2:                                      # an encoder's single layer
+            state = tuple(p[:, None] for p in state)
         L = self.layers
-        feed = h[:, L] if self.input_feeding and h.shape[1] > L else None
-        return [h[:, l] for l in range(L)], [c[:, l] for l in range(L)], feed
+        feed = state[0][:, L] if self.input_feeding and state[0].shape[1] > L else None
+        return [tuple(p[:, l] for p in state) for l in range(L)], feed
 
-    def _join_state(self, hl, cl, feed):
+    def _join_state(self, layer_states, feed):
+        """``_split_state``'s inverse: the layers' states (and h~) -> the decoding state."""
         if not self._stacked:
-            return hl[0], cl[0]
-        xp = get_array_module(hl[0])
-        return xp.stack(hl + ([feed] if self.input_feeding else []), axis=1), xp.stack(cl, axis=1)
+            return tuple(layer_states[0])
+        xp = get_array_module(layer_states[0][0])
+        hs, *rest = zip(*layer_states)                              # each part over the layers
+        h = xp.stack(list(hs) + ([feed] if self.input_feeding else []), axis=1)
+        return (h, *(xp.stack(p, axis=1) for p in rest))
 
-    def _encoder_grads(self, dh0s, dc0s):
-        """Per-layer start-state gradients -> the shape of the encoder's state: (N, H) or (N, L, H)."""
+    def _encoder_grads(self, d0s):
+        """Per-layer start-state gradients, [(dh0, dc0) or (dh0,)] -> one per part, in the shape of
+        the encoder's state: (N, H) or (N, L, H)."""
         if self.layers == 1:
-            return dh0s[0], dc0s[0]
-        xp = get_array_module(dh0s[0])
-        return xp.stack(dh0s, axis=1), xp.stack(dc0s, axis=1)
+            return tuple(d0s[0])
+        xp = get_array_module(d0s[0][0])
+        return tuple(xp.stack(p, axis=1) for p in zip(*d0s))
 
     # -- the output layer ------------------------------------------------------
     def _out_forward(self, x):
@@ -138,7 +151,7 @@ class AttentionDecoder(Module):
         """dx (N, To, D) the embeddings' gradient -> the embedding's; a tied E adds the output's share.
         dx None: the bottom LSTM took the tokens and left the embedding's gradient in its ``dE``."""
         if dx is None:
-            self.embed.grads[0][...] = self.lstm.dE
+            self.embed.grads[0][...] = self.rnn.dE
         else:
             self.embed.backward(self.drop_in.backward(dx))
         if self.tie_embeddings:
@@ -149,13 +162,14 @@ class AttentionDecoder(Module):
         if self.input_feeding:
             return self._forward_feeding(tgt_in, hs, state, src_mask)
         xp = get_array_module(hs)
-        h0s, c0s, _ = self._split_state(state)
+        s0s, _ = self._split_state(state)
         x = self.drop_in.forward(self.embed.forward(tgt_in))        # (N, To, D)
         tokens = (tgt_in, self.embed.params[0]) if self.drop_in.mask is None else None   # the embedding's rows as they are
-        for l, (lstm, drop) in enumerate(self._stack()):
+        for l, (rnn, drop) in enumerate(self._stack()):
             if drop is not None:
                 x = drop.forward(x)
-            x = lstm.forward(x, h0s[l], c0s[l], tokens=tokens if l == 0 else None)   # (N, To, H)
+            fold = dict(tokens=tokens) if l == 0 and tokens is not None and isinstance(rnn, LSTM) else {}
+            x = rnn.forward(x, *s0s[l], **fold)                     # (N, To, H)
         context = self.attention.forward(x, hs, src_mask)           # (N, To, H)
         N, To, H = x.shape
         cat = self.buffer("cat", (N, To, 2 * H), x.dtype, xp)       # [context, x] (N, To, 2H)
@@ -168,23 +182,23 @@ class AttentionDecoder(Module):
         return self.attention.weights
 
     def backward(self, dlogits):
-        """dlogits (N, To, V) -> dhs (N, Ts, H), dh0, dc0 in the shape of the encoder's state."""
+        """dlogits (N, To, V) -> dhs (N, Ts, H), then the gradient of each part of the encoder's state
+        (dh0, dc0 for the LSTM, dh0 for the GRU), in its shape."""
         if self.input_feeding:
             return self._backward_feeding(dlogits)
         H = self.hidden_size
         dcat = self._out_backward(dlogits)                          # (N, To, 2H)
         dhd, dhs = self.attention.backward(dcat[..., :H])
         dhd += dcat[..., H:]
-        dh0s, dc0s = [], []
+        d0s = []
         d = dhd
-        for lstm, drop in reversed(self._stack()):
-            d, dh0, dc0 = lstm.backward(d)
-            dh0s.insert(0, dh0)
-            dc0s.insert(0, dc0)
+        for rnn, drop in reversed(self._stack()):
+            d, *d0 = rnn.backward(d)
+            d0s.insert(0, d0)
             if drop is not None:
                 d = drop.backward(d)
         self._embed_backward(d)
-        return (dhs,) + self._encoder_grads(dh0s, dc0s)
+        return (dhs,) + self._encoder_grads(d0s)
 
     # -- teacher forcing with input feeding: step by step ----------------------------------------
     def _forward_feeding(self, tgt_in, hs, state, src_mask):
@@ -192,14 +206,14 @@ class AttentionDecoder(Module):
         N, To = tgt_in.shape
         H, dt = self.hidden_size, hs.dtype
         stack = self._stack()
-        h0s, c0s, feed0 = self._split_state(state)
+        s0s, feed0 = self._split_state(state)
         x = self.drop_in.forward(self.embed.forward(tgt_in))        # (N, To, D)
         x_tm = self.buffer("x_tm", (To, N, x.shape[2]), dt, xp)     # (To, N, D) time-major
         x_tm[...] = x.transpose(1, 0, 2)
-        stack[0][0].begin_steps(To, N, h0s[0], c0s[0], fixed=x_tm, dtype=dt, xp=xp)
+        stack[0][0].begin_steps(To, N, *s0s[0], fixed=x_tm, dtype=dt, xp=xp)
         masks = [None]
-        for l, (lstm, drop) in enumerate(stack[1:], 1):
-            lstm.begin_steps(To, N, h0s[l], c0s[l], dtype=dt, xp=xp)
+        for l, (rnn, drop) in enumerate(stack[1:], 1):
+            rnn.begin_steps(To, N, *s0s[l], dtype=dt, xp=xp)
             masks.append(drop.draw((To, N, H), dt, xp))             # (To, N, H) or None
         self.attention.begin_steps(hs, src_mask, To)
         Wc, bc = self.attentional.params
@@ -209,9 +223,9 @@ class AttentionDecoder(Module):
         for t in range(To):
             stack[0][0].inputs(t)[...] = Ht[t]                      # h~_{t-1} joins the input
             h = stack[0][0].run_step(t)                             # (N, H)
-            for (lstm, _), mask in zip(stack[1:], masks[1:]):
-                xp.multiply(h, 1 if mask is None else mask[t], out=lstm.inputs(t))
-                h = lstm.run_step(t)
+            for (rnn, _), mask in zip(stack[1:], masks[1:]):
+                xp.multiply(h, 1 if mask is None else mask[t], out=rnn.inputs(t))
+                h = rnn.run_step(t)
             with part("attention"):
                 cat[t, :, :H] = self.attention.forward_step(t, h)   # c_t (N, H)
             cat[t, :, H:] = h
@@ -221,8 +235,8 @@ class AttentionDecoder(Module):
         logits = self._out_forward(Ht[1:].transpose(1, 0, 2))       # (N, To, V) from h~ (N, To, H)
         self._feeding = (masks, cat, Ht) if self.training else None
         if not self.training:                                       # nothing kept for a backward
-            for lstm, _ in stack:
-                lstm.cache = None
+            for rnn, _ in stack:
+                rnn.cache = None
             self.attention._steps = None
         return logits
 
@@ -239,8 +253,8 @@ class AttentionDecoder(Module):
         dcat = self.buffer("dcat", (N, 2 * H), dt, xp)
         dfeed = self.buffer("dfeed", (N, H), dt, xp)                # from step t + 1's input into h~_t
         dfeed.fill(0)
-        for lstm, _ in stack:
-            lstm.begin_backward_steps()
+        for rnn, _ in stack:
+            rnn.begin_backward_steps()
         for t in range(To - 1, -1, -1):
             g = dPre[t]
             xp.add(dHt[t], dfeed, out=g)                            # all of h~_t's gradient
@@ -251,30 +265,29 @@ class AttentionDecoder(Module):
             dh = dcat[:, H:]
             with part("attention"):
                 dh += self.attention.backward_step(t, dcat[:, :H])
-            for (lstm, _), mask in zip(stack[:0:-1], masks[:0:-1]):
-                dh = lstm.backward_step(t, dh)                      # (N, H) into the layer below
+            for (rnn, _), mask in zip(stack[:0:-1], masks[:0:-1]):
+                dh = rnn.backward_step(t, dh)                       # (N, H) into the layer below
                 if mask is not None:
                     dh *= mask[t]
             dfeed = stack[0][0].backward_step(t, dh)                # (N, H) into h~_{t-1}
         self.attentional.param_grads(cat, dPre)                     # all steps in one product
         with part("attention"):
             dhs = self.attention.end_backward_steps()               # (N, Ts, H)
-        dh0s, dc0s = [], []
-        for lstm, _ in stack:
-            dx_tm, dh0, dc0 = lstm.end_backward_steps()
-            if lstm is self.lstm:
+        d0s = []
+        for rnn, _ in stack:
+            dx_tm, *d0 = rnn.end_backward_steps()
+            if rnn is self.rnn:
                 dx = dx_tm.transpose(1, 0, 2)                       # (N, To, D) at the embeddings
-            dh0s.append(dh0)
-            dc0s.append(dc0)
+            d0s.append(d0)
         self._embed_backward(dx)
-        return (dhs,) + self._encoder_grads(dh0s, dc0s)
+        return (dhs,) + self._encoder_grads(d0s)
 
     # -- decoding ------------------------------------------------------------
     def input_table(self):
-        """(V, 4H): every token's embedding already projected by the bottom LSTM (x @ Wx + b; with
-        input feeding, the embedding rows of Wx only)."""
+        """(V, 4H) (GRU: (V, 3H)): every token's embedding already projected by the bottom recurrent
+        layer (x @ Wx + b; with input feeding, the embedding rows of Wx only)."""
         W, = self.embed.params                                      # (V, D): row v embeds token v
-        return self.lstm.project(W)
+        return self.rnn.project(W)
 
     def step(self, tokens, state, hs, bias, table=None):
         """One decoding step, no cache.
@@ -288,22 +301,21 @@ class AttentionDecoder(Module):
         """
         xp = get_array_module(hs)
         table = self.input_table() if table is None else table
-        hl, cl, feed = self._split_state(state)
+        states, feed = self._split_state(state)
         xw = table[tokens]                                          # (N, 4H), a new array
         if feed is not None:
-            xw += feed @ self.lstm.params[0][self.wordvec_size:]   # h~_{t-1}'s share of the input
-        new_h, new_c = [], []
-        for l, (lstm, _) in enumerate(self._stack()):
-            h, c = lstm.step(xw if l == 0 else lstm.project(new_h[-1]), hl[l], cl[l])   # (N, H)
-            new_h.append(h)
-            new_c.append(c)
+            xw += feed @ self.rnn.params[0][self.wordvec_size:]    # h~_{t-1}'s share of the input
+        new = []
+        for l, (rnn, _) in enumerate(self._stack()):
+            new.append(rnn.step(xw if l == 0 else rnn.project(h), *states[l]))   # (h, c) or (h,), (N, H) each
+            h = new[-1][0]
         N, Ts, H = hs.shape
         context, a = self.attention.apply(h.reshape(N, -1, h.shape[1]), hs, bias)   # (N, R, H), (N, R, Ts)
         x = xp.concatenate([context.reshape(-1, H), h], axis=1)     # (N*R, 2H)
         if self.input_feeding:
             x = feed = xp.tanh(self.attentional.apply(x))           # h~_t (N, H)
         logits = self._out_apply(x)                                 # (N, V)
-        return logits, self._join_state(new_h, new_c, feed), a.reshape(-1, Ts)
+        return logits, self._join_state(new, feed), a.reshape(-1, Ts)
 
     def generate(self, hs, state, src_mask, bos_id: int, eos_id: int, max_len: int, pad_id: int = 0):
         """Batched greedy decoding from the encoder's output (its state, or ``initial_state`` of it):

@@ -87,7 +87,11 @@ class LSTM(Module):
     ``(h_final, c_final)`` is each sequence's state at its own last real step, so
     padded steps cannot change it. Hidden states at padded positions are computed
     but meaningless; callers mask them (attention does).
+
+    ``STATE`` names the state's parts, (h, c); a ``GRU``'s is (h,), and callers that take either
+    layer pass states as tuples of those parts (``final_state``, ``forward(xs, *state)``, ``step``).
     """
+    STATE = ("h", "c")
 
     def __init__(self, input_size: int, hidden_size: int, rng: np.random.Generator,
                  init: str = "xavier", dtype=np.float32, forget_bias: float = 1.0):
@@ -102,6 +106,11 @@ class LSTM(Module):
         self.cache = None                                           # the LSTMPass under way
         self.h_final = self.c_final = None
         self.dE = None                                              # the embedding's gradient, after ``tokens``
+
+    @property
+    def final_state(self) -> tuple:
+        """(h_final, c_final): the state at each row's last real step after ``forward``."""
+        return self.h_final, self.c_final
 
     # -- forward: a pass, then its steps --------------------------------------------------------
     def begin_steps(self, T: int, N: int, h0=None, c0=None, fixed=None, dtype=None, xp=np, tokens=None) -> LSTMPass:

@@ -29,7 +29,8 @@ class AttentionSeq2seq(Module):
     a bridge, linear + tanh, maps the final states to the decoder's, as it does whenever the layer
     counts differ); ``attention`` "dot" | "general" | "additive"; ``input_feeding`` (Luong);
     ``label_smoothing`` eps in [0, 1) in the training loss; ``tie_embeddings`` (the decoder's
-    input embedding is also its output projection).
+    input embedding is also its output projection); ``cell`` "lstm" | "gru" (the book's GRU, whose
+    state is h alone: the decoding state is then (h,) where the LSTM's is (h, c)).
 
     ``output_len_rule``: the longest output ``generate`` and every search decode by default
     (``attnseq.nn.output_length``): 2 * Ts + 10 for a new model; the Trainer fits it to the training
@@ -51,11 +52,12 @@ class AttentionSeq2seq(Module):
         rng = np.random.default_rng(c.seed)
         kw = dict(rng=rng, init=c.init, dtype=np.dtype(c.dtype), dropout=c.dropout)
         self.add_module("encoder", Encoder(c.src_vocab_size, c.wordvec_size, c.hidden_size, layers=c.encoder_layers,
-                                           bidirectional=c.bidirectional, decoder_layers=c.decoder_layers, **kw))
+                                           bidirectional=c.bidirectional, decoder_layers=c.decoder_layers,
+                                           cell=c.cell, **kw))
         self.add_module("decoder", AttentionDecoder(c.tgt_vocab_size, c.wordvec_size, c.hidden_size,
                                                     layers=c.decoder_layers, attention=c.attention,
                                                     input_feeding=c.input_feeding,
-                                                    tie_embeddings=c.tie_embeddings, **kw))
+                                                    tie_embeddings=c.tie_embeddings, cell=c.cell, **kw))
         self.add_module("loss_layer", SoftmaxCrossEntropy(ignore_index=c.pad_id, smoothing=c.label_smoothing))
         self.pad_id, self.bos_id, self.eos_id = c.pad_id, c.bos_id, c.eos_id
 
@@ -76,9 +78,8 @@ class AttentionSeq2seq(Module):
         return xp.asarray(src), xp.asarray(mask), (None if full else xp.asarray(lengths))
 
     def encode(self, src):
-        """src (N, Ts) -> hs (N, Ts, H), the decoding state (h, c), mask (N, Ts) on the model's device.
-
-        The state is (N, H) each for the book's decoder, else stacked rows (see ``decoders``)."""
+        """src (N, Ts) -> hs (N, Ts, H), the decoding state ((h, c); a GRU's (h,)), mask (N, Ts) on the
+        model's device. Each part is (N, H) for the book's decoder, else stacked rows (see ``decoders``)."""
         src, mask, lengths = self._prepare_src(src)
         hs, state = self.encoder.forward(src, lengths)
         return hs, self.decoder.initial_state(state), mask
@@ -103,8 +104,8 @@ class AttentionSeq2seq(Module):
     def backward(self, dout: float = 1.0) -> None:
         with part("output layer"):
             dlogits = self.loss_layer.backward(dout)
-        dhs, dh, dc = self.decoder.backward(dlogits)
-        self.encoder.backward(dhs, dh, dc)
+        dhs, *dstate = self.decoder.backward(dlogits)
+        self.encoder.backward(dhs, *dstate)
 
     @property
     def attention_weights(self):
@@ -125,3 +126,14 @@ class AttentionSeq2seq(Module):
         with self.eval_mode():                                      # no dropout, no backward caches
             ids, weights = self.greedy(*self.encode(src), max_len)
         return to_numpy(ids), to_numpy(weights)
+
+    def start(self, src, k: int = 1, log_probs: bool = False):
+        """Where a search over this model starts (``attnseq.nn.search``'s engines): a batch src (N, Ts) ->
+        the decoder's step function over its encoding (logits, or log-probabilities with ``log_probs``) and
+        the start state with k adjacent rows per source (a beam's hypotheses, or k samples). The k rows of a
+        source share its row of hs, which is not repeated (the step attends with (N, k, H) queries).
+        Call it in eval mode."""
+        hs, state, mask = self.encode(src)
+        if k > 1:
+            state = tuple(self.xp.repeat(s, k, axis=0) for s in state)
+        return self.decoder.step_fn(hs, mask, log_probs), state

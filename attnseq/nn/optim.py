@@ -166,6 +166,12 @@ class Optimizer:
             if self.slots:
                 self.state[path] = {s: xp.asarray(arrays[f"{path}/{s}"], dtype=p.dtype) for s in self.slots}
 
+    def init_state(self) -> None:
+        """Every parameter's slots now, zeros as the first step would make them, so that ``state_dict()``
+        is complete before any step (a checkpoint of a run that has not trained yet)."""
+        for path, m, i in self.model.named_parameters():
+            self._state(path, m.params[i])
+
     def expected_arrays(self) -> dict:
         """Name -> an array of the shape and dtype ``state_dict()`` has for this model (to check a file)."""
         out = {f"{path}/{s}": np.broadcast_to(np.zeros((), m.params[i].dtype), m.params[i].shape)

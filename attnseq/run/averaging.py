@@ -1,6 +1,7 @@
 """``attnseq average``: the mean of the weights of a run's last K kept checkpoints, as one checkpoint.
 
-A run trained with ``--keep-last K`` keeps its last K epoch-end checkpoints as ``RUN/epoch-NNNN/``.
+A run trained with ``--keep-last K`` keeps its last K epoch-end checkpoints as ``RUN/epoch-NNNN/`` (with
+``--keep-every N``, its last K taken every N steps, ``RUN/step-NNNNNNN/``).
 Their weights, averaged array by array (summed in float64, then cast back to the parameters' dtype),
 make a checkpoint that ``eval``, ``translate``, ``explore``, ``export`` and ``plot-attention`` take
 like any other (``--ckpt DIR``). It holds no optimizer state: it is a model to use, not a position in
@@ -43,8 +44,10 @@ def average_checkpoints(paths: list[Path], out: str | Path, source: str = "") ->
     with the newest one's config and tokenizers."""
     total: dict[str, np.ndarray] = {}
     first = newest = None
+    steps = []
     for path in paths:
         ck = load_checkpoint(path)
+        steps.append(ck.state.get("step"))
         weights = {k: to_numpy(v) for k, v in ck.model.state_dict().items()}
         if first is None:
             first = ck
@@ -60,7 +63,7 @@ def average_checkpoints(paths: list[Path], out: str | Path, source: str = "") ->
     newest.model.load_state_dict(mean)
     state = dict(epoch=newest.state.get("epoch"), step=newest.state.get("step"),
                  averaged=dict(run=source, checkpoints=[p.name for p in paths],
-                               epochs=[_epoch_of(p) for p in paths]))
+                               epochs=[_epoch_of(p) for p in paths], steps=steps))
     return save_checkpoint(out, newest.model, None, newest.src_tok, newest.tgt_tok, newest.config.get("train", {}),
                            state)
 
@@ -100,7 +103,7 @@ def _check_out(out: Path, run: Path) -> None:
     if not any(out.iterdir()):
         return
     try:
-        averaged = "averaged" in load_checkpoint(out).state
+        averaged = (out / "config.json").exists() and "averaged" in load_checkpoint(out).state   # itself, not a run
     except CheckpointError:
         averaged = False
     if not averaged:

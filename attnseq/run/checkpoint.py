@@ -114,13 +114,37 @@ def _swap_in(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def resolve(path: str | Path, prefer: str = "best") -> Path:
-    """A run dir means its ``best/`` (else ``last/``); a checkpoint dir means itself."""
+def chosen(run: str | Path) -> str:
+    """Which checkpoint run directory ``run`` chose by validation: "averaged" when its result.json says
+    RUN/averaged/ scored higher on valid than best/ (``"chosen"``, or an older result.json's
+    ``averaged.better_than_best``) and averaged/ is there; else "best" (also with no or an unreadable
+    result.json: a run still training, or one from before averaging)."""
+    run = Path(run)
+    try:
+        result = json.loads((run / "result.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "best"
+    if not isinstance(result, dict):
+        return "best"
+    averaged = result.get("averaged")
+    better = result.get("chosen") == "averaged" if "chosen" in result else \
+        isinstance(averaged, dict) and averaged.get("better_than_best") is True
+    return "averaged" if better and (run / "averaged" / "config.json").exists() else "best"
+
+
+def resolve(path: str | Path, prefer: str = "chosen") -> Path:
+    """A checkpoint dir means itself. A run dir means, by default (``prefer`` "chosen"), the checkpoint
+    it chose by validation (``chosen``: averaged/ or best/, else last/); with ``prefer`` "best" its
+    best/ (else last/), with "last" its last/ (else best/)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint or run directory")
     if (path / "weights.npz").exists() or (path / "config.json").exists():
         return path
+    if prefer == "chosen":
+        if chosen(path) == "averaged":
+            return path / "averaged"
+        prefer = "best"
     order = [prefer] + [n for n in ("best", "last") if n != prefer]
     for name in order:
         for cand in (path / name, path / f"{name}.old"):
@@ -178,8 +202,9 @@ def load_checkpoint_config(path: str | Path) -> dict:
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu", with_optimizer: bool = False,
-                    prefer: str = "best") -> Checkpoint:
-    """Load and verify a checkpoint (or a run dir's best/). Raises CheckpointError naming the problem."""
+                    prefer: str = "chosen") -> Checkpoint:
+    """Load and verify a checkpoint, or the one a run dir means (``resolve``: the run's choice, or with
+    ``prefer`` its best/ or last/). Raises CheckpointError naming the problem."""
     ckpt = resolve(path, prefer)
     return load_from(ckpt, load_checkpoint_config(ckpt), device, with_optimizer)
 

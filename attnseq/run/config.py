@@ -123,6 +123,9 @@ TASK_DEFAULTS = {
                      select_by="exact"),
     "toy-en-ko": dict(epochs=8, tokenizer="sentencepiece", vocab_size=1000, wordvec_size=128,
                       lr=2e-3, batch_size=64, patience=3, bleu=True, max_len=60, select_by="bleu"),
+    # digits to words: 8,000 numbers of at most 4 digits, tested on 5 and 6 (length generalisation)
+    "numbers": dict(epochs=30, tokenizer="word", wordvec_size=32, hidden_size=128, lr=3e-3, batch_size=64,
+                    patience=8, bleu=False, select_by="exact"),
     # any other parallel corpus (--data DIR or --train FILE): subwords, BLEU
     "corpus": dict(epochs=20, tokenizer="sentencepiece", vocab_size=8000, wordvec_size=128, lr=2e-3,
                    batch_size=64, patience=4, bleu=True, max_len=100, select_by="bleu"),
@@ -195,12 +198,13 @@ OPTIONS: tuple[Option, ...] = (
       help="leave out training pairs longer than N tokens"),
     # -- model
     M("wordvec_size", metavar="D", check=POSITIVE_INT, help="embedding size"),
-    M("hidden_size", metavar="H", check=POSITIVE_INT, help="LSTM hidden size"),
+    M("hidden_size", metavar="H", check=POSITIVE_INT, help="hidden size of the recurrent layers"),
     M("dropout", metavar="P", resumable=True, check=FRACTION, help="dropout on embeddings and outputs"),
     M("init", help="weight initialisation"),
     M("dtype", help="float type of the parameters and activations"),
-    M("encoder_layers", metavar="N", check=POSITIVE_INT, help="stacked LSTM layers in the encoder"),
-    M("decoder_layers", metavar="N", check=POSITIVE_INT, help="stacked LSTM layers in the decoder"),
+    M("cell", help="the recurrent cell: lstm (the book's) or gru (the book's GRU, appendix C)"),
+    M("encoder_layers", metavar="N", check=POSITIVE_INT, help="stacked recurrent layers in the encoder"),
+    M("decoder_layers", metavar="N", check=POSITIVE_INT, help="stacked recurrent layers in the decoder"),
     M("bidirectional", help="the encoder reads the source both ways"),
     M("attention", help="attention score: dot (h·s), general (h·W s) or additive (v·tanh(W h + U s))"),
     M("input_feeding", help="feed each step's attentional output into the next decoder step (Luong)"),
@@ -222,8 +226,8 @@ OPTIONS: tuple[Option, ...] = (
       help="multiply lr by G after every epoch (--lr-schedule constant); 1 = off"),
     O("lr_schedule", str, "constant", choices=SCHEDULES, group="training", resumable=False,
       help="lr over the run: constant (with --lr-decay), plateau (times --plateau-factor when --select-by "
-           "stalls), warmup-rsqrt (lr·min(step/W, sqrt(W/step)), W = --warmup) or cosine (to 0 at the "
-           "last step, after --warmup)"),
+           "stalls), warmup-rsqrt (lr·min(step/W, sqrt(W/step)), W = --warmup), cosine or linear (after "
+           "--warmup, down to 0 at the run's last step: --epochs', or with --max-minutes the budget's)"),
     O("warmup", int, 0, group="training", metavar="STEPS", resumable=False, check=NON_NEGATIVE,
       help="steps of linear warm-up to --lr (warmup-rsqrt, cosine, plateau)"),
     O("plateau_factor", float, 0.5, group="training", metavar="F", check=Check(lambda v: 0 < v < 1, "in (0, 1)"),
@@ -236,10 +240,16 @@ OPTIONS: tuple[Option, ...] = (
     O("patience", int, 3, group="training", metavar="N", check=POSITIVE_INT,
       help="early stop after N epochs without a better --select-by score"),
     O("max_minutes", float, group="training", metavar="M", check=POSITIVE, unset="no limit",
-      help="stop before an epoch that would end past M minutes (estimated from the epochs so far; the first "
-           "always runs), then test best/; on --resume, counted from the resume"),
+      help="train for M minutes: the run's last step is estimated from its speed (epoch-end validation "
+           "included) and corrected at every step; the last epoch is cut short there, validated and saved, "
+           "and cosine or linear lr reaches 0 there; then best/ is tested. The budget counts the whole run: "
+           "on --resume the minutes its checkpoint had used count against it (a larger M extends it)"),
     O("keep_last", int, 0, group="training", metavar="K", check=NON_NEGATIVE,
       help="also keep the last K epoch-end checkpoints, RUN_DIR/epoch-NNNN/, for attnseq average; 0: none"),
+    O("keep_every", int, 0, group="training", metavar="STEPS", check=NON_NEGATIVE,
+      help="with --keep-last K: keep checkpoints every STEPS steps instead, RUN_DIR/step-NNNNNNN/, in the "
+           "run's last K·STEPS steps and at its last step (the last by --epochs or --max-minutes, as then "
+           "estimated); 0: at epoch ends"),
     O("average_last", int, 0, group="training", metavar="K", check=NON_NEGATIVE,
       help="at the end, average the last K kept checkpoints into RUN_DIR/averaged/ (as attnseq average) and "
            "score it on valid and test beside best/; needs --keep-last K or more; 0: off"),
@@ -261,6 +271,17 @@ OPTIONS: tuple[Option, ...] = (
       unset="the checkpoint's rule, fitted to the training split",
       help="longest output when this run decodes (validation, test): N tokens, or S per source token plus O"),
     O("examples", int, 3, group="training", metavar="N", check=NON_NEGATIVE, help="example outputs printed per epoch"),
+    # -- what the run records of its training (attnseq.run.tracking)
+    O("track_examples", int, 8, group="tracking", metavar="N", resumable=False, check=NON_NEGATIVE,
+      help="keep the attention of N validation examples at every validation (and every --track-every steps) "
+           "in RUN_DIR/attention_history.npz, for explore --history and plot-attention --history; 0: off"),
+    O("track_every", int, 50, group="tracking", metavar="STEPS", check=NON_NEGATIVE,
+      help="with --track-examples, also every STEPS training steps; 0: at validations only"),
+    O("tensorboard", bool, False, group="tracking",
+      help="log to RUN_DIR/tb/ for TensorBoard: training loss and lr, valid scores, and at each validation the "
+           "attention of the first tracked examples as images (needs pip install 'attnseq[tensorboard]')"),
+    O("tensorboard_every", int, 10, group="tracking", metavar="STEPS", check=POSITIVE_INT,
+      help="with --tensorboard, the training loss and lr every STEPS steps"),
     O("plot", bool, True, group="training", saved=False, help="write RUN_DIR/attention.png at the end"),
     O("bleu", bool, flag=False, help="validation BLEU and chrF (config key only; set by the task)"),
 )
@@ -348,6 +369,8 @@ def _check_values(cfg: dict, keys: dict[str, Option]) -> None:
 def _check_combination(cfg: dict) -> None:
     if cfg["out"] is None:
         raise ConfigError("--out RUN_DIR is required")
+    if cfg.get("keep_every") and not cfg["keep_last"]:
+        raise ConfigError(f"--keep-every {cfg['keep_every']} needs --keep-last K (how many to keep)")
     if cfg["average_last"] > cfg["keep_last"]:
         raise ConfigError(f"--average-last {cfg['average_last']} needs --keep-last {cfg['average_last']} or more "
                           f"(got {cfg['keep_last']})")

@@ -4,8 +4,9 @@ length-sorted batches.
 The layers below this module, from ``attnseq.nn``:
 
 - searches over any step function, ``step_fn(tokens (N,), state) -> (scores (N, V), new state,
-  attention (N, Ts))``: ``greedy_search`` and ``beam_search_core`` in ``attnseq.nn.search``. They
-  know nothing of the model, so another engine (an exported graph, say) reuses them as they are;
+  attention (N, Ts))``, in ``attnseq.nn.search``: greedy, beam, sampling, forced scoring, prefixes and
+  guards, ensembles. They know nothing of the model, so another engine (an exported graph, say) reuses
+  them as they are; ``AttentionSeq2seq.start`` is where a search over the model starts;
 - the model's own greedy path: ``AttentionSeq2seq.greedy`` (from encoder states) and ``generate``
   (a batch of ids), both the decoder's ``generate``, greedy_search over its ``step_fn``;
 - the longest output, ``attnseq.nn.output_length.output_limit``: a caller's ``max_len``, else the
@@ -13,17 +14,18 @@ The layers below this module, from ``attnseq.nn``:
 
 Here: ``greedy_encoded`` and ``greedy_batch`` (that same greedy path, as ``model.greedy`` and
 ``model.generate``), ``beam_search`` over the decoder's step function, and many rows of a padded source
-matrix: ``greedy_decode`` and ``beam_decode``, which sort rows into length buckets, spread the batches
-over CPU threads and put results back in row order.
+matrix: ``greedy_decode`` and ``beam_decode`` (what ``evaluate`` and the tests use), and ``map_rows``, which
+sorts rows into length buckets, spreads the batches over CPU threads and puts results back in row order:
+``TranslatorBase`` runs every search of every engine through it.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..data.batching import batch_order
-from ..nn.backend import get_array_module, to_numpy
+from ..nn.backend import to_numpy
 from ..nn.output_length import output_limit
-from ..nn.search import Hypothesis, beam_search_core
+from ..nn.search import Hypothesis, beam_search_core, output_length
 from .parallel import map_batches
 
 # Rows per decoding batch (per thread on a CPU): speed is flat from here up, memory is not.
@@ -33,13 +35,13 @@ EVAL_BATCH_SIZE = 128
 # -- with an AttentionSeq2seq -------------------------------------------------------------------
 def model_step(model, hs, mask, log_probs: bool = False):
     """The model's decoder as a step function over encoder states hs (N, Ts, H), padding mask (N, Ts)
-    (masked positions get attention weight 0): step(tokens (N,), (h, c)) -> logits (or, with
-    ``log_probs``, log-probabilities) (N, V), new (h, c), attention (N, Ts). See ``AttentionDecoder.step_fn``."""
+    (masked positions get attention weight 0): step(tokens (N,), state) -> logits (or, with
+    ``log_probs``, log-probabilities) (N, V), new state, attention (N, Ts). See ``AttentionDecoder.step_fn``."""
     return model.decoder.step_fn(hs, mask, log_probs)
 
 
 def greedy_encoded(model, hs, state, mask, max_len=None):
-    """Greedy decoding from encoder output: hs (N, Ts, H), state (h, c), mask (N, Ts) as ``model.encode``
+    """Greedy decoding from encoder output: hs (N, Ts, H), state, mask (N, Ts) as ``model.encode``
     gives them -> ids (N, L), weights (N, L, Ts) on the model's device: ``model.greedy``.
     ``max_len``: tokens or an ``OutputLengthRule``; None: the model's ``output_len_rule``."""
     return model.greedy(hs, state, mask, max_len)
@@ -54,25 +56,21 @@ def greedy_batch(model, src, max_len=None):
 def beam_search(model, src, beam_size: int = 5, alpha: float = 0.0, max_len=None,
                 n_best: int = 1) -> list[list[Hypothesis]]:
     """Beam search with an AttentionSeq2seq on a padded source batch src (N, Ts); ``max_len`` as in
-    ``greedy_encoded``."""
+    ``greedy_encoded``. The k rows of a sentence share its row of hs (``AttentionSeq2seq.start``)."""
     with model.eval_mode():
-        hs, (h, c), mask = model.encode(src)
-        xp = get_array_module(hs)
-        N, Ts, _ = hs.shape
-        k = beam_size
-        # the k rows of a sentence share its row of hs (the decoder step attends with (N, k, H)
-        # queries), so hs is neither repeated nor reordered: only (h, c) is
-        step = model_step(model, hs, mask, log_probs=True)
-        state = (xp.repeat(h, k, axis=0), xp.repeat(c, k, axis=0))   # (N*k, H)
-        return beam_search_core(step, state, N, Ts, model.bos_id, model.eos_id, k, alpha,
-                                output_limit(Ts, max_len, model.output_len_rule), n_best, xp)
+        N, Ts = src.shape
+        step, state = model.start(src, beam_size, log_probs=True)
+        return beam_search_core(step, state, N, Ts, model.bos_id, model.eos_id, beam_size, alpha,
+                                output_limit(Ts, max_len, model.output_len_rule), n_best, model.xp)
 
 
 # -- many rows, in length-sorted batches over threads --------------------------------------------
-def map_sorted_batches(model, fn, lengths: np.ndarray, batch_size: int, threads: int = 0) -> list:
+def map_sorted_batches(model, fn, lengths: np.ndarray, batch_size: int, threads: int = 0,
+                       part: tuple[int, int] = (0, 1)) -> list:
     """``fn(m, idx)`` for rows ``idx`` of every length-sorted batch, in eval mode, with ``m`` the model or
-    a replica of it (on a CPU, batches spread over ``threads``; 0: one per core) -> [(idx, result)]."""
-    batches = batch_order(lengths, batch_size, None, bucket=True)
+    a replica of it (on a CPU, batches spread over ``threads``; 0: one per core) -> [(idx, result)].
+    ``part`` (k, K): only batches k, k + K, k + 2K ... of them (an MPI rank's share)."""
+    batches = batch_order(lengths, batch_size, None, bucket=True)[part[0]::part[1]]
     with model.eval_mode():                                         # the replicas copy the flag
         results = map_batches(model, fn, batches, threads)
     return list(zip(batches, results))
@@ -86,12 +84,6 @@ def map_rows(model, fn, lengths: np.ndarray, batch_size: int, threads: int = 0) 
         for row, r in zip(idx, found):
             out[row] = r
     return out
-
-
-def output_length(ids: np.ndarray, eos_id: int) -> int:
-    """Tokens up to and including the first eos in one row of ids (all of them when there is none)."""
-    end = np.flatnonzero(ids == eos_id)
-    return int(end[0]) + 1 if end.size else len(ids)
 
 
 def greedy_decode(model, src: np.ndarray, src_len: np.ndarray, batch_size: int = EVAL_BATCH_SIZE,

@@ -26,7 +26,27 @@ def evaluate(model: AttentionSeq2seq, data: Encoded, tgt_tok: Tokenizer, batch_s
     exact_match: share of greedy outputs equal to the target text, the outputs stopping at
     ``max_len`` (tokens or an ``OutputLengthRule``; None: the model's rule, see ``nn.output_length.output_limit``).
     """
-    nll, correct, tokens, preds = _score_and_decode(model, data, tgt_tok, batch_size, max_len)
+    return summarize(score_batches(model, data, batch_size, max_len), data, tgt_tok, bleu)
+
+
+def score_batches(model, data: Encoded, batch_size: int = EVAL_BATCH_SIZE, max_len=None,
+                  part: tuple[int, int] = (0, 1)) -> list:
+    """Every length-sorted batch (spread over CPU threads, in eval mode), or with ``part`` (k, K) every
+    K-th from k -> [(idx, (summed cross-entropy, correct tokens, real tokens, greedy ids (B, L)))]."""
+    def score(m, idx):
+        return _score_batch(m, data, idx, max_len)
+    return map_sorted_batches(model, score, data.src_len, batch_size, part=part)
+
+
+def summarize(batches: list, data: Encoded, tgt_tok: Tokenizer, bleu: bool = False) -> dict:
+    """``evaluate``'s metrics from all of ``score_batches``'s batches, summed in their order, and the
+    greedy output text of every row ("predictions", in row order)."""
+    nll = correct = tokens = 0.0
+    preds = [None] * len(data)
+    for idx, (b_nll, b_correct, n, ids) in batches:
+        nll, correct, tokens = nll + b_nll, correct + b_correct, tokens + n
+        for k, row in enumerate(idx):
+            preds[row] = tgt_tok.decode(ids[k])
     refs = [t for _, t in data.pairs]
     exact = sum(p == r for p, r in zip(preds, normalized_refs(tgt_tok, refs))) / len(refs)
     out = dict(n=len(refs), loss=nll / tokens, token_accuracy=correct / tokens, exact_match=exact)
@@ -34,22 +54,6 @@ def evaluate(model: AttentionSeq2seq, data: Encoded, tgt_tok: Tokenizer, batch_s
         out.update(bleu_chrf(preds, refs))
     out["predictions"] = preds
     return out
-
-
-def _score_and_decode(model, data: Encoded, tgt_tok: Tokenizer, batch_size: int, max_len=None):
-    """Over length-sorted batches (spread over CPU threads, in eval mode): summed cross-entropy,
-    correct and real target tokens, and the greedy output text of every row, in row order."""
-    nll = correct = tokens = 0.0
-    preds = [None] * len(data)
-
-    def score(m, idx):
-        return _score_batch(m, data, idx, max_len)
-
-    for idx, (b_nll, b_correct, n, ids) in map_sorted_batches(model, score, data.src_len, batch_size):
-        nll, correct, tokens = nll + b_nll, correct + b_correct, tokens + n
-        for k, row in enumerate(idx):
-            preds[row] = tgt_tok.decode(ids[k])
-    return nll, correct, tokens, preds
 
 
 def _score_batch(model, data: Encoded, idx, max_len=None):

@@ -3,9 +3,11 @@
 Until the last epoch ends, only the valid split is scored (``attnseq.run.selection`` chooses best/ by
 it). Then ``EndOfRun.scores`` tests ``best/`` on the test split, on the test sources longer than any
 in train (``test_long``) and on the built-in task's extra test sets (the date data's ``test_short``);
-with ``--average-last K`` it averages the last K kept epoch checkpoints into ``RUN/averaged/`` and
-scores that on valid and test beside best/. Each score is one log line (``attnseq.run.report``); the
-dict goes into result.json.
+with ``--average-last K`` it averages the last K kept checkpoints into ``RUN/averaged/`` and
+scores that on valid and test beside best/. Then it says which of the two the run chose, the one
+``--ckpt RUN`` means (``attnseq.run.checkpoint.chosen``): averaged/ when it scored higher on valid, else
+best/. Each score is one log line (``attnseq.run.report``), the choice the last; the dict goes into
+result.json.
 """
 from __future__ import annotations
 
@@ -37,9 +39,11 @@ class EndOfRun:
     log: Callable[[str], None]
 
     def scores(self, best: selection.Best) -> dict:
-        """{"test", "test_long", "test_short", "averaged"}: those that apply, for result.json."""
+        """{"test", "test_long", "test_short", "averaged"}: those that apply, and "chosen", for result.json."""
         out = self.test_best() if "test" in self.sets else {}
         out.update(self.average_last(best))
+        out["chosen"] = "averaged" if out.get("averaged", {}).get("better_than_best") else "best"
+        self.log(report.chosen_line(self.run_dir.path, out["chosen"], selection.NAMES[best.by]))
         return out
 
     def test_best(self) -> dict:
@@ -78,20 +82,21 @@ class EndOfRun:
         return encode_pairs(pairs, self.src_tok, self.tgt_tok, self.cfg["reverse_source"])
 
     def average_last(self, best: selection.Best) -> dict:
-        """--average-last K: the mean of the last K kept epoch checkpoints as RUN/averaged/ (what
+        """--average-last K: the mean of the last K kept checkpoints as RUN/averaged/ (what
         ``attnseq average`` writes), scored on valid and test -> {"averaged": scores} for result.json,
-        {} when off or when fewer than K epochs were kept. best/ stays the best epoch: the log says
-        which of the two scores higher on valid (use ``--ckpt RUN/averaged`` for the average)."""
+        {} when off or when fewer than K were kept. best/ stays the best epoch; ``better_than_best``:
+        whether the average scores higher on valid, which makes it the run's choice."""
         k = self.cfg["average_last"]
         if not k:
             return {}
         kept = self.run_dir.kept()
         if len(kept) < k:
-            self.log(f"--average-last {k}: only {len(kept)} epoch checkpoint(s) kept, nothing averaged")
+            self.log(f"--average-last {k}: only {len(kept)} checkpoint(s) kept, nothing averaged")
             return {}
         path = average_run(self.run_dir.path, k, self.run_dir.path / "averaged")
         model = load_checkpoint(path, self.cfg["device"]).model
-        out = {"valid": self.score(model, self.sets["valid"]), "epochs": [e for e, _ in kept[-k:]]}
+        what = "epochs" if all(p.name.startswith("epoch-") for _, p in kept[-k:]) else "steps"
+        out = {"valid": self.score(model, self.sets["valid"]), what: [n for n, _ in kept[-k:]]}
         if "test" in self.sets:
             out["test"] = self.score(model, self.sets["test"])
         averaged = dict(out, path=str(path), better_than_best=bool(best.beaten_by(out["valid"])))

@@ -30,15 +30,19 @@ import numpy as np
 
 from ..nn.layers import Dropout
 from ..nn.profile import part
+from .distributed import share_of_cores
 
 MIN_ROWS_PER_THREAD = 32        # below this the matmuls get too thin to pay for a thread
 
 
 def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity, or its share of it where an MPI launcher started
+    several ranks on this machine without binding them (``distributed.share_of_cores``)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return share_of_cores(cores)
 
 
 def default_threads(batch_size: int) -> int:
@@ -64,6 +68,18 @@ def _trim(src, tgt, pad_id):
     return src[:, :ts], tgt[:, :to]
 
 
+def cut_rows(src, tgt, n: int, pad_id: int, trim: bool = True):
+    """A batch src (N, Ts), tgt (N, To + 1) cut into ``n`` row shards of nearly equal size, in row order
+    (``trim``: each without its all-padding columns) -> (shards [(src, tgt)], shares (n,)): each shard's
+    share of the batch's real target tokens, which weights its loss and gradient."""
+    bounds = np.linspace(0, len(src), n + 1).astype(int)
+    shards = [(src[a:b], tgt[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    if trim:
+        shards = [_trim(s, t, pad_id) for s, t in shards]
+    counts = np.array([(t[:, 1:] != pad_id).sum() for _, t in shards], dtype=np.float64)
+    return shards, counts / max(counts.sum(), 1.0)
+
+
 def _flat(a):
     """A 1-d view of a contiguous array (C or F order: replicas' gradients share the model's layout)."""
     flat = a.ravel(order="K")
@@ -77,7 +93,8 @@ def _sum_slice(parts, total, k, n):
     for j, out in enumerate(total):
         a, b = out.size * k // n, out.size * (k + 1) // n
         if n == 1:
-            out[:] = parts[0][j]
+            if not np.may_share_memory(out, parts[0][j]):          # else the shard wrote it there
+                out[:] = parts[0][j]
             continue
         np.add(parts[0][j][a:b], parts[1][j][a:b], out=out[a:b])   # one pass for two shards
         for other in parts[2:]:
@@ -120,6 +137,8 @@ class DataParallel:
 
     def _run(self, fn, n):
         """fn(k) for k < n: shard 0 in this thread, the rest in the pool; single-threaded BLAS meanwhile."""
+        if n == 0:
+            return []
         if n == 1:
             return [fn(0)]
         with self.blas.limit(limits=1, user_api="blas"):
@@ -130,41 +149,42 @@ class DataParallel:
                 wait(futures)
             return [first] + [f.result() for f in futures]
 
-    def _seed_dropout(self, n):
-        """Each replica's dropout draws from its own generator, seeded from the model's."""
+    def _seed_dropout(self, n, first=0):
+        """Each replica's dropout draws from its own generator, seeded from the model's: ``n`` seeds, one
+        per shard of the batch, of which the replicas take those from shard ``first`` on (an MPI rank's)."""
         if self.dropout_rng is None:
             return
-        for drops, seed in zip(self.replica_dropouts, self.dropout_rng.integers(2**63, size=n)):
+        seeds = self.dropout_rng.integers(2**63, size=n)
+        for drops, seed in zip(self.replica_dropouts, seeds[first:]):
             rng = np.random.default_rng(seed)
             for m in drops:
                 m.rng = rng
 
     def forward(self, src, tgt):
         """src (N, Ts), tgt (N, To + 1) -> mean cross-entropy per real target token (0-d array)."""
-        model = self.model
         n = min(self.threads, len(src))
-        bounds = np.linspace(0, len(src), n + 1).astype(int)
-        shards = [(src[a:b], tgt[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-        if self.trim:
-            shards = [_trim(s, t, model.pad_id) for s, t in shards]
-        counts = np.array([(t[:, 1:] != model.pad_id).sum() for _, t in shards], dtype=np.float64)
-        self.shares = counts / max(counts.sum(), 1.0)
-        for rep in self.replicas[:n]:
-            if rep.training != model.training:
-                rep.train(model.training)
+        shards, self.shares = cut_rows(src, tgt, n, self.model.pad_id, self.trim)
         self._seed_dropout(n)
-        losses = self._run(lambda k: self.replicas[k].forward(*shards[k]), n)
-        return np.asarray(sum(float(x) * w for x, w in zip(losses, self.shares)), dtype=model.dtype)
+        losses = self._forward_shards(shards)
+        return np.asarray(sum(float(x) * w for x, w in zip(losses, self.shares)), dtype=self.model.dtype)
 
-    def backward(self, dout: float = 1.0) -> None:
-        """The batch gradient into the model's grads: sum over shards of their token-weighted gradients.
+    def _forward_shards(self, shards) -> list:
+        """Shard k's forward on replica k, in the model's training mode -> the shards' losses (0-d arrays)."""
+        for rep in self.replicas[:len(shards)]:
+            if rep.training != self.model.training:
+                rep.train(self.model.training)
+        return self._run(lambda k: self.replicas[k].forward(*shards[k]), len(shards))
+
+    def backward(self, dout: float = 1.0, into: list | None = None) -> None:
+        """The batch gradient into the model's grads (or into the flat arrays ``into``, one per gradient
+        in the model's order): sum over shards of their token-weighted gradients.
 
         The sum runs on the threads too, each over its own slice of every gradient, in the same
         order (shard 0 + shard 1 + ...) whatever the slicing, so the result does not change."""
         n = len(self.shares)
         self._run(lambda k: self.replicas[k].backward(dout * float(self.shares[k])), n)
         parts = [[_flat(g) for g in rep.gradients()] for rep in self.replicas[:n]]
-        total = [_flat(g) for g in self.model.gradients()]
+        total = into if into is not None else [_flat(g) for g in self.model.gradients()]
 
         def reduce(k):
             with part("gradient sum"):

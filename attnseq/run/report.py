@@ -8,12 +8,13 @@ import shlex
 
 class EpochBar:
     """The progress bar of one epoch (tqdm, on stderr, only where that is a terminal): batches done of
-    ``total`` (``done`` already, for a resumed epoch), and every 10 steps the running loss and samples/s."""
+    ``total`` (``done`` already, for a resumed epoch), and every 10 steps the running loss and samples/s.
+    ``show`` False: none (an MPI rank other than 0)."""
 
-    def __init__(self, total: int, done: int, desc: str):
+    def __init__(self, total: int, done: int, desc: str, show: bool | None = None):
         from tqdm import tqdm
         self.bar = tqdm(total=total, initial=done, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
-                        disable=None, mininterval=0.5)
+                        disable=None if show is None else not show, mininterval=0.5)
 
     def update(self, step: int, progress) -> None:
         """One batch more; ``progress`` is the epoch's ``EpochProgress`` after it, ``step`` the global step."""
@@ -70,8 +71,18 @@ def extra_test_line(file: str, what: str, m: dict) -> str:
 
 def averaged_line(averaged: dict, by_name: str) -> str:
     """averaged/ (``finish``'s "averaged" entry) on valid and test, and whether it beats best/ by ``by_name``."""
-    epochs, better = averaged["epochs"], averaged["better_than_best"]
-    return (f"averaged/ (epochs {epochs[0]}-{epochs[-1]}): valid {scores_text(averaged['valid'])}"
+    better = averaged["better_than_best"]
+    what = "epochs" if "epochs" in averaged else "steps"
+    first, last = averaged[what][0], averaged[what][-1]
+    return (f"averaged/ ({what} {first}-{last}): valid {scores_text(averaged['valid'])}"
             + (f"  | test {scores_text(averaged['test'])}" if "test" in averaged else "")
-            + f"  -- {'better' if better else 'not better'} than best/ by {by_name}"
-            + (f": use --ckpt {shlex.quote(averaged['path'])}" if better else ""))
+            + f"  -- {'better' if better else 'not better'} than best/ by {by_name}")
+
+
+def chosen_line(run, name: str, by_name: str) -> str:
+    """The run's last line: which checkpoint ``--ckpt RUN`` means, ``name`` "averaged" or "best"."""
+    run = shlex.quote(str(run))
+    if name == "averaged":
+        return (f"--ckpt {run} means {run}/averaged/: it scored higher than best/ by {by_name} "
+                f"(--ckpt {run}/best names best/)")
+    return f"--ckpt {run} means {run}/best/"

@@ -4,9 +4,11 @@ Layout of ``RUN/``::
 
     best/ last/        checkpoints (``attnseq.run.checkpoint``): the best epoch by --select-by, the latest save
     epoch-NNNN/        with --keep-last K, the last K epoch-end checkpoints
+    step-NNNNNNN/      or, with --keep-every N too, the last K taken every N steps (by step)
     averaged/          with --average-last K, the mean of the last K of them
     metrics.jsonl      one row per epoch (training stats and valid scores)
     result.json        the end of the run: best/'s valid score, its test scores (and averaged/'s)
+    attention_history.npz, tb/   what the run records besides (``attnseq.run.tracking``): --track-examples, --tensorboard
     .lock              while a trainer runs there (``attnseq.run.lock``)
 
 state.json's schema is ``attnseq.run.train_state``.
@@ -35,6 +37,15 @@ def _epoch_at_or_after(row: dict, epoch: int) -> bool:
     return isinstance(e, (int, float)) and not isinstance(e, bool) and e >= epoch
 
 
+def _saved_step(checkpoint: Path) -> int:
+    """The step a checkpoint was saved at (its state.json), -1 when unreadable."""
+    try:
+        step = read_json(checkpoint / "state.json").get("step")
+    except CheckpointError:
+        return -1
+    return step if isinstance(step, int) else -1
+
+
 class RunDir:
     """A run directory: ``best/`` and ``last/`` checkpoints, ``metrics.jsonl`` and ``result.json``.
 
@@ -45,12 +56,15 @@ class RunDir:
     ``resolve`` reads it in ``NAME``'s place and the next ``save_checkpoint`` renames it back.
 
     ``save(..., keep=K)`` also keeps the last K epoch-end checkpoints as ``epoch-NNNN/`` (the
-    epoch, 4 digits or more), pruning older ones; ``kept()`` lists them, oldest first.
+    epoch, 4 digits or more), pruning older ones; with ``by_step`` the checkpoint is kept as
+    ``step-NNNNNNN/`` (the step, 7 digits or more), also inside an epoch. ``kept()`` lists them, oldest
+    first.
 
     ``lock``/``unlock``: one trainer per run directory, through ``RUN/.lock``.
     """
     CHECKPOINTS = ("last", "best")
     EPOCH_DIR = re.compile(r"epoch-(\d{4,})")
+    STEP_DIR = re.compile(r"step-(\d{7,})")
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -193,41 +207,50 @@ class RunDir:
     def epoch_dir(self, epoch: int) -> Path:
         return self.path / f"epoch-{epoch:04d}"
 
+    def step_dir(self, step: int) -> Path:
+        return self.path / f"step-{step:07d}"
+
     def kept(self) -> list[tuple[int, Path]]:
-        """The kept epoch-end checkpoints as (epoch, directory), oldest first (an interrupted swap's
-        ``epoch-NNNN.old`` stands in for its missing ``epoch-NNNN``)."""
-        found: dict[int, Path] = {}
-        for d in sorted(self.path.glob("epoch-*")):
-            m = self.EPOCH_DIR.fullmatch(d.name.removesuffix(".old"))
+        """The kept checkpoints as (epoch, directory) for ``epoch-NNNN/`` and (step, directory) for
+        ``step-NNNNNNN/``, oldest first: by that number, or where a run kept both kinds (``--keep-every``
+        changed on a resume) by the step each was saved at (an interrupted swap's ``NAME.old`` stands in
+        for its missing ``NAME``)."""
+        found: dict[str, tuple[int, Path]] = {}
+        for d in sorted([*self.path.glob("epoch-*"), *self.path.glob("step-*")]):
+            name = d.name.removesuffix(".old")
+            m = self.EPOCH_DIR.fullmatch(name) or self.STEP_DIR.fullmatch(name)
             if m is None or not (d / "config.json").exists():
                 continue
-            epoch = int(m[1])
-            if epoch not in found or found[epoch].name.endswith(".old"):
-                found[epoch] = d
-        return sorted(found.items())
+            if name not in found or found[name][1].name.endswith(".old"):
+                found[name] = (int(m[1]), d)
+        mixed = len({name[:4] for name in found}) > 1
+        return sorted(found.values(), key=lambda kept: (_saved_step(kept[1]) if mixed else 0, kept[0]))
 
     def _prune(self, keep: int) -> None:
-        """Remove all but the newest ``keep`` (>= 1) kept epoch checkpoints."""
-        for epoch, _ in self.kept()[:-keep]:
-            d = self.epoch_dir(epoch)
+        """Remove all but the newest ``keep`` (>= 1) kept checkpoints."""
+        for _, d in self.kept()[:-keep]:
+            d = d.with_name(d.name.removesuffix(".old"))
             shutil.rmtree(d, ignore_errors=True)
             shutil.rmtree(d.with_name(d.name + ".old"), ignore_errors=True)
 
     # -- writing ---------------------------------------------------------------------------
     def save(self, model, optimizer, src_tok: Tokenizer, tgt_tok: Tokenizer, train_config: dict,
-             state: TrainState, best: bool, progress: EpochProgress | None = None, keep: int = 0) -> None:
+             state: TrainState, best: bool, progress: EpochProgress | None = None, keep: int = 0,
+             by_step: bool = False) -> None:
         """Save last/ (and first best/, when ``best``); ``progress`` for a checkpoint inside an epoch.
-        At an epoch's end with ``keep`` > 0, also ``epoch-NNNN/`` (before last/), keeping the newest ``keep``.
+        At an epoch's end with ``keep`` > 0, also ``epoch-NNNN/`` (before last/), keeping the newest ``keep``;
+        with ``by_step``, ``step-NNNNNNN/`` instead, at an epoch's end or inside one.
         A failure is a CheckpointError; the previous checkpoints stay intact."""
         st = asdict(state) if progress is None else dict(asdict(state), in_epoch=asdict(progress))
         args = (model, optimizer, src_tok, tgt_tok, train_config, st)
-        keep = keep if progress is None else 0
+        keep = keep if progress is None or by_step else 0
+        kept = self.step_dir(state.step) if by_step else self.epoch_dir(state.epoch)
         try:  # best first: a kill in between leaves last/ behind, so the epoch is redone and best/ saved again
             if best:
                 save_checkpoint(self.path / "best", *args)
                 faults.point("between-best-and-last")
             if keep:
-                save_checkpoint(self.epoch_dir(state.epoch), *args)
+                save_checkpoint(kept, *args)
             save_checkpoint(self.path / "last", *args)
             if keep:
                 self._prune(keep)

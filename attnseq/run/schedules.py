@@ -9,21 +9,24 @@ A schedule sets the optimizer's ``lr`` before each update (``before_step``) from
 - ``warmup-rsqrt``: lr · min(step / W, sqrt(W / step)), W = ``--warmup`` (a linear rise to lr at step
   W, then inverse square root decay);
 - ``cosine``: a linear rise over the first W steps (if ``--warmup`` W > 0), then
-  lr · (1 + cos(pi · (step - 1 - W) / (T - W))) / 2 down towards 0 at step T, the run's total
-  steps (``--epochs`` × batches per epoch);
+  lr · (1 + cos(pi · p)) / 2, p = (step - 1 - W) / (T - 1 - W), from lr at step W + 1 down to 0 at
+  step T, the run's last step (``--epochs`` × batches per epoch, or with ``--max-minutes`` the
+  budget's last step, estimated anew before every step: ``attnseq.run.budget``);
+- ``linear``: the same warm-up, then lr · (1 - p), a straight line from lr down to 0 at step T;
 - ``plateau``: lr · scale (after a warm-up as cosine's), the scale multiplied by
   ``--plateau-factor`` after ``--plateau-patience`` epochs in a row that do not beat best/ (by
   ``--select-by``).
 
-Every per-step value is a function of ``step``, the run's totals and the state ``state_dict``
+Every per-step value is a function of ``step``, the run's last step and the state ``state_dict``
 returns (plateau's scale and count), which state.json holds: a resumed run, from an epoch's end or
-from inside one, sets the same lr at every step as an uninterrupted one.
+from inside one, sets the same lr at every step as an uninterrupted one. (A cosine schedule saved
+before it reached 0 at step T, whose state.json says no "ends", keeps its old p = (step - 1 - W) / (T - W).)
 """
 from __future__ import annotations
 
 import math
 
-SCHEDULES = ("constant", "plateau", "warmup-rsqrt", "cosine")
+SCHEDULES = ("constant", "plateau", "warmup-rsqrt", "cosine", "linear")
 
 
 class Schedule:
@@ -33,7 +36,7 @@ class Schedule:
 
     def __init__(self, lr: float, warmup: int = 0):
         self.lr, self.warmup = float(lr), int(warmup)
-        self.total_steps = 0            # --epochs × batches per epoch: set by the Trainer as each epoch starts
+        self.total_steps = 0            # the run's last step: set by the Trainer (--epochs, --max-minutes)
 
     def lr_at(self, step: int) -> float:
         raise NotImplementedError
@@ -83,16 +86,45 @@ class WarmupRsqrt(Schedule):
         return self.lr * min(step / self.warmup, math.sqrt(self.warmup / step))
 
 
-class Cosine(Schedule):
-    """Warm-up over W steps, then half a cosine from lr down to 0 at step ``total_steps``."""
-    name = "cosine"
+class Annealing(Schedule):
+    """Warm-up over W steps, then from lr down to 0 at step ``total_steps``, the run's last, along
+    ``shape``(p) for p = (step - 1 - W) / (T - 1 - W) going from 0 to 1."""
+    ENDS = "last_step"                  # state.json's "ends": p reaches 1 at step T itself
+
+    def __init__(self, lr: float, warmup: int = 0):
+        super().__init__(lr, warmup)
+        self.legacy = False             # a state.json of before "ends": p = (step - 1 - W) / (T - W)
+
+    def shape(self, p: float) -> float:
+        raise NotImplementedError
 
     def lr_at(self, step: int) -> float:
         if step <= self.warmup:
             return self.lr * self.warm(step)
-        span = max(self.total_steps - self.warmup, 1)
-        progress = min((step - 1 - self.warmup) / span, 1.0)
-        return self.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+        span = max(self.total_steps - self.warmup - (0 if self.legacy else 1), 1)
+        return self.lr * self.shape(min((step - 1 - self.warmup) / span, 1.0))
+
+    def state_dict(self) -> dict:
+        return {"name": self.name} if self.legacy else {"name": self.name, "ends": self.ENDS}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.legacy = state.get("ends") != self.ENDS
+
+
+class Cosine(Annealing):
+    """Warm-up over W steps, then half a cosine from lr down to 0 at step ``total_steps``."""
+    name = "cosine"
+
+    def shape(self, p: float) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+class Linear(Annealing):
+    """Warm-up over W steps, then a straight line from lr down to 0 at step ``total_steps``."""
+    name = "linear"
+
+    def shape(self, p: float) -> float:
+        return 1.0 - p
 
 
 class Plateau(Schedule):
@@ -136,6 +168,8 @@ def build_schedule(cfg: dict) -> Schedule:
         return Plateau(lr, warmup, cfg["plateau_factor"], cfg["plateau_patience"])
     if name == "cosine":
         return Cosine(lr, warmup)
+    if name == "linear":
+        return Linear(lr, warmup)
     if name == "warmup-rsqrt":
         return WarmupRsqrt(lr, warmup)
     raise ValueError(f"unknown lr schedule {name!r}; one of {', '.join(SCHEDULES)}")

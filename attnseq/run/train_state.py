@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError
+from .budget import BudgetState
 from .schedules import check_state
 from .selection import LEGACY_METRIC, SELECT_BY
 
@@ -26,7 +27,8 @@ class TrainState:
     being the valid score ``best_metric`` names (``attnseq.run.selection``: exact match, BLEU or
     -loss; state.json from before it holds exact match and no name). ``rng`` and ``dropout_rng``
     are the bit generator states of the batch order and of dropout; ``schedule`` the lr schedule's
-    state (its name, and plateau's scale and count).
+    state (its name, and plateau's scale and count); ``budget`` the time the run had used
+    (``attnseq.run.budget``; None in a state.json from before it).
     """
     epoch: int
     step: int
@@ -37,6 +39,7 @@ class TrainState:
     dropout_rng: dict
     best_metric: str = LEGACY_METRIC
     schedule: dict | None = None
+    budget: BudgetState | None = None
 
     @classmethod
     def from_json(cls, st: dict, path: Path) -> "TrainState":
@@ -70,15 +73,19 @@ def _schedule(value) -> dict | None:
     return None if value is None else check_state(value)
 
 
+def _budget(value) -> BudgetState | None:
+    return None if value is None else BudgetState.from_json(value)
+
+
 def _rng_state(value) -> dict:
     np.random.PCG64().state = value         # what default_rng() takes, or TypeError/ValueError
     return value
 
 
 _STATE_FIELDS = dict(epoch=int, step=int, best=_score, bad_epochs=int, nonfinite_skipped=int,
-                     rng=_rng_state, dropout_rng=_rng_state, best_metric=_metric, schedule=_schedule)
+                     rng=_rng_state, dropout_rng=_rng_state, best_metric=_metric, schedule=_schedule, budget=_budget)
 # absent from state.json written before they existed
-_STATE_OPTIONAL = dict(nonfinite_skipped=0, best_metric=LEGACY_METRIC, schedule=None)
+_STATE_OPTIONAL = dict(nonfinite_skipped=0, best_metric=LEGACY_METRIC, schedule=None, budget=None)
 
 
 @dataclass

@@ -4,55 +4,63 @@
 the options of ``attnseq.run.config`` (``batch_size`` for ``--batch-size``); ``train`` fills in the
 defaults, and on ``--resume`` the run's saved options. Around the loop, each in its module: the run
 directory and its lock (``rundir``), state.json (``train_state``), best/ and ``--patience``
-(``selection``), the lr (``schedules``), signals and ``--max-minutes`` (``stopping``), the log lines
-(``report``) and the end of the run, where the test split is scored once (``finish``).
+(``selection``), the lr (``schedules``), signals (``stopping``), ``--max-minutes`` (``budget``: the run's
+last step, which the lr schedule anneals to), the log lines (``report``), what is recorded besides
+checkpoints (``tracking``: the attention of a few valid examples across training, TensorBoard) and the
+end of the run, where the test split is scored once (``finish``).
 
 Long runs: ``--save-every`` also saves ``last/`` inside an epoch, with how far into the epoch's batch
 order it is (``EpochProgress``), so ``--resume`` continues from that step and ends exactly where an
 uninterrupted run would. A stop signal finishes the current step, saves ``last/`` and raises
 ``TrainingStopped`` (the CLI exits 130 or 143).
+
+Started by ``mpiexec`` as several ranks, the Trainer of each rank asks its group (``distributed``: who owns
+the run directory, what runs a step, rank 0's clock, the stop signals, the valid split in parts); alone,
+every answer is what one process does.
 """
 from __future__ import annotations
 
 import math
 import shlex
 import time
+from pathlib import Path
 
 import numpy as np
 
-from . import faults, report, selection
-from ..data.batching import Encoded, batch_order, encode_pairs, padding_fraction, take
-from ..data.corpus import build_tokenizers, load_data
+from . import distributed, faults, report, selection
+from ..data.batching import Encoded, batch_order, padding_fraction, take
+from ..data.corpus import load_data
 from ..errors import NonFiniteError, TrainingStopped
-from ..nn.layers import Dropout
-from ..nn.model import AttentionSeq2seq
-from ..nn.optim import NonFiniteGradient, build_optimizer
+from ..nn.optim import NonFiniteGradient
 from ..nn.output_length import OutputLengthRule
-from .config import model_config, resolve_config, save_interval
+from .budget import TimeBudget
+from .config import resolve_config, save_interval
 from .evaluation import evaluate, normalized_refs
 from .finish import EndOfRun
-from .parallel import DataParallel, for_training
+from .parallel import DataParallel
 from .rundir import RunDir
 from .schedules import build_schedule
-from .stopping import StopSignals, TimeLimit
+from .stopping import StopSignals
+from .tracking import Tracking, require
 from .train_state import EpochProgress, TrainState
+from .trainer_setup import TrainerSetup, dropout_rng
 
 
-def _dropout_rng(model) -> np.random.Generator:
-    return next(m.rng for _, m in model.named_modules() if isinstance(m, Dropout))
-
-
-class Trainer:
+class Trainer(TrainerSetup):
     """One run's model, optimizer, data and counters; ``run()`` trains to the end.
 
     ``cfg`` is a resolved config (``resolve_config``). ``run_dir`` is the RunDir of ``cfg["out"]``
     when the caller has one (it keeps the config.json that ``saved_options`` already read for a ``--resume``).
     Building a Trainer takes the run directory's lock (a ConfigError if another trainer holds it);
-    ``run()`` releases it, whatever happens.
+    ``run()`` releases it, whatever happens. ``group``: the processes it trains with
+    (``distributed.SOLO``, or an MPI job's ranks: ``attnseq.run.ranks``).
     """
 
-    def __init__(self, cfg: dict, log=print, run_dir: RunDir | None = None):
+    def __init__(self, cfg: dict, log=print, run_dir: RunDir | None = None, group=None, clock=None):
+        require(cfg)                                    # --tensorboard without its extra: one line, nothing written
         self.cfg, self.log = cfg, log
+        self.group = group if group is not None else distributed.SOLO
+        self.budget = TimeBudget(cfg["max_minutes"], clock or time.perf_counter)   # clock: tests pass their own
         self.run_dir = run_dir if run_dir is not None else RunDir(cfg["out"])
         self.out = self.run_dir.path
         self.t_start = time.perf_counter()
@@ -62,9 +70,9 @@ class Trainer:
         self.schedule = build_schedule(cfg)
         self.progress: EpochProgress | None = None      # a mid-epoch checkpoint's, until its epoch resumes
         self.save_every = save_interval(cfg["save_every"])
-        self.time_limit = TimeLimit(cfg["max_minutes"], self.t_start)
         self.stopped_by: str | None = None
         self.stop, self.runner = StopSignals(), None
+        self.tracking = Tracking()                      # attention history, TensorBoard (run/tracking.py)
         self.run_dir.lock()                             # released by run(), or here if setting up fails
         try:
             self._set_up()
@@ -72,7 +80,7 @@ class Trainer:
             self.run_dir.unlock()
             raise
 
-    # -- setting up ------------------------------------------------------------------------
+    # -- setting up (the steps: ``TrainerSetup``, in trainer_setup.py) ------------------------------------
     def _set_up(self) -> None:
         resuming = self._open_run_dir()
         if resuming:
@@ -84,81 +92,21 @@ class Trainer:
         if not resuming:                                # a resumed model keeps its checkpoint's rule
             self._fit_output_rule(self.sets["train"])
         del data                                        # the pairs' text lives on only in valid's and test's Encoded
-        self.runner = for_training(self.model, self.cfg["threads"], self.cfg["batch_size"])  # model or row shards
+        self.runner = self.group.runner(self.model, self.cfg["threads"], self.cfg["batch_size"])  # model or shards
         if resuming:
             where = f", batch {self.progress.batches_done} of epoch {self.epoch + 1}" if self.progress else ""
             self.log(f"resumed {self.out} at epoch {self.epoch}, step {self.step}{where}")
+        if self.group.is_root:                          # rank 0 alone records; the others' directory is gone
+            self.tracking = Tracking.start(self.cfg, self.out, self.sets["valid"], self.src_tok, self.tgt_tok,
+                                           self.step, self.log)
+        self.budget.setup_done()
         self.last_save = time.perf_counter()
-
-    def _fit_output_rule(self, train: Encoded) -> None:
-        """The longest output the model's decoding allows, fitted to the training split's lengths
-        (``OutputLengthRule.fit``); it goes into config.json with the model."""
-        self.model.output_len_rule = rule = OutputLengthRule.fit(train.src_len, train.tgt_len - 1)  # - bos
-        self.log(f"longest output: {rule.text} tokens for a Ts-token source (fitted to the training split; "
-                 f"--max-output-len overrides)")
-
-    def _open_run_dir(self) -> bool:
-        """Get --out ready; True when there is a checkpoint to resume from."""
-        resuming = self.run_dir.prepare(self.cfg["resume"])
-        if self.cfg["resume"] and not resuming:
-            self.log(f"note: {self.out} has no checkpoint yet; starting from scratch")
-        return resuming
-
-    def _resume(self) -> None:
-        """Model, tokenizers, optimizer and counters from the last checkpoint, all checked before any data loads."""
-        ck = self.run_dir.load_last(self.cfg["device"])
-        self.model, self.src_tok, self.tgt_tok = ck.model, ck.src_tok, ck.tgt_tok
-        self.opt = self._build_optimizer()
-        state = self.run_dir.restore(ck, self.opt)
-        self.epoch, self.step, self.skipped = state.epoch, state.step, state.nonfinite_skipped
-        self.best = selection.Best(self.best.by, state.best, state.bad_epochs)
-        self.rng.bit_generator.state = state.rng
-        _dropout_rng(self.model).bit_generator.state = state.dropout_rng
-        self.progress = EpochProgress.from_json(ck.state, ck.path / "state.json")
-        if state.schedule and state.schedule.get("name") == self.schedule.name:
-            self.schedule.load_state_dict(state.schedule)
-        if state.best_metric != self.best.by:
-            self.log(self.best.rechoose(state.best_metric, self.run_dir.read_metrics(), self.run_dir.best_epoch()))
-        saved = ck.config.get("train")
-        self._apply_changed_lr(saved.get("lr") if isinstance(saved, dict) else None)
-
-    def _apply_changed_lr(self, saved) -> None:
-        """A --resume with another --lr than the run's: the optimizer takes it now (optimizer.npz
-        brought back the old one, which the constant schedule would otherwise keep), said in the log."""
-        new = self.cfg["lr"]
-        if not isinstance(saved, (int, float)) or saved == new:
-            return
-        self.opt.lr = new
-        self.log(f"note: --lr changed from {saved:g} to {new:g}")
 
     def _load_data(self) -> dict[str, list]:
         data = load_data(self.cfg)
         if self.cfg["data"] is None and self.cfg["valid"] is None:
             self.log(f"note: no --valid given; {len(data['valid'])} pairs of {self.cfg['train']} held out to validate")
         return data
-
-    def _new_model(self, train_pairs) -> None:
-        """Tokenizers trained on the training split, a fresh model on cfg's device, and its optimizer."""
-        cfg = self.cfg
-        self.src_tok, self.tgt_tok = build_tokenizers(cfg, train_pairs)
-        self.model = AttentionSeq2seq.from_config(model_config(cfg, self.src_tok.vocab_size, self.tgt_tok.vocab_size))
-        if cfg["device"] != "cpu":
-            self.model.to(cfg["device"])
-        self.opt = self._build_optimizer()
-
-    def _build_optimizer(self):
-        cfg = self.cfg
-        return build_optimizer(cfg["optimizer"], self.model, cfg["lr"], clip=cfg["clip"],
-                               weight_decay=cfg["weight_decay"])
-
-    def _encode(self, pairs, name) -> Encoded:
-        """The split as id matrices; the training split's compact (uint16 ids) and without its text."""
-        train = name == "train"
-        enc = encode_pairs(pairs, self.src_tok, self.tgt_tok, self.cfg["reverse_source"],
-                           self.cfg["max_len"] if train else None, keep_pairs=not train, compact=train)
-        if enc.dropped:
-            self.log(f"note: {enc.dropped} {name} pairs longer than --max-len {self.cfg['max_len']} were left out")
-        return enc
 
     # -- one epoch ---------------------------------------------------------------------------
     def train_epoch(self) -> dict:
@@ -170,13 +118,18 @@ class Trainer:
                               then_by=data.tgt_len)
         self.schedule.total_steps = cfg["epochs"] * len(batches)
         progress = self._epoch_progress(len(batches))
+        self.batches = len(batches)
         t0, time_before = time.perf_counter(), progress.time_s
-        bar = report.EpochBar(len(batches), progress.batches_done, f"epoch {self.epoch + 1}/{cfg['epochs']}")
+        bar = report.EpochBar(len(batches), progress.batches_done, f"epoch {self.epoch + 1}/{cfg['epochs']}",
+                              show=None if self.group.is_root else False)
         for idx in batches[progress.batches_done:]:
+            self._plan(progress.batches_done)
             self._train_batch(data, idx, progress)
             progress.batches_done += 1
             progress.time_s = time_before + time.perf_counter() - t0
             bar.update(self.step, progress)
+            if self._budget_ended():
+                break
             self._between_steps(progress)
         bar.close()
         dt = max(progress.time_s, 1e-9)
@@ -201,18 +154,42 @@ class Trainer:
         src, tgt = take(data, idx)
         loss = self.runner.forward(src, tgt)
         self.step += 1
+        self.budget.step_done()
         faults.point("train-step")
         if self._step(loss):
             progress.loss_sum += float(loss)
             progress.loss_batches += 1
             progress.samples += len(idx)
+            self.tracking.step(self.model, self.step, float(loss), self.opt.lr,
+                               self.epoch + (progress.batches_done + 1) / progress.batches)
+
+    def _plan(self, done: int) -> None:
+        """Before each step: the run's last step, which the lr schedule anneals to: with --max-minutes
+        the budget's estimate (``TimeBudget.last_step``; ``done`` batches of this epoch trained) by rank 0's
+        clock, the same on every rank (so they set the same lr and stop at the same step), else --epochs'."""
+        cap = self.cfg["epochs"] * self.batches
+        self.schedule.total_steps = (self.group.root_decides(self.budget.last_step, self.step, done, self.batches, cap)
+                                     if self.budget.active else cap)
+
+    def _budget_ended(self) -> bool:
+        """Whether the step just taken is the budget's last (the epoch then ends there)."""
+        if self.budget.ended(self.step, self.schedule.total_steps, self.cfg["epochs"] * self.batches):
+            self.stopped_by = "max_minutes"
+        return self.stopped_by is not None
+
+    def _keep_due(self) -> bool:
+        """--keep-every N: whether this step is a multiple of N within the run's last K·N steps (K = --keep-last)."""
+        n = self.cfg["keep_every"]
+        return n > 0 and self.step % n == 0 and self.step > self.schedule.total_steps - self.cfg["keep_last"] * n
 
     def _between_steps(self, progress: EpochProgress) -> None:
-        """Save last/ when --save-every says so; on a stop signal, save it and raise TrainingStopped."""
-        stopping = self.stop.signum is not None
+        """Save last/ when --save-every says so (and a kept step checkpoint when --keep-every does); on a stop
+        signal, save it and raise TrainingStopped."""
+        stopping = self._stopping()
         more = progress.batches_done < progress.batches        # else the epoch's end saves at once
-        if stopping or (more and self._save_due()):
-            self._save(progress=progress)
+        keep = more and self._keep_due()
+        if stopping or (more and (self._save_due() or keep)):
+            self._save(progress=progress, keep_step=keep)
             faults.point("mid-epoch-saved")
         if stopping:
             raise self._stopped(mid_epoch=True)
@@ -223,7 +200,15 @@ class Trainer:
         kind, every = self.save_every
         if kind == "steps":
             return self.step % every == 0
-        return time.perf_counter() - self.last_save >= every
+        return self.group.root_clock(time.perf_counter() - self.last_save >= every)    # rank 0's clock decides
+
+    def _stopping(self, now: bool = False) -> bool:
+        """Whether SIGINT or SIGTERM came (to any rank of the group: as the last step carried them, or
+        ``now``, at an epoch's end, asking them all); ``self.stop.signum`` is then the signal."""
+        signum = (self.group.signal_now if now else self.group.step_signal)(self.stop.signum)
+        if signum is not None:
+            self.stop.signum = signum
+        return signum is not None
 
     def _step(self, loss) -> bool:
         """Backward and update, unless the loss or the gradient norm is NaN/inf: then stop, or skip the batch."""
@@ -252,47 +237,56 @@ class Trainer:
         try:
             with self.stop:
                 self._run_epochs()
-            return self.finish()
+            self.group.alone()                          # the end is rank 0's alone; the others return None
+            return self.finish() if self.group.is_root else None
         finally:
-            if self.runner is not None and self.runner is not self.model:
-                self.runner.close()
-            self.run_dir.unlock()
+            self.close()
+
+    def close(self) -> None:
+        """Stop the runner's threads, close the attention tracking and release the run directory's lock."""
+        if self.runner is not None and self.runner is not self.model:
+            self.runner.close()
+        self.tracking.close()
+        self.run_dir.unlock()
 
     def _run_epochs(self) -> None:
         cfg = self.cfg
-        while self.epoch < cfg["epochs"] and self.best.bad_epochs < cfg["patience"]:
-            late = self.time_limit.too_late(self.epoch + 1)
-            if late:
-                self.log(late)
-                self.stopped_by = "max_minutes"
-                return
-            t0 = time.perf_counter()
+        while self.epoch < cfg["epochs"] and self.best.bad_epochs < cfg["patience"] and self.stopped_by is None:
             stats = self.train_epoch()
             self.epoch += 1
             if isinstance(self.runner, DataParallel):
                 self.runner.release()                               # its scratch memory, while evaluating
-            valid = self._evaluate(self.model, self.sets["valid"])
+            self.budget.eval_started()
+            valid = self._evaluate(self.model, self.sets["valid"], together=True)
+            self.budget.eval_done()
             improved = self.best.update(valid)
             row = self._metrics_row(stats, valid)
+            self.tracking.validated(self.model, self.epoch, self.step, row)
             note = self.schedule.epoch_end(self.opt, improved)     # --lr-decay, or plateau's cut
             self.run_dir.append_metrics(row)
-            self._save(best=improved)
+            ending = self.epoch >= cfg["epochs"] or self.best.bad_epochs >= cfg["patience"] or bool(self.stopped_by)
+            self._save(best=improved, keep_step=ending or self._keep_due())
             self._report(row, valid)
             if note:
                 self.log(note)
-            self.time_limit.walls.append(time.perf_counter() - t0)
+            if self.budget.active:
+                self.log(self.budget.note(self.schedule.total_steps, self.batches))
             if self.best.bad_epochs >= cfg["patience"]:
                 tie = "" if self.best.by == "loss" else " (or loss)"
                 self.log(f"early stop: no better {selection.NAMES[self.best.by]}{tie} for {cfg['patience']} epochs")
-            if self.stop.signum is not None:
+            if self._stopping(now=True):
                 raise self._stopped(mid_epoch=False)
 
-    def _save(self, best: bool = False, progress: EpochProgress | None = None) -> None:
-        """last/ (and best/, and with --keep-last epoch-NNNN/): at an epoch's end, or inside one with
-        ``progress`` (state.rng: the epoch's start)."""
+    def _save(self, best: bool = False, progress: EpochProgress | None = None, keep_step: bool = False) -> None:
+        """last/ (and best/, and with --keep-last epoch-NNNN/, or with --keep-every and ``keep_step``
+        step-NNNNNNN/): at an epoch's end, or inside one with ``progress`` (state.rng: the epoch's start). The
+        tracked attention and TensorBoard go to disk first."""
+        self.tracking.persist()
+        by_step = self.cfg["keep_every"] > 0
+        keep = self.cfg["keep_last"] if keep_step or not by_step else 0
         self.run_dir.save(self.model, self.opt, self.src_tok, self.tgt_tok, dict(self.cfg),
                           self._state(mid_epoch=progress is not None), best=best, progress=progress,
-                          keep=self.cfg["keep_last"])
+                          keep=keep, by_step=by_step)
         self.last_save = time.perf_counter()
 
     def _stopped(self, mid_epoch: bool) -> TrainingStopped:
@@ -302,11 +296,13 @@ class Trainer:
         return TrainingStopped(f"stopped {where}; checkpoint in {self.out / 'last'} — resume with: "
                                f"attnseq train --out {shlex.quote(str(self.out))} --resume", self.stop.signum)
 
-    def _evaluate(self, model, data: Encoded, predictions: bool = True) -> dict:
+    def _evaluate(self, model, data: Encoded, predictions: bool = True, together: bool = False) -> dict:
+        """``evaluate``'s scores; ``together``: by every rank of the group (if more than one), each scoring a part."""
         bleu = bool(self.cfg["bleu"]) or self.best.by == "bleu"
         limit = self.cfg["max_output_len"]                 # None: the model's own rule
-        scores = evaluate(model, data, self.tgt_tok, self.cfg["eval_batch_size"], bleu,
-                          max_len=OutputLengthRule.parse(limit) if limit else None)
+        scores = (self.group.evaluate if together and self.group.size > 1 else evaluate)(
+            model, data, self.tgt_tok, self.cfg["eval_batch_size"], bleu,
+            max_len=OutputLengthRule.parse(limit) if limit else None)
         if not predictions:
             scores.pop("predictions")
         return scores
@@ -318,12 +314,22 @@ class Trainer:
                     **{f"valid_{k}": v for k, v in valid.items() if k != "predictions"},
                     nonfinite_skipped=self.skipped, elapsed_s=time.perf_counter() - self.t_start)
 
+    def snapshot(self, directory: Path) -> Path:
+        """Where the run stands (model, optimizer, tokenizers, counters, random states, a resumed epoch's
+        progress) as the checkpoint ``directory/last``, which a Trainer resumes from: the start rank 0 of
+        an MPI job sends the others. -> that checkpoint's directory."""
+        self.opt.init_state()                           # a run that has not trained yet: its zeros
+        RunDir(directory).save(self.model, self.opt, self.src_tok, self.tgt_tok, dict(self.cfg), self._state(),
+                               best=False, progress=self.progress)
+        return Path(directory) / "last"
+
     def _state(self, mid_epoch: bool = False) -> TrainState:
         rng = self.epoch_rng if mid_epoch else self.rng.bit_generator.state
         return TrainState(epoch=self.epoch, step=self.step, best=self.best.score, bad_epochs=self.best.bad_epochs,
                           nonfinite_skipped=self.skipped, rng=rng,
-                          dropout_rng=_dropout_rng(self.model).bit_generator.state,
-                          best_metric=self.best.by, schedule=self.schedule.state_dict())
+                          dropout_rng=dropout_rng(self.model).bit_generator.state,
+                          best_metric=self.best.by, schedule=self.schedule.state_dict(),
+                          budget=self.budget.snapshot())
 
     def _report(self, row: dict, valid: dict) -> None:
         pairs = self.sets["valid"].pairs[:self.cfg["examples"]]
@@ -351,8 +357,13 @@ def train(cfg: dict, log=print) -> dict:
     """Train from a config dict (keys: ``attnseq.run.config.OPTIONS``); returns the final metrics.
 
     Called from the main thread, SIGINT and SIGTERM stop it gracefully meanwhile (``TrainingStopped``,
-    last/ saved); the caller's own handlers are back when it returns or raises.
+    last/ saved); the caller's own handlers are back when it returns or raises. Started by ``mpiexec``
+    with several ranks, every rank calls it and they train as one run (``attnseq.run.ranks``): rank 0
+    returns the metrics, the others None.
     """
+    group = distributed.world()                                # SOLO, unless mpiexec started several ranks
+    if group.size > 1:
+        return group.train(cfg, log, Trainer)                   # the result on rank 0, None on the others
     out = cfg.get("out")
     run_dir = RunDir(out) if isinstance(out, str) else None     # shared, so a --resume reads config.json once
     saved = run_dir.saved_options() if run_dir is not None and cfg.get("resume") else None

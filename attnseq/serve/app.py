@@ -159,17 +159,19 @@ def render_page(service: Service) -> str:
 
 def create_app(translator, limits: Limits | None = None, name: str | None = None) -> Starlette:
     """The ASGI app serving ``translator``: a ``TranslatorBase`` (``attnseq.run.inference.Translator``,
-    ``attnseq.export.OnnxTranslator``), or a run or checkpoint directory (attnseq's engine, on the CPU).
+    ``attnseq.export.OnnxTranslator``, either of them over an ensemble), or a run or checkpoint directory, or
+    a list of them (an ensemble, linear with equal weights; attnseq's engine, on the CPU).
 
     ``limits``: the server's bounds (``Limits()``: the ``attnseq serve`` defaults). ``name``: the model's
-    name on /v1/model and the page (default: the directory's name). The batcher's thread starts with the
+    name on /v1/model and the page (default: the directories' names). The batcher's thread starts with the
     first request and stops at the app's lifespan shutdown; when you mount the app in your own, call
     ``app.state.service.close()`` on your shutdown.
     """
-    if isinstance(translator, (str, Path)):
+    paths = translator if isinstance(translator, (list, tuple)) else [translator]
+    if all(isinstance(t, (str, Path)) for t in paths):
         from ..run.inference import Translator
-        name = name or Path(translator).name
-        translator = Translator(translator)
+        name = name or "+".join(Path(t).name for t in paths)
+        translator = Translator(paths[0] if len(paths) == 1 else list(paths))
     service = Service(translator, limits, name or "model")
 
     @contextlib.asynccontextmanager

@@ -11,7 +11,8 @@ those jobs, round robin (one sentence from each job in queue order, then again),
 ``run_batch(key, texts)`` once (the translator sorts them by length), and hands each job its own rows.
 A job with sentences left over goes to the back of the queue, so a long request never keeps a short
 one that arrived after it waiting for more than one batch; a job of another key waits for one batch at
-most once it reaches the head.
+most once it reaches the head. A ``solo`` job (seeded sampling: its draws depend on every row of its
+model call) shares no call: once at the head it runs at once, whole, whatever ``max_batch`` says.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class Job:
     """One request's texts: ``taken`` of them are in a batch or done, ``done`` are done."""
     key: tuple
     texts: list
+    solo: bool = False                      # run alone and whole, in one model call
     arrived: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
     results: list = field(init=False)
@@ -86,9 +88,10 @@ class Batcher:
         self.closing = False
 
     # -- the event loop's side -----------------------------------------------------------------
-    def submit(self, key: tuple, texts: list) -> Job:
-        """Queue ``texts`` (to be run with the search ``key``) -> their Job; QueueFull, or Closed."""
-        job = Job(key, list(texts))
+    def submit(self, key: tuple, texts: list, solo: bool = False) -> Job:
+        """Queue ``texts`` (to be run with the search ``key``; ``solo``: in a model call of their own) -> their
+        Job; QueueFull, or Closed."""
+        job = Job(key, list(texts), solo)
         with self.cond:
             if self.closing:
                 raise Closed("the server is shutting down")
@@ -142,14 +145,14 @@ class Batcher:
                     self.cond.wait()
                     continue
                 head = self.pending[0]
-                same = [j for j in self.pending if j.key == head.key]
+                same = [head] if head.solo else [j for j in self.pending if j.key == head.key and not j.solo]
                 ready = sum(j.left for j in same)
                 wait = head.arrived + self.max_wait_s - time.monotonic()
-                if ready >= self.max_batch or wait <= 0 or self.closing:
+                if head.solo or ready >= self.max_batch or wait <= 0 or self.closing:
                     break
                 self.cond.wait(wait)
             batch = []
-            for job, n in zip(same, share_round_robin(same, self.max_batch)):
+            for job, n in zip(same, share_round_robin(same, head.left if head.solo else self.max_batch)):
                 if n:
                     batch.append((job, job.taken, job.taken + n))
                     job.taken += n

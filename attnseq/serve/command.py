@@ -16,13 +16,15 @@ from . import require
 from .limits import Limits
 
 
-def build_translator(args):
-    """The engine named by the flags: attnseq's own (--ckpt) or onnxruntime (--model), as translate takes them."""
-    if args.engine == "onnxruntime":
-        from ..export import OnnxTranslator
-        return OnnxTranslator(args.model)
-    from ..run.inference import Translator
-    return Translator(args.ckpt, args.device)
+def build_app(args):
+    """The app for ``attnseq serve``'s flags: the model or ensemble as translate takes it (--ckpt or --model,
+    repeated for an ensemble, --ensemble-mode, --weights), behind the limits; named after its directories."""
+    from ..cli import translator_from_flags
+    from .app import create_app
+    limits = Limits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)}).check()
+    given = args.model if args.engine == "onnxruntime" else args.ckpt
+    name = "+".join(Path(g).resolve().name for g in given)
+    return create_app(translator_from_flags(args), limits, name)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -71,11 +73,8 @@ def draining_server(uvicorn, config, service, grace_s: float):
 def serve(args) -> int:
     require("starlette")
     uvicorn = require("uvicorn")
-    from .app import create_app
-    limits = Limits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)}).check()
-    translator = build_translator(args)
-    name = Path(args.model if args.engine == "onnxruntime" else args.ckpt).resolve().name
-    app = create_app(translator, limits, name)
+    app = build_app(args)
+    limits, name = app.state.service.limits, app.state.service.name
     app.state.service.warm_up()
     sock = listen(args.host, args.port)
     config = uvicorn.Config(app, log_level="warning", access_log=args.access_log, lifespan="on",

@@ -10,16 +10,16 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 from ..errors import ConfigError
 from ..nn.output_length import OutputLengthRule
+from .options import OPTIONS, decoding_options, prefixes
+from .refusals import ERROR_CLASSES, RequestError, out_of_range, wrong_type  # noqa: F401 (the app's, the tests')
 
-FIELDS = ("texts", "beam", "n_best", "attention", "max_output_len")
-# every error class (RequestError.code, the metrics' label) with its status
-ERROR_CLASSES = {"invalid_utf8": 400, "invalid_json": 400, "not_found": 404, "method_not_allowed": 405,
-                 "body_too_large": 413, "unsupported_media_type": 415, "wrong_type": 422, "unknown_field": 422,
-                 "missing_field": 422, "too_many_texts": 422, "input_too_long": 422, "out_of_range": 422,
-                 "internal": 500, "queue_full": 503, "shutting_down": 503, "timeout": 504}
+# the fields of a request: the texts, the search (the options are TranslatorBase.translate's keywords, see
+# ``options``; max_output_len is its max_len, attention its details), and a target prefix per text
+FIELDS = ("texts", "beam", "n_best", *OPTIONS, "prefix", "attention", "max_output_len")
 
 
 def flag(name: str) -> str:
@@ -37,7 +37,7 @@ class Limits:
     max_input_len: int | None = None  # tokens in one text (None: the model's own: its run's --max-len, else 200)
     max_body_bytes: int = 1 << 20   # bytes in one request body
     timeout_s: float = 30.0         # per translate request, from arrival to answer: else 504
-    max_beam: int = 16              # the largest beam (and n-best) a request may ask for
+    max_beam: int = 16              # the largest beam, n-best or number of samples a request may ask for
 
     def check(self) -> "Limits":
         """ConfigError naming the flag for a bound out of range; else self."""
@@ -55,31 +55,38 @@ class Limits:
         return self
 
 
-class RequestError(Exception):
-    """A request the server refuses: ``status`` (4xx, or 503/504), ``code`` (the error class, also the
-    metrics label) and a one-line ``message``; ``headers`` go on the response (Retry-After)."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
-
-    def body(self) -> dict:
-        return {"error": self.message, "code": self.code}
+class SearchKey(NamedTuple):
+    """What the sentences of one model call must share: requests with equal keys may be batched together."""
+    beam: int
+    n_best: int
+    attention: bool
+    max_output_len: OutputLengthRule | None
+    options: tuple          # ((keyword, value), ...): every option of ``options.OPTIONS``, defaults included
+    prefixed: bool          # some text has a target prefix (every row then runs through the prefix's step)
 
 
 @dataclass(frozen=True)
 class TranslateRequest:
-    """A checked POST /v1/translate body."""
+    """A checked POST /v1/translate body. ``options``: ((keyword, value), ...) of every decoding option
+    of ``options.OPTIONS``, as ``TranslatorBase.translate`` takes them; ``prefix``: one per text, or None."""
     texts: tuple
     beam: int = 1
     n_best: int = 1
     attention: bool = False
     max_output_len: OutputLengthRule | None = None
+    options: tuple = ()
+    prefix: tuple | None = None
 
     @property
-    def key(self) -> tuple:
-        """What the sentences of one model call must share: requests with the same key batch together."""
-        return self.beam, self.n_best, self.attention, self.max_output_len
+    def key(self) -> SearchKey:
+        """The requests this one may share a model call with: the same search, options and all."""
+        return SearchKey(self.beam, self.n_best, self.attention, self.max_output_len, self.options,
+                         self.prefix is not None)
+
+    @property
+    def seeded(self) -> bool:
+        """Sampling with a seed: decoded alone, so that its samples do not depend on other requests."""
+        return dict(self.options).get("seed") is not None
 
 
 def _no_constant(name: str):
@@ -115,19 +122,10 @@ def parse_body(body: bytes, content_type: str | None) -> object:
         raise RequestError(400, "invalid_json", f"the body is not JSON: {e}") from None
 
 
-def _type_name(value) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
-            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
-
-
-def _wrong_type(name: str, want: str, value) -> RequestError:
-    return RequestError(422, "wrong_type", f"{name} must be {want}, got {_type_name(value)}")
-
-
 def _int_field(obj: dict, name: str, default: int, high: int, high_text: str) -> int:
     value = obj.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _wrong_type(name, "an integer", value)
+        raise wrong_type(name, "an integer", value)
     if not 1 <= value <= high:
         raise RequestError(422, "out_of_range", f"{name} must be between 1 and {high} ({high_text}), got {value}")
     return value
@@ -138,7 +136,7 @@ def _texts(obj: dict, limits: Limits) -> tuple:
         raise RequestError(422, "missing_field", "texts is required: a list of strings to translate")
     texts = obj["texts"]
     if not isinstance(texts, list):
-        raise _wrong_type("texts", "an array of strings", texts)
+        raise wrong_type("texts", "an array of strings", texts)
     if not texts:
         raise RequestError(422, "out_of_range", "texts is empty: give at least one string")
     if len(texts) > limits.max_texts:
@@ -146,24 +144,29 @@ def _texts(obj: dict, limits: Limits) -> tuple:
                                                   f"most {limits.max_texts} per request (--max-texts)")
     for k, t in enumerate(texts):
         if not isinstance(t, str):
-            raise _wrong_type(f"texts[{k}]", "a string", t)
-        try:
-            t.encode("utf-8")
-        except UnicodeEncodeError as e:             # a lone surrogate escaped as \\ud800 in the JSON
-            raise RequestError(400, "invalid_utf8", f"texts[{k}] is not valid Unicode: lone surrogate "
-                                                    f"U+{ord(t[e.start]):04X} at character {e.start}") from None
+            raise wrong_type(f"texts[{k}]", "a string", t)
+        unicode_text(f"texts[{k}]", t)
     return tuple(texts)
+
+
+def unicode_text(name: str, text: str) -> None:
+    """RequestError (400) for a string that is not valid Unicode (a lone surrogate escaped as \\ud800 in the JSON)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RequestError(400, "invalid_utf8", f"{name} is not valid Unicode: lone surrogate "
+                                                f"U+{ord(text[e.start]):04X} at character {e.start}") from None
 
 
 def _rule(value, cap: int, longest_input: int) -> OutputLengthRule | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise _wrong_type("max_output_len", "an integer (tokens), a string \"S*Ts+O\" or null", value)
+        raise wrong_type("max_output_len", "an integer (tokens), a string \"S*Ts+O\" or null", value)
     try:
         rule = OutputLengthRule.parse(value)
     except ValueError as e:
-        raise RequestError(422, "out_of_range", f"max_output_len: {e}") from None
+        raise out_of_range(f"max_output_len: {e}") from None
     if rule(longest_input) > cap:
         raise RequestError(422, "out_of_range", f"max_output_len {rule.text} allows {rule(longest_input)} tokens "
                                                 f"for a {longest_input}-token input; this server allows at most "
@@ -175,19 +178,23 @@ def parse_request(value, limits: Limits, output_cap: int) -> TranslateRequest:
     """A parsed JSON body -> TranslateRequest, or RequestError (422) naming the field. ``output_cap``: the
     most output tokens a request may allow, checked at the longest input (``limits.max_input_len``)."""
     if not isinstance(value, dict):
-        raise _wrong_type("the body", "a JSON object", value)
+        raise wrong_type("the body", "a JSON object", value)
     unknown = [k for k in value if k not in FIELDS]
     if unknown:
         raise RequestError(422, "unknown_field", f"unknown field {unknown[0]!r}; the fields are "
                                                  f"{', '.join(FIELDS)}")
     texts = _texts(value, limits)
     beam = _int_field(value, "beam", 1, limits.max_beam, "--max-beam")
-    n_best = _int_field(value, "n_best", 1, beam, "the beam")
+    options = decoding_options(value, beam)
+    # n_best: hypotheses of the beam, or samples (as many as --max-beam allows a beam)
+    n_best = _int_field(value, "n_best", 1, *((limits.max_beam, "--max-beam") if options["sample"] else
+                                              (beam, "the beam")))
     attention = value.get("attention", False)
     if not isinstance(attention, bool):
-        raise _wrong_type("attention", "a boolean", attention)
+        raise wrong_type("attention", "a boolean", attention)
     rule = _rule(value.get("max_output_len"), output_cap, limits.max_input_len or 1)
-    return TranslateRequest(texts, beam, n_best, attention, rule)
+    return TranslateRequest(texts, beam, n_best, attention, rule, tuple(options.items()),
+                            prefixes(value, len(texts), unicode_text))
 
 
 def _number_type(least: float, inclusive: bool):
@@ -216,5 +223,5 @@ LIMIT_FLAGS = (
     ("max_body_bytes", "N", "bytes in one request body; more get 413 (1048576)", None),
     ("timeout_s", "S", "seconds from a translate request's arrival to its answer; later: 504 (30)",
      _number_type(0.0, False)),
-    ("max_beam", "K", "the largest beam (and n-best) a request may ask for (16)", None),
+    ("max_beam", "K", "the largest beam, n-best or number of samples a request may ask for (16)", None),
 )

@@ -6,8 +6,15 @@ them, and that the request schema refuses what the server refuses.
 from __future__ import annotations
 
 from .. import __version__
+from ..nn.search import ENSEMBLE_MODES
 from .limits import ERROR_CLASSES, FIELDS
+from .options import ROWS, schema
 
+# sampling's options only with "sample": true, and sampling only with beam 1
+SAMPLING_ONLY = {"if": {"required": ["sample"], "properties": {"sample": {"const": True}}},
+                 "then": {"properties": {"beam": {"const": 1}}},
+                 "else": {"properties": {"temperature": {"const": 1}, "top_k": {"const": 0}, "top_p": {"const": 1},
+                                         "seed": {"const": None}}}}
 RULE_PATTERN = r"^\s*(\d+\s*\*\s*[Tt][Ss]\s*([+-]\s*\d+)?|\d+)\s*$"
 STRINGS = {"type": "array", "items": {"type": "string"}}
 
@@ -33,7 +40,16 @@ def request_schema(limits, output_cap: int) -> dict:
             "beam": {"type": "integer", "minimum": 1, "maximum": limits.max_beam, "default": 1,
                      "description": "beam size; 1 is greedy search"},
             "n_best": {"type": "integer", "minimum": 1, "maximum": limits.max_beam, "default": 1,
-                       "description": "hypotheses returned per text, best first; at most beam"},
+                       "description": "hypotheses returned per text, best first: at most beam, or with sample "
+                                      "that many samples"},
+            **{f.param: schema(f) for f in ROWS},
+            "prefix": {"oneOf": [{"type": "null"}, {"type": "string"},
+                                 {"type": "array", "maxItems": limits.max_texts,
+                                  "items": {"type": ["string", "null"]}}],
+                       "default": None,
+                       "description": "the target text each output starts with (every hypothesis and sample): one "
+                                      "per text (null or \"\": none), or one string for every text; shorter than "
+                                      "the text's output limit"},
             "attention": {"type": "boolean", "default": False,
                           "description": "also return the tokens, each token's probability and the attention"},
             "max_output_len": {
@@ -43,7 +59,7 @@ def request_schema(limits, output_cap: int) -> dict:
                 "description": "the longest output: N tokens, or \"S*Ts+O\" (S per token of the batch's longest "
                                f"input, plus O); at most {output_cap} tokens at the longest input. "
                                "null: the model's own rule (GET /v1/model)"}},
-        "example": {"texts": ["Tuesday, Sept 25 1984", "9/25/84"], "beam": 3, "n_best": 2}}
+        **SAMPLING_ONLY, "example": {"texts": ["Tuesday, Sept 25 1984", "9/25/84"], "beam": 3, "n_best": 2}}
 
 
 def schemas(limits, output_cap: int) -> dict:
@@ -54,7 +70,8 @@ def schemas(limits, output_cap: int) -> dict:
             "type": "object", "required": ["text", "score"],
             "properties": {
                 "text": {"type": "string"},
-                "score": {**number_or_null, "description": "the beam's score (log-probability); null for greedy"},
+                "score": {**number_or_null, "description": "the beam's or the sample's score (log-probability "
+                                                           "over the length penalty); null for greedy"},
                 "tokens": {**STRINGS, "description": "output tokens, ending in </s> when the model finished"},
                 "probs": {"type": "array", "items": {"type": "number"},
                           "description": "the model's probability of each token"},
@@ -79,10 +96,22 @@ def schemas(limits, output_cap: int) -> dict:
                            "queue_sentences": {"type": "integer", "minimum": 0}}},
         "ModelInfo": {
             "type": "object",
-            "required": ["name", "engine", "options", "vocab_size", "tokenizers", "max_output_len", "limits"],
+            "required": ["name", "engine", "options", "members", "ensemble", "vocab_size", "tokenizers",
+                         "max_output_len", "limits"],
             "properties": {
                 "name": {"type": "string"}, "engine": {"type": "string", "enum": ["attnseq", "onnxruntime"]},
-                "attnseq_version": {"type": "string"}, "options": {"type": "object"},
+                "attnseq_version": {"type": "string"},
+                "options": {"type": "object", "description": "the model's options (an ensemble's first member's)"},
+                "members": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "required": ["name", "options", "max_output_len"],
+                    "properties": {"name": {"type": "string"}, "options": {"type": "object"},
+                                   "max_output_len": {"type": "object"}}},
+                    "description": "the checkpoints (or exports) served: one, or an ensemble's in order"},
+                "ensemble": {"oneOf": [{"type": "null"}, {
+                    "type": "object", "required": ["mode", "weights"],
+                    "properties": {"mode": {"type": "string", "enum": list(ENSEMBLE_MODES)},
+                                   "weights": {"type": "array", "items": {"type": "number"}}}}],
+                    "description": "how an ensemble combines its members (weights sum to 1); null for one model"},
                 "reverse_source": {"type": "boolean"},
                 "vocab_size": {"type": "object", "required": ["source", "target"],
                                "properties": {"source": {"type": "integer"}, "target": {"type": "integer"}}},
@@ -121,7 +150,10 @@ def openapi_document(service) -> dict:
                          _json(_ref("ModelInfo"), "the model")),
         "/v1/translate": {"post": {
             "summary": "translate texts (requests arriving together share one model call)",
-            "description": f"Fields: {', '.join(FIELDS)}; any other is refused (422).",
+            "description": f"Fields: {', '.join(FIELDS)}; any other is refused (422). The decoding options are "
+                           "attnseq.translate's keywords, judged as attnseq translate judges its flags. Requests "
+                           "share a model call only with requests of the same options; a seeded sampling request "
+                           "has one of its own.",
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("TranslateRequest")}}},
             "responses": {"200": _json(_ref("TranslateResponse"), "one translation per text, in order"),
                           **_errors(400, 413, 415, 422, 503, 504)}}},

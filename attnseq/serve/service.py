@@ -13,13 +13,17 @@ import dataclasses
 import math
 import time
 
+from pathlib import Path
+
 import numpy as np
 
 from .. import __version__
-from ..nn.output_length import LEGACY_RULE, OutputLengthRule
+from ..nn.output_length import LEGACY_RULE, OutputLengthRule, output_limit
+from ..nn.search import Ensemble
+from ..run.decoding import EVAL_BATCH_SIZE
 from ..run.parallel import usable_cores
 from .batcher import Batcher, Closed, QueueFull
-from .limits import ERROR_CLASSES, Limits, RequestError, TranslateRequest, flag, parse_body, parse_request
+from .limits import ERROR_CLASSES, Limits, RequestError, SearchKey, TranslateRequest, flag, parse_body, parse_request
 from .metrics import Metrics
 
 ROWS_PER_THREAD = 16        # a gathered batch is split over the cores down to this many rows each
@@ -30,15 +34,34 @@ def engine_of(translator) -> str:
     return "onnxruntime" if hasattr(translator, "manifest") else "attnseq"
 
 
-def model_options(translator) -> tuple[dict, OutputLengthRule]:
-    """The model's options (the checkpoint's config.json "model", or the export manifest's) and its rule
-    for the longest output."""
-    if hasattr(translator, "manifest"):
-        return dict(translator.manifest["model"]), translator.output_rule
-    model = getattr(translator, "model", None)
-    if model is None:                                               # a stand-in translator (tests)
-        return {}, LEGACY_RULE
-    return model.config.to_dict(), model.output_len_rule
+def member(path, options: dict, rule: OutputLengthRule) -> dict:
+    """One member as GET /v1/model shows it: the directory's name (a run's too for best/ and last/), its
+    model options and output-length rule; never the path on the server."""
+    p = Path(path)
+    return {"name": f"{p.parent.name}/{p.name}" if p.name in ("best", "last") else p.name,
+            "options": dict(options), "max_output_len": rule.to_json()}
+
+
+def members_of(translator) -> list[dict]:
+    """The checkpoints (or exports) the translator runs: one, or an ensemble's members in order."""
+    if hasattr(translator, "exports"):
+        return [member(e.directory, e.manifest["model"], e.graphs.output_len_rule) for e in translator.exports]
+    return [member(c.path, c.model.config.to_dict(), c.model.output_len_rule)
+            for c in getattr(translator, "checkpoints", ())]         # none for a stand-in translator (tests)
+
+
+def ensemble_of(translator) -> dict | None:
+    """An ensemble's combination ({mode, weights}, weights summing to 1), or None for one model."""
+    engine = getattr(translator, "engine", None)
+    if not isinstance(engine, Ensemble):
+        return None
+    return {"mode": engine.mode, "weights": [round(float(w), 6) for w in engine.weights]}
+
+
+def output_rule(translator) -> OutputLengthRule:
+    """The rule the searches stop by when a request gives none: the engine's (an ensemble's: its members'
+    largest slope and offset)."""
+    return getattr(getattr(translator, "engine", None), "output_len_rule", None) or LEGACY_RULE
 
 
 def decode_batch_size(n: int, cores: int) -> int:
@@ -81,7 +104,8 @@ class Service:
             limits = dataclasses.replace(limits, max_input_len=int(translator.max_input_len))
         translator.max_input_len = limits.max_input_len
         self.translator, self.limits, self.name = translator, limits, name
-        self.options, self.rule = model_options(translator)
+        self.members, self.ensemble = members_of(translator), ensemble_of(translator)
+        self.rule = output_rule(translator)
         self.output_cap = self.rule(limits.max_input_len)
         self.cores = usable_cores()
         self.draining = False                       # set on SIGTERM: new requests get 503
@@ -93,10 +117,12 @@ class Service:
         self.batcher.on_batch = self.metrics.on_batch
 
     def info(self) -> dict:
-        """GET /v1/model: the model's options, vocabularies, tokenizers, output-length rule and the limits."""
+        """GET /v1/model: the model's options (an ensemble's first member's), its members, vocabularies,
+        tokenizers, output-length rule and the limits."""
         tr = self.translator
         return {"name": self.name, "engine": engine_of(tr), "attnseq_version": __version__,
-                "options": self.options, "reverse_source": bool(tr.reverse),
+                "options": self.members[0]["options"] if self.members else {},
+                "members": self.members, "ensemble": self.ensemble, "reverse_source": bool(tr.reverse),
                 "vocab_size": {"source": tr.src_tok.vocab_size, "target": tr.tgt_tok.vocab_size},
                 "tokenizers": {"source": tr.src_tok.kind, "target": tr.tgt_tok.kind},
                 "max_output_len": self.rule.to_json(),
@@ -104,21 +130,38 @@ class Service:
 
     def check(self, body: bytes, content_type: str | None) -> TranslateRequest:
         """A request body -> TranslateRequest; RequestError for anything a limit or the schema refuses.
-        Tokenizes each text to hold it to --max-input-len: call it off the event loop."""
+        Tokenizes each text (and prefix) to hold it to the limits: call it off the event loop."""
         req = parse_request(parse_body(body, content_type), self.limits, self.output_cap)
         tok, most = self.translator.src_tok, self.limits.max_input_len
+        lengths = []
         for k, text in enumerate(req.texts):
-            n = len(tok.encode(text))
-            if n > most:
-                raise RequestError(422, "input_too_long", f"texts[{k}] has {n} tokens; this server takes at "
-                                                          f"most {most} ({flag('max_input_len')})")
-        return req
+            lengths.append(len(tok.encode(text)))
+            if lengths[-1] > most:
+                raise RequestError(422, "input_too_long", f"texts[{k}] has {lengths[-1]} tokens; this server takes "
+                                                          f"at most {most} ({flag('max_input_len')})")
+        return self.check_prefixes(req, lengths) if req.prefix is not None else req
+
+    def check_prefixes(self, req: TranslateRequest, lengths: list[int]) -> TranslateRequest:
+        """``req`` with its prefixes held to the output limit of their texts (422 for a prefix that leaves the
+        model no token: the search would lengthen every output of its batch for it), and without them when
+        none has a token (as ``translate`` takes them: no prefix at all)."""
+        found = False
+        for k, (p, text, n) in enumerate(zip(req.prefix, req.texts, lengths)):
+            size = len(self.translator.tgt_tok.encode(p)) if p else 0
+            most = output_limit(max(n, 1) if text.strip() else 1, req.max_output_len, self.rule)   # blank: <unk>
+            if size >= most:
+                raise RequestError(422, "out_of_range", f"prefix[{k}] has {size} tokens; an output of texts[{k}] "
+                                                        f"may have {most} (max_output_len, else the model's rule): "
+                                                        "leave the model at least one")
+            found = found or size > 0
+        return req if found else dataclasses.replace(req, prefix=None)
 
     async def translate(self, req: TranslateRequest, arrived: float) -> list[dict]:
         """The request's translations, in order, once the batcher has run them; RequestError for a full
         queue (503, Retry-After), a server shutting down (503) or no answer by --timeout (504)."""
         try:
-            job = self.batcher.submit(req.key, list(req.texts))
+            job = self.batcher.submit(req.key, list(zip(req.texts, req.prefix or [None] * len(req.texts))),
+                                      solo=req.seeded)
         except QueueFull as e:
             raise RequestError(503, "queue_full", f"busy: {e.waiting} sentences are waiting "
                                                   f"({flag('max_queue')} {self.limits.max_queue}); retry after "
@@ -136,13 +179,16 @@ class Service:
             self.batcher.cancel(job)
             raise
 
-    def run_batch(self, key: tuple, texts: list[str]) -> list[dict]:
-        """One model call (on the batcher's thread): ``texts`` searched as ``key`` says, length-sorted and
-        spread over the cores by the translator."""
-        beam, n_best, attention, max_len = key
-        found = self.translator.translate(texts, beam=beam, n_best=n_best, max_len=max_len, details=attention,
-                                          batch_size=decode_batch_size(len(texts), self.cores))
-        return [translation(tr, attention) for tr in found]
+    def run_batch(self, key: SearchKey, items: list[tuple]) -> list[dict]:
+        """One model call (on the batcher's thread): ``items`` (text, prefix or None) searched as ``key``
+        says, length-sorted and spread over the cores by the translator. A seeded request comes alone and is
+        decoded in ``translate``'s default batches, so that its samples are ``attnseq translate``'s."""
+        options = dict(key.options)
+        size = EVAL_BATCH_SIZE if options["seed"] is not None else decode_batch_size(len(items), self.cores)
+        found = self.translator.translate([t for t, _ in items], beam=key.beam, n_best=key.n_best,
+                                          max_len=key.max_output_len, details=key.attention, batch_size=size,
+                                          prefix=[p for _, p in items] if key.prefixed else None, **options)
+        return [translation(tr, key.attention) for tr in found]
 
     def warm_up(self) -> None:
         """One short greedy (with details) and one beam translation, so that the first client does not

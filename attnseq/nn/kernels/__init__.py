@@ -7,6 +7,7 @@ in one pass over memory, and the tests hold the two together:
 
     kernel (``cpu``)                        plain version
     lstm_cell_forward, lstm_cell_backward   lstm_cell.lstm_cell_forward_, lstm_cell_backward_ (and the book's cell)
+    gru_gates_forward ... (``gru_cpu``)     gru_cell.gru_gates_forward_ ... (and the book's cell)
     masked_softmax, masked_softmax_backward attention.masked_softmax, attention.softmax_backward
     softmax_cross_entropy                   layers.SoftmaxCrossEntropy (also with label smoothing)
     cross_entropy_loss                      layers.SoftmaxCrossEntropy with need_grad=False
@@ -20,7 +21,8 @@ array is a numpy array, else None, and then runs its plain code (always so for c
 ``loops(*arrays)`` is the same for the LSTM's compiled time loops (module ``recurrent``),
 which also need numpy's BLAS callable from compiled code (``blas.py``): where it is not,
 they are None with one notice line, and the LSTM runs its steps from Python on the
-compiled cells.
+compiled cells. The GRU cell's kernels live in a module of their own, ``gru_cpu``, which
+``fused_gru`` gives on the same terms.
 
 Which path runs: the environment variable ``ATTNSEQ_KERNELS`` (``auto``, the default,
 ``numba`` or ``numpy``) read on first use, or ``use(...)`` / ``using(...)`` in code
@@ -140,3 +142,11 @@ def loops(*arrays):
                 return None
             dtype = a.dtype
     return _loops if dtype in (np.float32, np.float64) else None
+
+
+def fused_gru(*arrays):
+    """The compiled GRU kernels (module ``gru_cpu``) where ``fused`` gives the compiled module, else None."""
+    if fused(*arrays) is None:
+        return None
+    from . import gru_cpu
+    return gru_cpu

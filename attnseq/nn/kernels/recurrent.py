@@ -37,7 +37,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from . import blas
-from .cpu import jit, lstm_cell_backward, lstm_cell_forward
+from .cpu import lstm_cell_backward, lstm_cell_forward
+from .scalar_math import jit
 
 if blas.find()[0] is None:                                      # registers the names below, once
     raise ImportError(blas.find()[2])

@@ -1,9 +1,4 @@
-"""Searches over a step function, knowing nothing of the model: batched greedy and beam search.
-
-``step_fn(tokens (N,), state) -> (scores (N, V), new state, attention (N, Ts))``: scores are logits or
-log-probabilities for greedy (the argmax is taken), log-probabilities for beam search. The decoder
-(``AttentionDecoder.generate``, the model's one greedy path), ``attnseq.run.decoding``'s beam search and
-other engines (an exported ONNX graph) all search through these two functions.
+"""Beam search over a step function.
 
 Beam search keeps ``k`` alive hypotheses per sentence. Each step scores all
 k * V extensions, takes the best 2k, moves those ending in eos that rank in the
@@ -24,53 +19,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import get_array_module, to_numpy
-
-
-def greedy_search(step_fn, state, N: int, Ts: int, bos_id: int, eos_id: int, max_len: int, pad_id: int = 0,
-                  xp=np):
-    """Batched greedy decoding over any step function.
-
-    step_fn(tokens (N,), state) -> scores (N, V) (logits or log-probabilities: the argmax is taken),
-    new state, attention (N, Ts). -> ids (N, L) int64 with ``pad_id`` after each row's eos, and the
-    attention weights (N, L, Ts) of each emitted token (zeros after eos), as ``xp`` arrays.
-    Stops when every row has emitted eos (checked every 4 steps) or after ``max_len`` tokens.
-    """
-    if max_len < 1:
-        raise ValueError(f"max_len must be at least 1, got {max_len}")
-    ids = xp.full((N, max_len), pad_id, dtype=np.int64)
-    weights = None                                                  # (N, max_len, Ts), once a's dtype is known
-    tokens = xp.full(N, bos_id, dtype=np.int64)
-    done = xp.zeros(N, dtype=bool)
-    for t in range(max_len):
-        scores, state, a = step_fn(tokens, state)
-        if weights is None:
-            weights = xp.zeros((N, max_len, Ts), dtype=a.dtype)
-        tokens = scores.argmax(axis=1)                              # (N,)
-        ids[:, t] = xp.where(done, pad_id, tokens)
-        weights[:, t] = a * ~done[:, None]                          # (N, Ts)
-        done |= tokens == eos_id
-        if t % 4 == 3 and bool(done.all()):                         # sync with a GPU only now and then
-            return ids[:, :t + 1], weights[:, :t + 1]
-    return ids, weights
+from ..backend import to_numpy
 
 
 @dataclass
 class Hypothesis:
     ids: list           # emitted token ids, ending in eos unless cut at max_len
-    score: float        # log-probability / length penalty
-    logprob: float
+    score: float | None     # log-probability / length penalty (None: greedy, which keeps no score)
+    logprob: float | None
     weights: np.ndarray  # (len(ids), Ts) attention weights
+
+
+MAX_ALPHA = 10.0   # past it the penalty ranks nothing better, and a huge alpha overflows it (1e300, inf)
+
+
+def check_alpha(alpha) -> None:
+    """A length penalty's alpha: a number in [0, MAX_ALPHA], else a ValueError of one line."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) or not 0 <= alpha <= MAX_ALPHA:
+        raise ValueError(f"length penalty alpha must be a number from 0 to {MAX_ALPHA:g}, got {alpha!r}")
 
 
 def length_penalty(L, alpha: float):
     return ((5.0 + L) / 6.0) ** alpha
-
-
-def log_softmax(z):
-    xp = get_array_module(z)
-    z = z - z.max(axis=-1, keepdims=True)
-    return z - xp.log(xp.exp(z).sum(axis=-1, keepdims=True))
 
 
 def beam_search_core(step_fn, state, N: int, Ts: int, bos_id: int, eos_id: int, beam_size: int = 5,
@@ -84,8 +54,7 @@ def beam_search_core(step_fn, state, N: int, Ts: int, bos_id: int, eos_id: int, 
     k = beam_size
     if k < 1 or n_best < 1 or n_best > k:
         raise ValueError(f"need 1 <= n_best ({n_best}) <= beam size ({k})")
-    if alpha < 0:
-        raise ValueError(f"length penalty alpha must be >= 0, got {alpha}")
+    check_alpha(alpha)
     scores = np.full((N, k), -np.inf)
     scores[:, 0] = 0.0                                      # one live beam at the start
     tokens = xp.full(N * k, bos_id, dtype=np.int64)
@@ -119,12 +88,7 @@ def beam_search_core(step_fn, state, N: int, Ts: int, bos_id: int, eos_id: int, 
         new_tok = np.take_along_axis(tok, keep, 1)
         hist = np.concatenate([hist[rows, parent], new_tok[:, :, None]], axis=2)
         att = np.concatenate([att[rows, parent], a[rows, parent][:, :, None]], axis=2)
-        for n in np.flatnonzero(~done):
-            fin = finished[n]
-            if len(fin) >= n_best:
-                fin.sort(key=lambda h: -h.score)
-                if fin[n_best - 1].score >= scores[n].max() / bound_lp:
-                    done[n] = True
+        mark_done(finished, done, scores, n_best, bound_lp)
         if done.all():
             break
         flat_parent = xp.asarray((np.arange(N)[:, None] * k + parent).ravel())
@@ -136,3 +100,15 @@ def beam_search_core(step_fn, state, N: int, Ts: int, bos_id: int, eos_id: int, 
                 finished[n].append(Hypothesis(hist[n, j].tolist(), scores[n, j] / length_penalty(hist.shape[2], alpha),
                                               scores[n, j], att[n, j]))
     return [sorted(fin, key=lambda h: -h.score)[:n_best] for fin in finished]
+
+
+def mark_done(finished: list[list[Hypothesis]], done: np.ndarray, scores: np.ndarray, n_best: int,
+              bound_lp: float) -> None:
+    """Set ``done`` for each sentence whose n-th best finished hypothesis scores at least what its best alive
+    one (log-probabilities ``scores`` (N, k)) could still reach; sorts each such sentence's finished list."""
+    for n in np.flatnonzero(~done):
+        fin = finished[n]
+        if len(fin) >= n_best:
+            fin.sort(key=lambda h: -h.score)
+            if fin[n_best - 1].score >= scores[n].max() / bound_lp:
+                done[n] = True
