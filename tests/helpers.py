@@ -1,4 +1,6 @@
 """Shared test helpers: centred finite differences in float64, small batches and models, optional extras."""
+import json
+
 import numpy as np
 import pytest
 
@@ -177,3 +179,23 @@ def serve_process(args, stderr_path, timeout=120):
                     p.wait()
             p.stdout.close()
     return run()
+
+
+TIMING = ("epoch_time_s", "samples_per_s", "elapsed_s")       # metrics.jsonl's keys that vary run to run
+
+
+def run_metrics(run):
+    """RUN/metrics.jsonl's rows without their timings."""
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_checkpoints(run, ref):
+    """Two runs alike: metrics.jsonl (all but timings), best/ and last/ weights and optimizer state bit for bit."""
+    assert run_metrics(run) == run_metrics(ref)
+    for name in ("best", "last"):
+        for arrays in ("weights.npz", "optimizer.npz"):
+            a, b = np.load(ref / name / arrays), np.load(run / name / arrays)
+            assert sorted(a.files) == sorted(b.files)
+            for k in a.files:
+                np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name}/{arrays}/{k}")

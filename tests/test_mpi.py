@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import EXTRAS, require_extra, write_date_splits
+from helpers import EXTRAS, assert_same_checkpoints, require_extra, run_metrics, write_date_splits
 
 from attnseq.cli import main
 from attnseq.run import distributed
@@ -35,7 +35,6 @@ LOOPBACK = dict(UCX_NET_DEVICES="lo", FI_TCP_IFACE="lo", FI_SOCKETS_IFACE="lo", 
 ARGS = ["--tokenizer", "char", "--hidden-size", "16", "--wordvec-size", "8", "--batch-size", "64", "--lr", "0.01",
         "--dropout", "0.1", "--no-plot", "--examples", "0", "--patience", "9"]
 STEPS_PER_EPOCH = 20                                # 1280 training pairs in batches of 64
-TIMING = ("epoch_time_s", "samples_per_s", "elapsed_s")
 
 
 def _version() -> str:
@@ -86,20 +85,9 @@ def train_args(data, out, *extra):
     return ["train", "--data", str(data), "--out", str(out), *ARGS, *extra]
 
 
-def metrics(run):
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def assert_same_run(run, ref):
-    """metrics.jsonl (all but timings), best/ and last/ weights and optimizer state bit for bit."""
-    assert metrics(run) == metrics(ref)
-    for name in ("best", "last"):
-        for arrays in ("weights.npz", "optimizer.npz"):
-            a, b = np.load(ref / name / arrays), np.load(run / name / arrays)
-            assert sorted(a.files) == sorted(b.files)
-            for k in a.files:
-                np.testing.assert_array_equal(a[k], b[k], err_msg=f"{name}/{arrays}/{k}")
+    """metrics.jsonl (all but timings), best/ and last/ weights and optimizer state bit for bit; no lock left."""
+    assert_same_checkpoints(run, ref)
     assert not (run / ".lock").exists()
 
 
@@ -273,7 +261,7 @@ def test_three_ranks_oversubscribed_agree_with_three_threads(mpiexec, data, tmp_
     a, b = np.load(one / "last" / "weights.npz"), np.load(three / "last" / "weights.npz")
     for k in a.files:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-6, err_msg=k)
-    (m1,), (m3,) = metrics(one), metrics(three)
+    (m1,), (m3,) = run_metrics(one), run_metrics(three)
     assert m3["train_loss"] == pytest.approx(m1["train_loss"], rel=1e-5)
     assert m3["valid_loss"] == pytest.approx(m1["valid_loss"], rel=1e-4)
 
@@ -290,7 +278,7 @@ def test_a_time_budget_is_planned_by_rank_0s_clock(mpiexec, data, tmp_path):
     assert rc == 0, err
     result = json.loads((run / "result.json").read_text())
     assert result["stopped"] == "max_minutes" and result["epochs"] >= 2
-    rows = metrics(run)
+    rows = run_metrics(run)
     assert rows[-1]["lr"] == 0.0 and rows[-1]["step"] == result["steps"]
     digests = dict(line.split()[1:] for line in out.splitlines() if line.startswith("digest "))
     assert sorted(digests) == ["0", "1"] and digests["0"] == digests["1"], out
@@ -439,7 +427,7 @@ def test_a_nan_loss_on_one_rank_is_skipped_or_stops_every_rank_alike(mpiexec, da
         assert rc == 0, err
         assert [x for x in out.splitlines() if x.startswith("warning")] == [
             "warning: step 5: loss is nan; batch skipped (1 so far)"], out
-        assert [m["nonfinite_skipped"] for m in metrics(run)] == [1]
+        assert [m["nonfinite_skipped"] for m in run_metrics(run)] == [1]
         digests = dict(line.split()[1:] for line in out.splitlines() if line.startswith("digest "))
         assert digests["0"] == digests["1"], out
     else:
@@ -476,5 +464,5 @@ def test_gpu_ranks_train_as_one_gpu_does(mpiexec, data, tmp_path):
     assert rc == 0, err
     digests = dict(line.split()[1:] for line in out.splitlines() if line.startswith("digest "))
     assert digests["0"] == digests["1"], out
-    (m1,), (m2,) = metrics(one), metrics(two)
+    (m1,), (m2,) = run_metrics(one), run_metrics(two)
     assert m2["train_loss"] == pytest.approx(m1["train_loss"], rel=1e-4)
