@@ -178,9 +178,25 @@ OPTIONS = {"book": {}, "bidirectional": dict(bidirectional=True),
            "gru": dict(cell="gru", bidirectional=True)}                # the GRU keeps its own path beside the loops
 
 
+@pytest.fixture
+def without_blas(monkeypatch):
+    """-> a function that makes numpy's BLAS look uncallable from compiled code (the loops' module fails to
+    load); after the test the path in force before is chosen again with the real module, so no later test
+    in this process runs on the fallback (the path keeps the module it found when chosen)."""
+    before = kernels.active()
+
+    def simulate():
+        monkeypatch.setattr(kernels, "_loop_module", lambda: (None, "no 64-bit CBLAS sgemm/dgemm in numpy's BLAS (x)"))
+        monkeypatch.setattr(kernels, "_loop_noticed", False)
+    yield simulate
+    monkeypatch.undo()
+    kernels.use(before)
+    assert before == "numpy" or kernels.loops(np.zeros(1)) is not None
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("options", OPTIONS)
-def test_loops_fallback_and_numpy_train_alike(monkeypatch, capsys, dtype, options):
+def test_loops_fallback_and_numpy_train_alike(without_blas, capsys, dtype, options):
     """The compiled loops, the fallback where numpy's BLAS is not callable (simulated: the compiled cells stepped
     from Python, after one notice line) and the plain numpy path: one loss and the same gradients, float64 to 1e-10
     and float32 to 1e-5, padded rows, a one-token row, bidirectional and stacked layers, input feeding, and a
@@ -191,8 +207,7 @@ def test_loops_fallback_and_numpy_train_alike(monkeypatch, capsys, dtype, option
     with kernels.using("numba"):
         assert kernels.loops(np.zeros(1)) is not None
         loops = train_once(dtype, OPTIONS[options])
-    monkeypatch.setattr(kernels, "_loop_module", lambda: (None, "no 64-bit CBLAS sgemm/dgemm in numpy's BLAS (x)"))
-    monkeypatch.setattr(kernels, "_loop_noticed", False)
+    without_blas()
     with kernels.using("numba"):
         assert kernels.loops(np.zeros(1)) is None and kernels.fused(np.zeros(1)) is not None
         fallback = train_once(dtype, OPTIONS[options])
