@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .cli_flags import at_prompt, build_parser, decoding_options, ensemble_options
+from .cli_flags import at_prompt, build_parser, decoding_options, ensemble_options, translator_from_flags
 from .errors import AttnseqError, ConfigError, QuietExit
 from .nn.output_length import OutputLengthRule
 
@@ -166,18 +166,6 @@ def _write_lines(output, write) -> None:
         write(sys.stdout)
 
 
-def translator_from_flags(args):
-    """The engine that runs translate's, score's or serve's model: attnseq's own (--ckpt) or onnxruntime (--model);
-    one, or an ensemble of several."""
-    def one_or_all(given):
-        return given[0] if len(given) == 1 else given
-    if args.engine == "onnxruntime":
-        from .export import OnnxTranslator
-        return OnnxTranslator(one_or_all(args.model), getattr(args, "max_input_len", None), **ensemble_options(args))
-    from .run.inference import Translator
-    return Translator(one_or_all(args.ckpt), args.device, getattr(args, "max_input_len", None), **ensemble_options(args))
-
-
 def cmd_score(args) -> int:
     from .run.scoring import format_scores, read_score_pairs, score_texts
     pairs, lines = read_score_pairs(args.data)                  # a bad line fails before the model loads
@@ -285,7 +273,7 @@ def cmd_bench(args) -> int:
 
 def cmd_serve(args) -> int:
     from .serve.command import serve
-    return serve(args)
+    return serve(args, translator_from_flags)
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "explore": cmd_explore, "make-data": cmd_make_data,

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NamedTuple
 
 from .cli_checks import (decoding_flag_error, engine_flag_error, explore_flag_error, members_error,
                          model_flag_error, plot_attention_flag_error)
-from .cli_types import (non_negative_int, output_len, penalty_alpha, positive_float, positive_int,  # noqa: F401
-                        prefix_column, probability)
+from .cli_types import (DECODING, Flag, non_negative_int, output_len, penalty_alpha, positive_float, positive_int,
+                        prefix_column)
 from .data.datasets import TABLES
 from .run.decoding import EVAL_BATCH_SIZE
 
@@ -53,46 +52,6 @@ class Parser(argparse.ArgumentParser):
 
 
 # -- the shared flag groups ----------------------------------------------------------------------------------
-class Flag(NamedTuple):
-    """One flag of a group: its names (the flag, then any older names), argparse's keywords, and ``param``,
-    the keyword argument of the library call that takes its value."""
-    names: tuple[str, ...]
-    spec: dict
-    param: str
-
-    @property
-    def dest(self) -> str:
-        return self.names[0].lstrip("-").replace("-", "_")
-
-
-# every command that searches: translate, explore, plot-attention
-DECODING = (
-    Flag(("--beam",), dict(type=positive_int, default=1, metavar="K", help="beam size (default 1: greedy search)"),
-         "beam"),
-    Flag(("--alpha",), dict(type=penalty_alpha, default=0.0, metavar="A",
-                            help="GNMT length penalty alpha for beam search, 0 to 10 (default 0: off)"), "alpha"),
-    Flag(("--sample",), dict(action="store_true", default=False,
-                             help="draw each token from the model's distribution instead of searching (with "
-                                  "--n-best N: N samples per input, best first)"), "sample"),
-    Flag(("--temperature",), dict(type=positive_float, default=1.0, metavar="T",
-                                  help="with --sample: divide log-probabilities by T > 0 (default 1; near 0: greedy)"),
-         "temperature"),
-    Flag(("--top-k",), dict(type=non_negative_int, default=0, metavar="K",
-                            help="with --sample: draw from the K most likely tokens only (default 0: all)"), "top_k"),
-    Flag(("--top-p",), dict(type=probability, default=1.0, metavar="P",
-                            help="with --sample: draw from the fewest most likely tokens whose probability "
-                                 "reaches P, in (0, 1] (default 1: all)"), "top_p"),
-    Flag(("--seed",), dict(type=non_negative_int, metavar="S",
-                           help="with --sample: the random seed; the same seed, input and --batch-size give "
-                                "the same samples (default: fresh entropy)"), "seed"),
-    Flag(("--min-output-len",), dict(type=non_negative_int, default=0, metavar="N",
-                                     help="no end of output before N tokens (default 0: off)"), "min_output_len"),
-    Flag(("--no-repeat-ngram",), dict(type=non_negative_int, default=0, metavar="N",
-                                      help="never output the same N-gram twice (default 0: off)"), "no_repeat_ngram"),
-    Flag(("--repetition-penalty",), dict(type=positive_float, default=1.0, metavar="R",
-                                         help="multiply the log-probability of tokens already output by R "
-                                              "(> 1: repeat less; default 1: off)"), "repetition_penalty"),
-)
 # commands that decode with several checkpoints at once (translate, score, explore): passed to the translator
 ENSEMBLE = (
     Flag(("--ensemble-mode",), dict(choices=("linear", "log_linear"), default="linear",
@@ -144,6 +103,18 @@ def decoding_options(args) -> dict:
 def ensemble_options(args) -> dict:
     """The ensemble flags, as the keyword arguments of ``Translator``, ``OnnxTranslator`` and ``explore_file``."""
     return {f.param: getattr(args, f.dest) for f in ENSEMBLE}
+
+
+def translator_from_flags(args):
+    """The engine that runs translate's, score's or serve's model: attnseq's own (--ckpt) or onnxruntime (--model);
+    one, or an ensemble of several."""
+    def one_or_all(given):
+        return given[0] if len(given) == 1 else given
+    if args.engine == "onnxruntime":
+        from .export import OnnxTranslator
+        return OnnxTranslator(one_or_all(args.model), getattr(args, "max_input_len", None), **ensemble_options(args))
+    from .run.inference import Translator
+    return Translator(one_or_all(args.ckpt), args.device, getattr(args, "max_input_len", None), **ensemble_options(args))
 
 
 # -- one parser per command ------------------------------------------------------------------------------

@@ -44,3 +44,15 @@ class QuietExit(AttnseqError):
     def __init__(self, exit_code: int = 1):
         super().__init__(f"exit {exit_code}")
         self.exit_code = exit_code
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as the CLI would print it: its message (an OSError's file and reason), else its
+    type and message; the first line only."""
+    if isinstance(e, OSError) and not isinstance(e, AttnseqError):
+        text = f"{e.filename or ''}: {e.strerror or e}" if e.filename else str(e.strerror or e)
+    elif isinstance(e, (AttnseqError, ValueError)) and str(e):
+        text = str(e)
+    else:
+        text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    return (text.strip().splitlines() or [type(e).__name__])[0]

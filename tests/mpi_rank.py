@@ -1,5 +1,5 @@
 """One rank of an MPI test job: ``mpiexec -n 2 python tests/mpi_rank.py [--on RANK:WHAT]... -- ARGS`` runs
-``attnseq ARGS`` on every rank, with test-only changes on the ranks named (``distributed.launch()``
+``attnseq ARGS`` on every rank, with test-only changes on the ranks named (``launch.launch()``
 tells a rank its number before MPI starts). WHAT is one of
 
     NAME=VALUE    set an environment variable on that rank (ATTNSEQ_KILL_AT=train-step:30:STOP)
@@ -18,7 +18,7 @@ import hashlib
 import os
 import sys
 
-from attnseq.run.distributed import launch
+from attnseq.run.launch import launch
 
 
 def _on_step(n: int, what: str) -> None:

@@ -21,7 +21,7 @@ import pytest
 from helpers import EXTRAS, assert_same_checkpoints, require_extra, run_metrics, write_date_splits
 
 from attnseq.cli import main
-from attnseq.run import distributed
+from attnseq.run import launch as launcher
 
 BIN = Path(sys.executable).parent
 MPIEXEC = shutil.which("mpiexec", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -139,15 +139,15 @@ def _until(check, timeout: float, what: str):
 
 # -- without MPI: nothing changes --------------------------------------------------------------------
 def test_launcher_environments_are_read_without_mpi4py():
-    launch = distributed.launch
+    launch = launcher.launch
     assert launch({}) is None
     assert launch({"PMI_SIZE": "4", "PMI_RANK": "2", "MPI_LOCALRANKID": "0", "MPI_LOCALNRANKS": "2"}) == \
-        distributed.Launch(4, 2, 0, 2)
+        launcher.Launch(4, 2, 0, 2)
     open_mpi = {"OMPI_COMM_WORLD_SIZE": "3", "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
                 "OMPI_COMM_WORLD_LOCAL_SIZE": "3"}
-    assert launch(dict(open_mpi, PMI_SIZE="9", PMI_RANK="0")) == distributed.Launch(3, 1, 1, 3)
+    assert launch(dict(open_mpi, PMI_SIZE="9", PMI_RANK="0")) == launcher.Launch(3, 1, 1, 3)
     assert launch({"SLURM_STEP_NUM_TASKS": "8", "PMIX_RANK": "5", "SLURM_PROCID": "5", "SLURM_LOCALID": "1"}) == \
-        distributed.Launch(8, 5, 1, None)
+        launcher.Launch(8, 5, 1, None)
     assert launch({"SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "5", "SLURM_NTASKS": "8"}) is None   # no MPI plugin
     assert launch({"PMI_SIZE": "two", "PMI_RANK": "0"}) is None
 
@@ -159,7 +159,7 @@ def test_ranks_on_one_machine_share_its_cores(monkeypatch, cores, local_size, af
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
     env = {"PMI_SIZE": "4", "PMI_RANK": "0", **({"MPI_LOCALNRANKS": str(local_size)} if local_size else {})}
     monkeypatch.setattr(os, "environ", env)
-    assert distributed.share_of_cores(affinity) == want
+    assert launcher.share_of_cores(affinity) == want
 
 
 def test_one_process_never_imports_mpi4py(data, tmp_path):

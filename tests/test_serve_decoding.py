@@ -15,7 +15,7 @@ pytest.importorskip("httpx", reason="needs httpx (pip install 'attnseq[test]')")
 from golden_decoding import case_checkpoint                               # noqa: E402
 from test_serve import call, conforms, make_app, post                     # noqa: E402
 
-from attnseq.cli_flags import build_parser                                # noqa: E402
+from attnseq.cli_flags import build_parser, translator_from_flags         # noqa: E402
 from attnseq.data.io import read_pairs                                    # noqa: E402
 from attnseq.run.inference import Translator, TranslatorBase              # noqa: E402
 from attnseq.serve import Limits, create_app                              # noqa: E402
@@ -249,7 +249,7 @@ def test_an_ensemble_server_answers_as_translate_with_that_ensemble(members, tex
     args = serve_args("--ckpt", a, "--ckpt", b, "--ensemble-mode", "log_linear", "--weights", "1", "3",
                       "--max-wait-ms", "0", "--max-beam", "4")
     assert args.check(args) is None
-    app = build_app(args)
+    app = build_app(args, translator_from_flags)
     want = Translator([str(a), str(b)], ensemble_mode="log_linear", weights=[1, 3])
     alone = Translator(str(a))
     for fields in ENSEMBLE_SEARCHES:
@@ -292,7 +292,7 @@ def test_an_ensemble_server_answers_as_the_translate_command(members, texts, tmp
     (tmp_path / "in.txt").write_text("".join(t + "\n" for t in texts[:4]))
     assert main(["translate", *model, *flags, "--input", str(tmp_path / "in.txt"),
                  "--output", str(tmp_path / "out.txt")]) == 0
-    app = build_app(serve_args(*model, "--max-wait-ms", "0", "--max-beam", "4"))
+    app = build_app(serve_args(*model, "--max-wait-ms", "0", "--max-beam", "4"), translator_from_flags)
     r, = call(app, post({"texts": texts[:4], **fields}))
     n = fields.get("n_best", 1)
     lines = ["\t".join(f"{text} ({score:.3f})" if n > 1 else text for text, score in t) for t in answers(r)]
@@ -347,7 +347,7 @@ def test_an_ensemble_of_onnx_exports(members, texts, tmp_path):
     out = [export_onnx(str(m), tmp_path / m.name, cast_float32=True) for m in members[:2]]   # float64 models
     args = serve_args("--engine", "onnxruntime", "--model", out[0], "--model", out[1], "--ensemble-mode",
                       "log_linear", "--max-wait-ms", "0")
-    app = build_app(args)
+    app = build_app(args, translator_from_flags)
     want = OnnxTranslator([str(o) for o in out], ensemble_mode="log_linear")
     for fields in ENSEMBLE_SEARCHES:
         r, = call(app, post({"texts": texts[:3], **fields}))

@@ -30,14 +30,14 @@ import numpy as np
 
 from ..nn.layers import Dropout
 from ..nn.profile import part
-from .distributed import share_of_cores
+from .launch import share_of_cores
 
 MIN_ROWS_PER_THREAD = 32        # below this the matmuls get too thin to pay for a thread
 
 
 def usable_cores() -> int:
     """The cores this process may use: its CPU affinity, or its share of it where an MPI launcher started
-    several ranks on this machine without binding them (``distributed.share_of_cores``)."""
+    several ranks on this machine without binding them (``launch.share_of_cores``)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

@@ -27,20 +27,8 @@ import sys
 
 import numpy as np
 
-from ..errors import AttnseqError, ConfigError, NonFiniteError, QuietExit, RanksFailed, TrainingStopped
-from .distributed import Launch
-
-
-def one_line(e: BaseException) -> str:
-    """An exception as the CLI would print it: its message (an OSError's file and reason), else its
-    type and message; the first line only."""
-    if isinstance(e, OSError) and not isinstance(e, AttnseqError):
-        text = f"{e.filename or ''}: {e.strerror or e}" if e.filename else str(e.strerror or e)
-    elif isinstance(e, (AttnseqError, ValueError)) and str(e):
-        text = str(e)
-    else:
-        text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-    return (text.strip().splitlines() or [type(e).__name__])[0]
+from ..errors import ConfigError, NonFiniteError, QuietExit, RanksFailed, TrainingStopped, one_line
+from .launch import Launch
 
 
 class Ranks:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import config_keys, resolve_config
-from .ranks import one_line
+from ..errors import one_line
 from .rundir import RunDir
 
 

@@ -16,15 +16,15 @@ from . import require
 from .limits import Limits
 
 
-def build_app(args):
+def build_app(args, make_translator):
     """The app for ``attnseq serve``'s flags: the model or ensemble as translate takes it (--ckpt or --model,
-    repeated for an ensemble, --ensemble-mode, --weights), behind the limits; named after its directories."""
-    from ..cli import translator_from_flags
+    repeated for an ensemble, --ensemble-mode, --weights; ``make_translator(args)`` builds it, the CLI's
+    ``translator_from_flags``), behind the limits; named after its directories."""
     from .app import create_app
     limits = Limits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)}).check()
     given = args.model if args.engine == "onnxruntime" else args.ckpt
     name = "+".join(Path(g).resolve().name for g in given)
-    return create_app(translator_from_flags(args), limits, name)
+    return create_app(make_translator(args), limits, name)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -70,10 +70,10 @@ def draining_server(uvicorn, config, service, grace_s: float):
     return Server(config)
 
 
-def serve(args) -> int:
+def serve(args, make_translator) -> int:
     require("starlette")
     uvicorn = require("uvicorn")
-    app = build_app(args)
+    app = build_app(args, make_translator)
     limits, name = app.state.service.limits, app.state.service.name
     app.state.service.warm_up()
     sock = listen(args.host, args.port)

@@ -16,8 +16,7 @@ import re
 from types import SimpleNamespace
 
 from ..cli_checks import decoding_flag_error
-from ..cli_flags import DECODING, Flag
-from ..cli_types import non_negative_int, penalty_alpha, positive_float, positive_int, probability
+from ..cli_types import DECODING, Flag, non_negative_int, penalty_alpha, positive_float, positive_int, probability
 from ..nn.search import MAX_ALPHA, Guards
 from ..run.inference import make_decoding
 from .refusals import out_of_range, wrong_type
