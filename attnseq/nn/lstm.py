@@ -28,7 +28,7 @@ import numpy as np
 from . import kernels
 from .backend import get_array_module
 from .profile import LOOP, loop_ticks, part
-from .layers import init_weight
+from .layers import init_weight, project_fixed
 from .lstm_cell import cell_backward, cell_forward
 from .module import Module
 
@@ -137,13 +137,8 @@ class LSTM(Module):
             if ids is not None:
                 table = xp.matmul(E, Wx, out=self.buffer("table", (E.shape[0], H4), dt, xp))
                 table += b
-            elif Df:
-                X[:, :, :Df] = fixed
-                Xf = X.reshape(T * N, D) if Df == D else fixed.reshape(T * N, Df)
-                xp.matmul(Xf, Wx[:Df], out=A.reshape(T * N, H4))
-                A += b
             else:
-                A[...] = b
+                project_fixed(xp, X, A, fixed, Wx, b)
         every = self.training or k is None
         s = self.cache = LSTMPass(
             k, xp, Df, X, A, G=A if k is None else self.buffer("G", (T if every else 1, N, H4), dt, xp),
