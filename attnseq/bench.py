@@ -10,6 +10,10 @@ useful GFLOP/s over sgemm GFLOP/s) holds on a noisy machine.
 compiled kernels), "numpy" (the plain array code) or "auto" (numba when it
 imports); the result names the one that ran. Training takes the same choice
 from the environment variable ``ATTNSEQ_KERNELS``.
+
+``profile`` times as many training steps again with ``nn.profile`` recording, and
+adds their breakdown by part (ms per step, each shard thread's share) to the result:
+where the step goes on this CPU.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from .nn import kernels as kernel_paths
 from .nn.backend import check_device
 from .nn.model import AttentionSeq2seq
 from .nn.optim import Adam, ClipGradNorm
+from .nn.profile import part, recording
 from .run.decoding import EVAL_BATCH_SIZE, beam_decode, greedy_decode
 from .run.parallel import for_training
 
@@ -78,16 +83,19 @@ def peak_rss_mib() -> float:
 
 def run_bench(device: str = "cpu", batch_size: int = 128, hidden_size: int = 256, wordvec_size: int = 16,
               iters: int = 20, warmup: int = 3, padded: bool = True, n_greedy: int = 5000, n_beam: int = 500,
-              threads: int = 0, kernels: str = "auto") -> dict:
-    """Times training and decoding; ``kernels`` ("auto", "numba", "numpy") is the CPU path, for this run only."""
+              threads: int = 0, kernels: str = "auto", profile: bool = False) -> dict:
+    """Times training and decoding; ``kernels`` ("auto", "numba", "numpy") is the CPU path, for this run only;
+    ``profile`` adds the training step's breakdown by part."""
     check_device(device)
     with kernel_paths.using(kernels) as path:
-        out = _run(device, batch_size, hidden_size, wordvec_size, iters, warmup, padded, n_greedy, n_beam, threads)
+        out = _run(device, batch_size, hidden_size, wordvec_size, iters, warmup, padded, n_greedy, n_beam, threads,
+                   profile)
     out["kernels"] = path if device == "cpu" else "cupy"
     return out
 
 
-def _run(device, batch_size, hidden_size, wordvec_size, iters, warmup, padded, n_greedy, n_beam, threads) -> dict:
+def _run(device, batch_size, hidden_size, wordvec_size, iters, warmup, padded, n_greedy, n_beam, threads,
+         profile=False) -> dict:
     from .data.corpus import load_data
     data = load_data(dict(data="date", train=None))
     src_tok = CharTokenizer.build(s for s, _ in data["train"])
@@ -101,26 +109,12 @@ def _run(device, batch_size, hidden_size, wordvec_size, iters, warmup, padded, n
     opt = Adam(model, lr=1e-3, hooks=[ClipGradNorm(5.0)])
     rng = np.random.default_rng(0)
     n_batches = len(train) // batch_size
-    batches = [take(train, rng.permutation(len(train))[:batch_size], pad_full=padded) for _ in range(warmup + iters)]
+    batches = [take(train, rng.permutation(len(train))[:batch_size], pad_full=padded)
+               for _ in range(warmup + iters * (2 if profile else 1))]
 
     runner = for_training(model, threads, batch_size, trim=not padded)   # padded: every column is computed
-
-    def step(b):
-        runner.forward(*b)
-        runner.backward()
-        opt.step()
-
-    for b in batches[:warmup]:
-        step(b)
-    times = []
-    for b in batches[warmup:]:
-        _sync(xp)
-        t = time.perf_counter()
-        step(b)
-        _sync(xp)
-        times.append(time.perf_counter() - t)
-    s_iter = statistics.median(times)
     n_threads = getattr(runner, "threads", 1)
+    s_iter, breakdown = _time_training(runner, opt, batches, warmup, iters, xp, n_threads if profile else 0)
     if runner is not model:
         runner.close()
     Ts, To1 = batches[-1][0].shape[1], batches[-1][1].shape[1]
@@ -143,7 +137,48 @@ def _run(device, batch_size, hidden_size, wordvec_size, iters, warmup, padded, n
                peak_rss_mib=peak_rss_mib(), useful_gflops=useful, sgemm_gflops=sgemm, efficiency=useful / sgemm)
     if xp is not np:
         out["peak_device_mib"] = xp.get_default_memory_pool().total_bytes() / 2**20
+    if breakdown is not None:
+        out["profile_ms"] = breakdown
+        out["profile_gflops"] = _part_rates(breakdown, batch_size, Ts + To1 - 1, wordvec_size, hidden_size, n_threads)
     return out
+
+
+def _time_training(runner, opt, batches, warmup, iters, xp, profile_shards):
+    """-> the median seconds of a training step over ``iters`` batches after ``warmup``, and with
+    ``profile_shards`` (the shard threads; 0: no profile) the breakdown of ``iters`` more, else None."""
+    def step(b):
+        runner.forward(*b)
+        runner.backward()
+        with part("optimizer"):
+            opt.step()
+
+    for b in batches[:warmup]:
+        step(b)
+    s_iter = statistics.median(_step_times(step, batches[warmup:warmup + iters], xp))
+    if not profile_shards:
+        return s_iter, None
+    with recording() as prof:
+        wall = sum(_step_times(step, batches[warmup + iters:], xp))
+    return s_iter, prof.breakdown(wall, iters, profile_shards)
+
+
+def _step_times(step, batches, xp) -> list:
+    times = []
+    for b in batches:
+        _sync(xp)
+        t = time.perf_counter()
+        step(b)
+        _sync(xp)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def _part_rates(breakdown: dict, N, steps, D, H, shards) -> dict:
+    """GFLOP/s of the recurrent products (h Wh forward, da Wh^T backward: 2 x 2 N H 4H a step) and of the weight
+    gradients (X^T dA and h^T dA: 2 N (D + H) 4H a step), per shard thread, from the profile's ms per step."""
+    flops = {"recurrent matmul": 2 * 2 * N * steps * H * 4 * H, "weight gradients": 2 * N * steps * (D + H) * 4 * H}
+    return {name: f / shards / (breakdown[name] / 1e3) / 1e9 for name, f in flops.items()
+            if breakdown.get(name, 0) > 0}
 
 
 def proc_cpuinfo() -> dict:
@@ -211,5 +246,11 @@ def format_table(r: dict) -> str:
             ("peak RSS", f"{r['peak_rss_mib']:.0f} MiB")]
     if "peak_device_mib" in r:
         rows.append(("peak device memory", f"{r['peak_device_mib']:.0f} MiB"))
+    if "profile_ms" in r:
+        step = sum(r["profile_ms"].values())
+        rows.append(("profile (ms per step, per thread)", f"{step:.1f} ms in all"))
+        for name, ms in r["profile_ms"].items():
+            rate = r["profile_gflops"].get(name)
+            rows.append((f"  {name}", f"{ms:5.1f} ms  {100 * ms / step:4.1f}%" + (f"  {rate:.0f} GFLOP/s" if rate else "")))
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)

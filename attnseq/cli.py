@@ -266,7 +266,7 @@ def cmd_bench(args) -> int:
     for k, path in enumerate(paths):
         r = run_bench(args.device, args.batch_size, args.hidden_size, args.wordvec_size, args.iters,
                       padded=not args.bucketed, n_greedy=args.n_greedy, n_beam=args.n_beam, threads=args.threads,
-                      kernels=path)
+                      kernels=path, profile=args.profile)
         print(json.dumps(r) if args.json else ("\n" if k else "") + format_table(r), flush=True)
     return 0
 

@@ -276,6 +276,9 @@ def add_bench(sub) -> None:
                    help="CPU path: fused numba kernels, plain numpy, or both one after the other "
                         "(default auto: numba when it imports; training reads ATTNSEQ_KERNELS)")
     b.add_argument("--json", action="store_true", help="one JSON line instead of a table (one per path)")
+    b.add_argument("--profile", action="store_true",
+                   help="time as many training steps again and print where a step goes: recurrent matmul, cell, "
+                        "input projections, weight gradients, attention, output layer, gradient sum, optimizer, rest")
     add_group(b, "batching", (*BATCHING, THREADS),
               batch_size=dict(default=128, help="pairs per timed training batch (default %(default)s)"))
     add_groups(b, "device")

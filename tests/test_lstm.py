@@ -6,7 +6,10 @@ the weight products one step at a time. The fast ``forward``, ``backward``, ``st
 and the step-by-step pass (``begin_steps``/``run_step``/``backward_step``) must equal
 them to ~1e-10, with and without padding, for N = 1 and for H not a multiple of 8, on
 both CPU paths (``kernel_path``: the compiled cells and the xp cells with the
-gate-scale trick); the whole-sequence and step-by-step paths must equal each other.
+gate-scale trick); the whole-sequence and step-by-step paths must equal each other. On the
+numba path, where numpy's BLAS is found, the whole sequence runs in the compiled time loops
+(``kernels/recurrent.py``), and an input given as embedding rows (``tokens``) through the
+table E Wx + b.
 """
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from helpers import numerical_grad, random_like, rel_error
 from kernel_paths import kernel_path  # noqa: F401 (a fixture)
 
 from attnseq import LSTM
+from attnseq.nn import kernels
 from attnseq.nn.backend import get_array_module, to_numpy
 from attnseq.nn.lstm_cell import lstm_cell_reference, lstm_cell_reference_backward, sigmoid
 
@@ -242,3 +246,54 @@ def test_forget_bias_starts_at_one_on_the_f_block():
     b = LSTM(D, H, np.random.default_rng(0)).params[2]
     np.testing.assert_array_equal(b[H:2 * H], 1.0)
     np.testing.assert_array_equal(np.delete(b, np.s_[H:2 * H]), 0.0)
+
+
+# -- the input as embedding rows (``tokens``): a table E Wx + b on the compiled loops ----------------------
+def embedded(xp, N, V, seed=20):
+    """ids (N, T) over V tokens, every token used somewhere when V <= N T, and E (V, D) float64."""
+    rng = np.random.default_rng(seed)
+    ids = rng.permutation(np.arange(N * T) % V).reshape(N, T)
+    return xp.asarray(ids), random_like(xp, (V, D), seed + 1)
+
+
+def rows_summed(xp, ids, dxs, V):
+    """The gradient of E from the gradient of E[ids]: dxs (N, T, D) summed into rows by token."""
+    dE = np.zeros((V, dxs.shape[2]))
+    np.add.at(dE, to_numpy(ids).reshape(-1), to_numpy(dxs).reshape(-1, dxs.shape[2]))
+    return dE
+
+
+@pytest.mark.parametrize("N, H, lengths", CASES)
+@pytest.mark.parametrize("V", [3, 7])
+def test_tokens_equal_the_reference(xp, kernel_path, N, H, lengths, V):
+    """forward/backward with ``tokens`` = (ids, E) for xs = E[ids]: the reference's states and weight gradients, and
+    E's gradient either in ``dE`` (the compiled loops fold E into a table when V <= N T) or as dxs."""
+    lstm, _, h0, c0 = make(xp, N, H)
+    ids, E = embedded(xp, N, V)
+    xs = E[ids]
+    lens = None if lengths is None else xp.asarray(lengths)
+    dhs, dh_final, dc_final = random_like(xp, (N, T, H), 10), random_like(xp, (N, H), 11), random_like(xp, (N, H), 12)
+    hs_ref, h_ref, c_ref, steps = reference_forward(lstm, xs, h0, c0, lengths)
+    grads_ref, dxs_ref, dh0_ref, dc0_ref = reference_backward(lstm, steps, dhs, dh_final, dc_final, lengths)
+    hs = lstm.forward(xs, h0, c0, lens, tokens=(ids, E))
+    close(hs, hs_ref, "hs")
+    close(lstm.h_final, h_ref, "h_final")
+    close(lstm.c_final, c_ref, "c_final")
+    dxs, dh0, dc0 = lstm.backward(dhs, dh_final, dc_final)
+    folded = kernel_path == "numba" and kernels.loops(to_numpy(xs)) is not None and V <= N * T
+    assert (dxs is None) == folded
+    dE = lstm.dE if folded else rows_summed(xp, ids, dxs, V)
+    close(dE, rows_summed(xp, ids, dxs_ref, V), "dE")
+    close_grads(lstm, (lstm.grads, dxs_ref, dh0, dc0), (grads_ref, dxs_ref, dh0_ref, dc0_ref))
+
+
+def test_tokens_over_a_large_vocabulary_are_rows_as_given(xp):
+    """V > N T: the table would cost more than the product; the input is projected as given and dxs returned."""
+    N, H = 2, 5
+    lstm, _, h0, c0 = make(xp, N, H)
+    ids, E = embedded(xp, N, N * T + 1)
+    xs = E[ids]
+    hs_ref, _, _, steps = reference_forward(lstm, xs, h0, c0, None)
+    close(lstm.forward(xs, h0, c0, tokens=(ids, E)), hs_ref)
+    dxs, _, _ = lstm.backward(random_like(xp, (N, T, H), 10))
+    assert dxs is not None and dxs.shape == xs.shape

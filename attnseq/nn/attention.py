@@ -33,6 +33,7 @@ from . import kernels
 from .backend import get_array_module
 from .layers import Linear, init_weight
 from .module import Module
+from .profile import part
 
 SCORES = ("dot", "general", "additive")
 
@@ -138,8 +139,9 @@ class AttentionWeights(Module):
 
     def keys_grad(self, ds, hd, keys, e, g, hs):
         """ds (N, To, Ts) for all steps (g its ``pre_grad``) -> the gradient reaching hs (N, Ts, H)
-        through the keys; writes the score's parameter gradients."""
-        return get_array_module(ds).matmul(ds.transpose(0, 2, 1), hd)
+        through the keys (in a buffer, until the next backward); writes the score's parameter gradients."""
+        xp = get_array_module(ds)
+        return xp.matmul(ds.transpose(0, 2, 1), hd, out=self.buffer("dkeys", hs.shape, hs.dtype, xp))
 
     def tanh_buffer(self, N, R, keys, name: str = "e"):
         """The (N, R, Ts, A) array the additive score keeps its tanh in during training (``name`` "g":
@@ -175,9 +177,11 @@ class AttentionWeights(Module):
     def backward(self, da):
         """da (N, To, Ts) -> dhd (N, To, H), dhs (N, Ts, H). Masked positions get zero gradient."""
         hd, hs, keys, e, a = self.cache
-        ds = softmax_grad(a, da, self.buffer("ds", a.shape, a.dtype, get_array_module(a)))   # (N, To, Ts)
+        xp = get_array_module(a)
+        ds = softmax_grad(a, da, self.buffer("ds", a.shape, a.dtype, xp))   # (N, To, Ts)
         g = self.pre_grad(ds, e)                                    # additive: (N, To, Ts, A), made once
-        return self.query_grad(ds, hd, keys, g), self.keys_grad(ds, hd, keys, e, g, hs)
+        dhd = self.query_grad(ds, hd, keys, g, out=self.buffer("dhd", hd.shape, hd.dtype, xp))
+        return dhd, self.keys_grad(ds, hd, keys, e, g, hs)
 
 
 class GeneralWeights(AttentionWeights):
@@ -281,14 +285,18 @@ class WeightedSum(Module):
         return get_array_module(hs).matmul(a, hs, out=out)
 
     def forward(self, hs, a):
+        """-> the context (N, To, H), in training mode in a buffer valid until the next forward."""
         self.cache = (hs, a)
-        return self.apply(hs, a)
+        xp = get_array_module(hs)
+        return self.apply(hs, a, out=self.buffer("context", a.shape[:2] + hs.shape[2:], hs.dtype, xp))
 
     def backward(self, dc):
-        """dc (N, To, H) -> dhs (N, Ts, H), da (N, To, Ts)."""
+        """dc (N, To, H) -> dhs (N, Ts, H), da (N, To, Ts), in buffers valid until the next backward
+        (fresh arrays would page-fault in at every step)."""
         xp = get_array_module(dc)
         hs, a = self.cache
-        return xp.matmul(a.transpose(0, 2, 1), dc), xp.matmul(dc, hs.transpose(0, 2, 1))
+        dhs = xp.matmul(a.transpose(0, 2, 1), dc, out=self.buffer("dhs", hs.shape, hs.dtype, xp))
+        return dhs, xp.matmul(dc, hs.transpose(0, 2, 1), out=self.buffer("da", a.shape, a.dtype, xp))
 
 
 class Attention(Module):
@@ -315,15 +323,17 @@ class Attention(Module):
 
     def forward(self, hd, hs, mask=None):
         """-> context (N, To, H)."""
-        self.weights = self.weight.forward(hd, hs, mask)
-        return self.wsum.forward(hs, self.weights)
+        with part("attention"):
+            self.weights = self.weight.forward(hd, hs, mask)
+            return self.wsum.forward(hs, self.weights)
 
     def backward(self, dcontext):
         """-> dhd (N, To, H), dhs (N, Ts, H)."""
-        dhs1, da = self.wsum.backward(dcontext)
-        dhd, dhs2 = self.weight.backward(da)
-        dhs1 += dhs2
-        return dhd, dhs1
+        with part("attention"):
+            dhs1, da = self.wsum.backward(dcontext)
+            dhd, dhs2 = self.weight.backward(da)
+            dhs1 += dhs2
+            return dhd, dhs1
 
     # -- one decoder step at a time, with caches (input feeding) --------------------------------
     def begin_steps(self, hs, mask, To: int):

@@ -34,7 +34,9 @@ from .attention import SCORES, Attention, mask_bias
 from .backend import get_array_module
 from .layers import Dropout, Embedding, Linear, TiedOutput
 from .encoders import CELLS
+from .lstm import LSTM
 from .module import Module
+from .profile import part
 from .search import greedy_search, log_softmax
 
 
@@ -135,14 +137,23 @@ class AttentionDecoder(Module):
     # -- the output layer ------------------------------------------------------
     def _out_forward(self, x):
         x = self.drop_out.forward(x)
-        return self.out.forward(x, self.embed.params[0]) if self.tie_embeddings else self.out.forward(x)
+        with part("output layer"):
+            return self.out.forward(x, self.embed.params[0]) if self.tie_embeddings else self.out.forward(x)
+
+    def _out_backward(self, dlogits):
+        with part("output layer"):
+            return self.drop_out.backward(self.out.backward(dlogits))
 
     def _out_apply(self, x):
         return self.out.apply(x, self.embed.params[0]) if self.tie_embeddings else self.out.apply(x)
 
     def _embed_backward(self, dx):
-        """dx (N, To, D) the embeddings' gradient -> the embedding's; a tied E adds the output's share."""
-        self.embed.backward(self.drop_in.backward(dx))
+        """dx (N, To, D) the embeddings' gradient -> the embedding's; a tied E adds the output's share.
+        dx None: the bottom LSTM took the tokens and left the embedding's gradient in its ``dE``."""
+        if dx is None:
+            self.embed.grads[0][...] = self.rnn.dE
+        else:
+            self.embed.backward(self.drop_in.backward(dx))
         if self.tie_embeddings:
             self.embed.grads[0] += self.out.dE
 
@@ -153,12 +164,16 @@ class AttentionDecoder(Module):
         xp = get_array_module(hs)
         s0s, _ = self._split_state(state)
         x = self.drop_in.forward(self.embed.forward(tgt_in))        # (N, To, D)
+        tokens = (tgt_in, self.embed.params[0]) if self.drop_in.mask is None else None   # the embedding's rows as they are
         for l, (rnn, drop) in enumerate(self._stack()):
             if drop is not None:
                 x = drop.forward(x)
-            x = rnn.forward(x, *s0s[l])                             # (N, To, H)
+            fold = dict(tokens=tokens) if l == 0 and tokens is not None and isinstance(rnn, LSTM) else {}
+            x = rnn.forward(x, *s0s[l], **fold)                     # (N, To, H)
         context = self.attention.forward(x, hs, src_mask)           # (N, To, H)
-        cat = xp.concatenate([context, x], axis=-1)                 # (N, To, 2H)
+        N, To, H = x.shape
+        cat = self.buffer("cat", (N, To, 2 * H), x.dtype, xp)       # [context, x] (N, To, 2H)
+        cat[..., :H], cat[..., H:] = context, x
         return self._out_forward(cat)                               # (N, To, V)
 
     @property
@@ -172,7 +187,7 @@ class AttentionDecoder(Module):
         if self.input_feeding:
             return self._backward_feeding(dlogits)
         H = self.hidden_size
-        dcat = self.drop_out.backward(self.out.backward(dlogits))   # (N, To, 2H)
+        dcat = self._out_backward(dlogits)                          # (N, To, 2H)
         dhd, dhs = self.attention.backward(dcat[..., :H])
         dhd += dcat[..., H:]
         d0s = []
@@ -211,7 +226,8 @@ class AttentionDecoder(Module):
             for (rnn, _), mask in zip(stack[1:], masks[1:]):
                 xp.multiply(h, 1 if mask is None else mask[t], out=rnn.inputs(t))
                 h = rnn.run_step(t)
-            cat[t, :, :H] = self.attention.forward_step(t, h)       # c_t (N, H)
+            with part("attention"):
+                cat[t, :, :H] = self.attention.forward_step(t, h)   # c_t (N, H)
             cat[t, :, H:] = h
             xp.matmul(cat[t], Wc, out=Ht[t + 1])                    # (N, H)
             Ht[t + 1] += bc
@@ -232,7 +248,7 @@ class AttentionDecoder(Module):
         stack = self._stack()
         Wc = self.attentional.params[0]
         dHt = self.buffer("dHt", (To, N, H), dt, xp)                # from the output layer, then at h~_t
-        dHt[...] = self.drop_out.backward(self.out.backward(dlogits)).transpose(1, 0, 2)
+        dHt[...] = self._out_backward(dlogits).transpose(1, 0, 2)
         dPre = self.buffer("dPre", (To, N, H), dt, xp)              # at W_c [c_t, h_t] + b_c
         dcat = self.buffer("dcat", (N, 2 * H), dt, xp)
         dfeed = self.buffer("dfeed", (N, H), dt, xp)                # from step t + 1's input into h~_t
@@ -247,14 +263,16 @@ class AttentionDecoder(Module):
             g *= dHt[t]                                             # through the tanh
             xp.matmul(g, Wc.T, out=dcat)                            # (N, 2H) -> [dc_t, dh_t]
             dh = dcat[:, H:]
-            dh += self.attention.backward_step(t, dcat[:, :H])
+            with part("attention"):
+                dh += self.attention.backward_step(t, dcat[:, :H])
             for (rnn, _), mask in zip(stack[:0:-1], masks[:0:-1]):
                 dh = rnn.backward_step(t, dh)                       # (N, H) into the layer below
                 if mask is not None:
                     dh *= mask[t]
             dfeed = stack[0][0].backward_step(t, dh)                # (N, H) into h~_{t-1}
         self.attentional.param_grads(cat, dPre)                     # all steps in one product
-        dhs = self.attention.end_backward_steps()                   # (N, Ts, H)
+        with part("attention"):
+            dhs = self.attention.end_backward_steps()               # (N, Ts, H)
         d0s = []
         for rnn, _ in stack:
             dx_tm, *d0 = rnn.end_backward_steps()

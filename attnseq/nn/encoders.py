@@ -177,7 +177,7 @@ class Encoder(Module):
         for rnn, drop in self._stack():
             if drop is not None:
                 x = drop.forward(x)
-            x = rnn.forward(x, lengths=lengths)                     # (N, Ts, H)
+            x = rnn.forward(x, lengths=lengths, **self._tokens(rnn, src))   # (N, Ts, H)
             finals.append(rnn.final_state)
         if hasattr(self, "bridge"):
             state = self.bridge.forward(*(xp.concatenate(f, axis=1) for f in zip(*finals)))
@@ -186,6 +186,13 @@ class Encoder(Module):
         else:
             state = tuple(xp.stack(f, axis=1) for f in zip(*finals))   # (N, L, H) each
         return x, state
+
+    def _tokens(self, rnn, src) -> dict:
+        """The bottom layer, an LSTM, reads the embedding's rows as they are (no dropout between): it may take
+        the token ids and the embedding instead (``LSTM.forward``'s ``tokens``; a GRU takes the rows)."""
+        if rnn is not getattr(self, self.cell) or not isinstance(rnn, LSTM) or self.drop.mask is not None:
+            return {}
+        return dict(tokens=(src, self.embed.params[0]))
 
     def backward(self, dhs, *dstate):
         """dhs (N, Ts, H) and the state's gradients (one per part, in its shape; none, or None, when
@@ -196,7 +203,10 @@ class Encoder(Module):
             d = rnn.backward(d, *dfinal)[0]
             if drop is not None:
                 d = drop.backward(d)
-        self.embed.backward(self.drop.backward(d))
+        if d is None:                                               # the LSTM took the tokens: dE is its
+            self.embed.grads[0][...] = getattr(self, self.cell).dE
+        else:
+            self.embed.backward(self.drop.backward(d))
 
     def _final_grads(self, dstate):
         """The state's gradients -> for each layer, the gradients of its final state's parts (() when none)."""

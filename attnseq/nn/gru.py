@@ -20,7 +20,7 @@ import numpy as np
 from . import kernels
 from .backend import get_array_module
 from .gru_cell import gates_backward, gates_forward, state_backward, state_forward
-from .layers import init_weight
+from .layers import init_weight, project_fixed
 from .module import Module
 
 
@@ -90,13 +90,7 @@ class GRU(Module):
         Df = 0 if fixed is None else fixed.shape[2]
         X = self.buffer("X", (T, N, D), dt, xp)
         A = self.buffer("A", (T, N, H3), dt, xp)
-        if Df:
-            X[:, :, :Df] = fixed
-            Xf = X.reshape(T * N, D) if Df == D else fixed.reshape(T * N, Df)
-            xp.matmul(Xf, Wx[:Df], out=A.reshape(T * N, H3))
-            A += b
-        else:
-            A[...] = b
+        project_fixed(xp, X, A, fixed, Wx, b)
         every = self.training
         Tg = T if every else 1
         s = self.cache = GRUPass(

@@ -31,6 +31,24 @@ def init_weight(rng: np.random.Generator, fan_in: int, fan_out: int, scheme: str
     return (rng.standard_normal((fan_in, fan_out)) * std).astype(dtype)
 
 
+def project_fixed(xp, X, A, fixed, Wx, b):
+    """A recurrent layer's inputs known before its time loop, projected once for every step.
+
+    X (T, N, D) the step inputs, A (T, N, G) their projections, fixed (T, N, Df) or None: the
+    first Df features of every step's input. Writes X[:, :, :Df] = fixed and A = fixed Wx[:Df] + b
+    (A = b without ``fixed``); the rest of each step's input is added to A inside the loop.
+    """
+    T, N, D = X.shape
+    if fixed is None:
+        A[...] = b
+        return
+    Df = fixed.shape[2]
+    X[:, :, :Df] = fixed
+    Xf = X.reshape(T * N, D) if Df == D else fixed.reshape(T * N, Df)
+    xp.matmul(Xf, Wx[:Df], out=A.reshape(T * N, A.shape[2]))
+    A += b
+
+
 class Embedding(Module):
     """Token ids (N, T) -> vectors (N, T, D). Weight W: (V, D)."""
 
@@ -80,9 +98,12 @@ class Linear(Module):
         return self.apply(x)
 
     def backward(self, dy):
+        """dy (..., O) -> dx (..., D), in training mode in a buffer valid until the next backward."""
         W, b = self.params
         dy2 = self.param_grads(self.x2, dy)
-        return (dy2 @ W.T).reshape(*dy.shape[:-1], -1)
+        xp = get_array_module(dy)
+        dx = xp.matmul(dy2, W.T, out=self.buffer("dx", (dy2.shape[0], W.shape[0]), dy2.dtype, xp))
+        return dx.reshape(*dy.shape[:-1], -1)
 
     def param_grads(self, x, dy):
         """Write dW = x^T dy and db = sum dy for inputs x (..., D) and output gradients dy (..., O)

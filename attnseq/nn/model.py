@@ -10,6 +10,7 @@ from .decoders import AttentionDecoder
 from .encoders import Encoder
 from .layers import SoftmaxCrossEntropy
 from .module import Module
+from .profile import part
 from .output_length import LEGACY_RULE, OutputLengthRule, output_limit
 from ..data.tokenizers import BOS_ID, EOS_ID, PAD_ID
 
@@ -97,10 +98,12 @@ class AttentionSeq2seq(Module):
     def forward(self, src, tgt):
         """Mean cross-entropy per real target token (a 0-d array on the model's device)."""
         logits = self.logits(src, tgt)                              # (N, To, V)
-        return self.loss_layer.forward(logits, self.xp.asarray(tgt[:, 1:]))
+        with part("output layer"):
+            return self.loss_layer.forward(logits, self.xp.asarray(tgt[:, 1:]))
 
     def backward(self, dout: float = 1.0) -> None:
-        dlogits = self.loss_layer.backward(dout)
+        with part("output layer"):
+            dlogits = self.loss_layer.backward(dout)
         dhs, *dstate = self.decoder.backward(dlogits)
         self.encoder.backward(dhs, *dstate)
 

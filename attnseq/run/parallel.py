@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import numpy as np
 
 from ..nn.layers import Dropout
+from ..nn.profile import part
 from .launch import share_of_cores
 
 MIN_ROWS_PER_THREAD = 32        # below this the matmuls get too thin to pay for a thread
@@ -85,6 +86,19 @@ def _flat(a):
     if not np.may_share_memory(flat, a):
         raise ValueError("DataParallel needs contiguous gradient arrays")
     return flat
+
+
+def _sum_slice(parts, total, k, n):
+    """total[j][slice k of n] = the sum over shards of parts[shard][j] there, in shard order."""
+    for j, out in enumerate(total):
+        a, b = out.size * k // n, out.size * (k + 1) // n
+        if n == 1:
+            if not np.may_share_memory(out, parts[0][j]):          # else the shard wrote it there
+                out[:] = parts[0][j]
+            continue
+        np.add(parts[0][j][a:b], parts[1][j][a:b], out=out[a:b])   # one pass for two shards
+        for other in parts[2:]:
+            out[a:b] += other[j][a:b]
 
 
 class DataParallel:
@@ -173,15 +187,8 @@ class DataParallel:
         total = into if into is not None else [_flat(g) for g in self.model.gradients()]
 
         def reduce(k):
-            for j, out in enumerate(total):
-                a, b = out.size * k // n, out.size * (k + 1) // n
-                if n == 1:
-                    if not np.may_share_memory(out, parts[0][j]):      # else the shard wrote it there
-                        out[:] = parts[0][j]
-                    continue
-                np.add(parts[0][j][a:b], parts[1][j][a:b], out=out[a:b])   # one pass for two shards
-                for other in parts[2:]:
-                    out[a:b] += other[j][a:b]
+            with part("gradient sum"):
+                _sum_slice(parts, total, k, n)
         self._run(reduce, n)
 
     def close(self) -> None:

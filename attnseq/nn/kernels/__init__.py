@@ -13,10 +13,16 @@ in one pass over memory, and the tests hold the two together:
     cross_entropy_loss                      layers.SoftmaxCrossEntropy with need_grad=False
     embedding_grad                          layers.Embedding.backward (scatter_add)
     sum_squares, adam_update                optim.global_norm, optim.Adam.update
+    recurrent.lstm_forward, lstm_backward   the loops over steps in ``lstm.LSTM`` (forward, backward)
+    recurrent.lstm_step_forward, ..._backward  lstm.LSTM.run_step / backward_step / step on the xp cells
 
 A layer asks ``fused(*arrays)``: the compiled module when the kernels are on and every
-array is a numpy array, else None, and then runs its plain code (always so for cupy). The GRU
-cell's kernels live in a module of their own, ``gru_cpu``, which ``fused_gru`` gives on the same terms.
+array is a numpy array, else None, and then runs its plain code (always so for cupy).
+``loops(*arrays)`` is the same for the LSTM's compiled time loops (module ``recurrent``),
+which also need numpy's BLAS callable from compiled code (``blas.py``): where it is not,
+they are None with one notice line, and the LSTM runs its steps from Python on the
+compiled cells. The GRU cell's kernels live in a module of their own, ``gru_cpu``, which
+``fused_gru`` gives on the same terms.
 
 Which path runs: the environment variable ``ATTNSEQ_KERNELS`` (``auto``, the default,
 ``numba`` or ``numpy``) read on first use, or ``use(...)`` / ``using(...)`` in code
@@ -36,10 +42,13 @@ from ...errors import ConfigError
 CHOICES = ("auto", "numba", "numpy")
 ENV = "ATTNSEQ_KERNELS"
 NOTICE = "attnseq: numba not available ({}); using the plain numpy code (slower, same results)"
+LOOP_NOTICE = "attnseq: {}; the LSTM runs its time loop step by step from Python (slower, same results)"
 
 _active = None          # "numba" or "numpy" once chosen
 _cpu = None             # the compiled module while "numba" is active
+_loops = None           # the compiled time loops (module ``recurrent``) while "numba" is active, if BLAS was found
 _noticed = False        # the fallback notice is printed once per process
+_loop_noticed = False
 
 
 def _numba_module():
@@ -51,13 +60,22 @@ def _numba_module():
     return cpu, None
 
 
+def _loop_module():
+    """The compiled time loops, or the reason they cannot be had (a string)."""
+    try:
+        from . import recurrent
+    except Exception as e:  # no 64-bit CBLAS gemm in numpy's BLAS, or numba failing
+        return None, f"{e}".splitlines()[0] or type(e).__name__
+    return recurrent, None
+
+
 def use(name: str = "auto") -> str:
     """Choose the path: "numba", "numpy" or "auto"; returns the one now active.
 
     "auto" takes numba when it imports and otherwise numpy, printing one notice line to
     stderr the first time. "numba" where numba cannot import is an error.
     """
-    global _active, _cpu, _noticed
+    global _active, _cpu, _loops, _noticed, _loop_noticed
     choice = (name or "auto").strip().lower()
     if choice not in CHOICES:
         raise ConfigError(f"kernels must be one of {', '.join(CHOICES)}, got {name!r} (from {ENV} or use())")
@@ -69,7 +87,13 @@ def use(name: str = "auto") -> str:
         if impl is None and not _noticed:
             print(NOTICE.format(why), file=sys.stderr)
             _noticed = True
-    _cpu, _active = impl, ("numpy" if impl is None else "numba")
+    loops = None
+    if impl is not None:
+        loops, why = _loop_module()
+        if loops is None and not _loop_noticed:
+            print(LOOP_NOTICE.format(why), file=sys.stderr)
+            _loop_noticed = True
+    _cpu, _loops, _active = impl, loops, ("numpy" if impl is None else "numba")
     return _active
 
 
@@ -100,6 +124,24 @@ def fused(*arrays):
         if not isinstance(a, np.ndarray):
             return None
     return _cpu
+
+
+def loops(*arrays):
+    """The compiled time loops (module ``recurrent``) when they are on and every array is numpy's, all of one
+    float dtype (float32 or float64), else None."""
+    if _active is None:
+        active()
+    if _loops is None:
+        return None
+    dtype = None
+    for a in arrays:
+        if not isinstance(a, np.ndarray):
+            return None
+        if a.dtype.kind == "f":
+            if dtype is not None and a.dtype != dtype:
+                return None
+            dtype = a.dtype
+    return _loops if dtype in (np.float32, np.float64) else None
 
 
 def fused_gru(*arrays):
