@@ -1,4 +1,5 @@
 """Errors with messages meant for people. The CLI prints them as one line."""
+import importlib
 
 
 class AttnseqError(Exception):
@@ -23,6 +24,18 @@ class ConfigError(AttnseqError, ValueError):
 
 class NonFiniteError(AttnseqError, FloatingPointError):
     """A NaN or inf appeared in the loss or the gradients."""
+
+
+class MissingExtraError(AttnseqError, ImportError):
+    """A package of an optional extra (onnx, starlette, ...) is not installed: the message names the extra."""
+
+
+def require_extra(module: str, feature: str, install: str):
+    """Import ``module`` or raise ``MissingExtraError``: "<feature> needs the '<module>' package: <install>"."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(f"{feature} needs the '{module}' package: {install}") from None
 
 
 class TrainingStopped(AttnseqError):

@@ -7,8 +7,9 @@ tokenizers, source reversal, output length rule, checksums); see ``spec`` for it
 with attnseq's own greedy and beam search. Both need ``pip install 'attnseq[export]'``
 (onnx, onnxruntime); importing this package does not.
 """
+from ..errors import MissingExtraError
 from .exporter import export_onnx
 from .runtime import OnnxSeq2seq, OnnxTranslator
-from .spec import MissingExtraError, read_manifest
+from .spec import read_manifest
 
 __all__ = ["export_onnx", "OnnxSeq2seq", "OnnxTranslator", "MissingExtraError", "read_manifest"]

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 from pathlib import Path
 
-from ..errors import AttnseqError, CheckpointError
+from ..errors import CheckpointError, require_extra
 from ..data.tokenizers import UNK_ID
 from ..nn.attention import SCORES
 from ..nn.config import ModelConfig
@@ -35,16 +34,9 @@ INSTALL_HINT = "pip install 'attnseq[export]'"
 ORT_TYPES = {"int64": "tensor(int64)", "float32": "tensor(float)", "bool": "tensor(bool)"}
 
 
-class MissingExtraError(AttnseqError, ImportError):
-    """onnx or onnxruntime is not installed."""
-
-
 def require(module: str):
-    """Import ``module`` (onnx, onnxruntime) or raise one line saying how to install the extra."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingExtraError(f"ONNX support needs the '{module}' package: {INSTALL_HINT}") from None
+    """Import ``module`` (onnx, onnxruntime) or raise ``MissingExtraError`` saying how to install the extra."""
+    return require_extra(module, "ONNX support", INSTALL_HINT)
 
 
 def _io(name, dtype, shape, doc):

@@ -13,24 +13,15 @@ Importing this package needs no extra; ``create_app`` and the command do.
 """
 from __future__ import annotations
 
-import importlib
-
-from ..errors import AttnseqError
+from ..errors import MissingExtraError, require_extra
 from .limits import Limits, RequestError, TranslateRequest
 
 INSTALL_HINT = "pip install 'attnseq[serve]'"
 
 
-class MissingExtraError(AttnseqError, ImportError):
-    """starlette or uvicorn is not installed."""
-
-
 def require(module: str):
-    """Import ``module`` (starlette, uvicorn) or raise one line naming the extra to install."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingExtraError(f"serving needs the '{module}' package: {INSTALL_HINT}") from None
+    """Import ``module`` (starlette, uvicorn) or raise ``MissingExtraError`` naming the extra to install."""
+    return require_extra(module, "serving", INSTALL_HINT)
 
 
 def create_app(translator, limits: Limits | None = None, name: str | None = None):
